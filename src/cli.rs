@@ -1,0 +1,143 @@
+//! Command-line flags. redis_exporter's names and environment variables are kept for the options
+//! both tools have, and Go's single-dash spelling (`-redis.addr=…`) is accepted too, so existing
+//! unit files and container commands work unchanged.
+
+use crate::config::{LogFormat, Overrides};
+use clap::Parser;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Prometheus exporter for Redis: polls every node on its own schedule, serves snapshots.
+#[derive(Debug, Parser)]
+#[command(name = "redis-lookout", version, about)]
+pub struct Cli {
+    /// YAML configuration file (see config.example.yaml).
+    #[arg(long, env = "REDIS_LOOKOUT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration, print a summary and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// Address of the Redis to watch: redis://host:port, rediss://host:port, unix:///path or host:port.
+    #[arg(long = "redis.addr", env = "REDIS_ADDR")]
+    pub redis_addr: Option<String>,
+
+    /// ACL user name for targets that set no credentials of their own.
+    #[arg(long = "redis.user", env = "REDIS_USER")]
+    pub redis_user: Option<String>,
+
+    /// Password for targets that set no credentials of their own. Prefer --redis.password-file:
+    /// a flag is visible in the process list.
+    #[arg(
+        long = "redis.password",
+        env = "REDIS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_password: Option<String>,
+
+    /// File holding the password (or redis_exporter's JSON map of URL to password).
+    #[arg(long = "redis.password-file", env = "REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// Address to serve HTTP on (default 0.0.0.0:9121; ":9121" also works).
+    #[arg(long = "web.listen-address", env = "REDIS_EXPORTER_WEB_LISTEN_ADDRESS")]
+    pub listen: Option<String>,
+
+    /// Path of the metrics endpoint (default /metrics).
+    #[arg(long = "web.telemetry-path", env = "REDIS_EXPORTER_WEB_TELEMETRY_PATH")]
+    pub telemetry_path: Option<String>,
+
+    /// Log format: txt or json.
+    #[arg(long = "log-format", env = "REDIS_EXPORTER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long = "log-level", env = "REDIS_EXPORTER_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
+    /// How often each node is polled (default 5s).
+    #[arg(long = "poll-interval", env = "REDIS_LOOKOUT_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+
+    /// Deadline for one whole poll (default 3s, at most the interval).
+    #[arg(long = "poll-timeout", env = "REDIS_LOOKOUT_POLL_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub poll_timeout: Option<Duration>,
+}
+
+impl Cli {
+    /// Parses the process arguments, accepting Go's `-flag` spelling for our long flags.
+    pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(go_style(args))
+    }
+
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config_file: self.config.clone(),
+            redis_addr: self.redis_addr.clone(),
+            redis_user: self.redis_user.clone(),
+            redis_password: self.redis_password.clone(),
+            redis_password_file: self.redis_password_file.clone(),
+            listen: self.listen.clone(),
+            telemetry_path: self.telemetry_path.clone(),
+            poll_interval: self.poll_interval,
+            poll_timeout: self.poll_timeout,
+            log_format: self.log_format,
+            log_level: self.log_level.clone(),
+        }
+    }
+}
+
+/// Rewrites `-redis.addr=x` or `-redis.addr x` to `--redis.addr…` when the name is one of ours.
+fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let longs: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .chain(["help".to_owned(), "version".to_owned()])
+        .collect();
+    args.into_iter()
+        .map(|arg| {
+            let Some(text) = arg.to_str() else { return arg };
+            if text.starts_with("--") || !text.starts_with('-') || text.len() < 3 {
+                return arg;
+            }
+            let name = text[1..].split('=').next().unwrap_or("");
+            if longs.iter().any(|l| l == name) {
+                OsString::from(format!("-{text}"))
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_single_dash_flags_are_accepted() {
+        let cli = Cli::parse_args(
+            [
+                "redis-lookout",
+                "-redis.addr=redis://h:1",
+                "-web.listen-address",
+                ":9999",
+                "-log-format=json",
+            ]
+            .map(OsString::from),
+        )
+        .unwrap();
+        assert_eq!(cli.redis_addr.as_deref(), Some("redis://h:1"));
+        assert_eq!(cli.listen.as_deref(), Some(":9999"));
+        assert_eq!(cli.log_format, Some(LogFormat::Json));
+    }
+
+    #[test]
+    fn unknown_flags_are_refused() {
+        assert!(Cli::parse_args(["redis-lookout", "--no-such-flag"].map(OsString::from)).is_err());
+    }
+}

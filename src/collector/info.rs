@@ -1,0 +1,715 @@
+//! INFO: the bulk of what Redis tells about itself, in one command per poll.
+//!
+//! We ask for the sections we publish by name (`INFO server clients … latencystats`), one round
+//! trip; servers older than 7.0 accept a single section only, so on their first refusal we fall
+//! back to `INFO ALL` for the life of the connection. Unknown fields are ignored, never a panic.
+
+use super::info_fields::{Conversion, FIELDS};
+use super::{value_text, Collector, Outcome};
+use crate::metrics::{sanitize_name, FamilySet, Kind};
+use redis::{Cmd, RedisResult, Value};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// The sections we publish (everything but modules and keysizes), asked for in one call.
+pub const SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "keyspace",
+    "commandstats",
+    "errorstats",
+    "latencystats",
+    "cluster",
+];
+
+/// INFO parsed into fields, in the order Redis wrote them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Info {
+    fields: Vec<(String, String)>,
+    index: HashMap<String, usize>,
+}
+
+impl Info {
+    /// The raw text of a field.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.index.get(key).map(|&i| self.fields[i].1.as_str())
+    }
+
+    /// A field read as a number.
+    pub fn number(&self, key: &str) -> Option<f64> {
+        self.get(key).and_then(parse_number)
+    }
+
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+}
+
+/// Parses INFO text (CRLF or LF, with or without section headers). Lines without a colon and
+/// comment lines are skipped; the first colon splits key from value (IPv6 values keep theirs).
+pub fn parse_info(text: &str) -> Info {
+    let mut info = Info::default();
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        if key.is_empty() {
+            continue;
+        }
+        let slot = info.fields.len();
+        info.index.entry(key.to_owned()).or_insert(slot);
+        info.fields.push((key.to_owned(), value.to_owned()));
+    }
+    info
+}
+
+/// Parses `a=1,b=x` (keyspace, commandstats, slave lines) into pairs.
+pub fn parse_pairs(value: &str) -> impl Iterator<Item = (&str, &str)> {
+    value.split(',').filter_map(|part| part.split_once('='))
+}
+
+fn parse_number(value: &str) -> Option<f64> {
+    let v: f64 = value.trim().parse().ok()?;
+    v.is_finite().then_some(v)
+}
+
+fn spec_for(field: &str) -> Option<&'static super::info_fields::FieldSpec> {
+    FIELDS
+        .binary_search_by(|(name, ..)| (*name).cmp(field))
+        .ok()
+        .map(|i| &FIELDS[i])
+}
+
+/// Every family redis_exporter builds from INFO (same names, types, labels), plus the replica lag
+/// in bytes. `databases` pads `redis_db_keys` with zeros for empty databases as redis_exporter does.
+pub fn info_families(info: &Info, databases: Option<u32>, out: &mut FamilySet) {
+    table_fields(info, out);
+    instance_info(info, out);
+    keyspace(info, databases, out);
+    commandstats(info, out);
+    replication(info, out);
+}
+
+fn table_fields(info: &Info, out: &mut FamilySet) {
+    for (key, value) in info.fields() {
+        if let Some((field, name, kind, conversion)) = spec_for(key) {
+            let number = match conversion {
+                Conversion::OkIsOne => Some(if value == "ok" { 1.0 } else { 0.0 }),
+                Conversion::Plain => parse_number(value),
+                Conversion::MicrosToSeconds => parse_number(value).map(|v| v / 1e6),
+            };
+            if let Some(v) = number {
+                let help = format!("INFO field {field}");
+                out.add(&format!("redis_{name}"), &help, *kind, Vec::new(), v);
+            }
+        } else if key.starts_with("cluster_") {
+            // redis_exporter passes every numeric cluster_* field through as a gauge.
+            if let Some(v) = parse_number(value) {
+                let help = format!("INFO field {key}");
+                out.gauge(&format!("redis_{}", sanitize_name(key)), &help, v);
+            }
+        }
+    }
+    if let (Some(now_us), Some(uptime)) = (
+        info.number("server_time_usec"),
+        info.number("uptime_in_seconds"),
+    ) {
+        out.gauge(
+            "redis_start_time_seconds",
+            "Start time of the Redis instance since unix epoch in seconds.",
+            (now_us / 1e6 - uptime).floor(),
+        );
+    }
+}
+
+fn instance_info(info: &Info, out: &mut FamilySet) {
+    if info.get("redis_version").is_none() && info.get("role").is_none() {
+        return;
+    }
+    let label = |key: &str| info.get(key).unwrap_or("").to_owned();
+    out.add(
+        "redis_instance_info",
+        "Information about the Redis instance",
+        Kind::Gauge,
+        vec![
+            ("maxmemory_policy", label("maxmemory_policy")),
+            ("os", label("os")),
+            ("process_id", label("process_id")),
+            ("redis_build_id", label("redis_build_id")),
+            ("redis_mode", label("redis_mode")),
+            ("redis_version", label("redis_version")),
+            ("role", label("role")),
+            ("run_id", label("run_id")),
+            ("tcp_port", label("tcp_port")),
+        ],
+        1.0,
+    );
+}
+
+fn keyspace(info: &Info, databases: Option<u32>, out: &mut FamilySet) {
+    let mut seen = Vec::new();
+    for (key, value) in info.fields() {
+        let Some(index) = key.strip_prefix("db").and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        seen.push(index);
+        let db = || vec![("db", key.to_owned())];
+        for (name, v) in parse_pairs(value) {
+            let Some(v) = parse_number(v) else { continue };
+            match name {
+                "keys" => out.add(
+                    "redis_db_keys",
+                    "Total number of keys by DB",
+                    Kind::Gauge,
+                    db(),
+                    v,
+                ),
+                "expires" => out.add(
+                    "redis_db_keys_expiring",
+                    "Total number of expiring keys by DB",
+                    Kind::Gauge,
+                    db(),
+                    v,
+                ),
+                "avg_ttl" => out.add(
+                    "redis_db_avg_ttl_seconds",
+                    "Avg TTL in seconds",
+                    Kind::Gauge,
+                    db(),
+                    v / 1000.0,
+                ),
+                "cached_keys" => out.add(
+                    "redis_db_keys_cached",
+                    "Total number of cached keys by DB",
+                    Kind::Gauge,
+                    db(),
+                    v,
+                ),
+                _ => {}
+            }
+        }
+    }
+    // Dashboards expect a series per configured database even when it is empty.
+    for index in 0..databases.unwrap_or(0).min(1024) {
+        if seen.contains(&index) {
+            continue;
+        }
+        let db = || vec![("db", format!("db{index}"))];
+        out.add(
+            "redis_db_keys",
+            "Total number of keys by DB",
+            Kind::Gauge,
+            db(),
+            0.0,
+        );
+        out.add(
+            "redis_db_keys_expiring",
+            "Total number of expiring keys by DB",
+            Kind::Gauge,
+            db(),
+            0.0,
+        );
+    }
+}
+
+fn commandstats(info: &Info, out: &mut FamilySet) {
+    let mut calls_by_cmd: HashMap<&str, (f64, f64)> = HashMap::new();
+    for (key, value) in info.fields() {
+        if let Some(cmd) = key.strip_prefix("cmdstat_") {
+            let mut calls = None;
+            let mut usec = None;
+            for (name, v) in parse_pairs(value) {
+                let Some(v) = parse_number(v) else { continue };
+                let labels = vec![("cmd", cmd.to_owned())];
+                match name {
+                    "calls" => {
+                        calls = Some(v);
+                        out.add(
+                            "redis_commands_total",
+                            "Total number of calls per command",
+                            Kind::Counter,
+                            labels,
+                            v,
+                        );
+                    }
+                    "usec" => {
+                        usec = Some(v);
+                        out.add(
+                            "redis_commands_duration_seconds_total",
+                            "Total amount of time in seconds spent per command",
+                            Kind::Counter,
+                            labels,
+                            v / 1e6,
+                        );
+                    }
+                    "rejected_calls" => out.add(
+                        "redis_commands_rejected_calls_total",
+                        "Total number of errors prior command execution per command",
+                        Kind::Counter,
+                        labels,
+                        v,
+                    ),
+                    "failed_calls" => out.add(
+                        "redis_commands_failed_calls_total",
+                        "Total number of errors within command execution per command",
+                        Kind::Counter,
+                        labels,
+                        v,
+                    ),
+                    _ => {}
+                }
+            }
+            calls_by_cmd.insert(cmd, (calls.unwrap_or(0.0), usec.unwrap_or(0.0)));
+        } else if let Some(err) = key.strip_prefix("errorstat_") {
+            if let Some(count) = parse_pairs(value)
+                .find(|(k, _)| *k == "count")
+                .and_then(|(_, v)| parse_number(v))
+            {
+                out.add(
+                    "redis_errors_total",
+                    "Total number of errors per error type",
+                    Kind::Counter,
+                    vec![("err", err.to_owned())],
+                    count,
+                );
+            }
+        }
+    }
+    // latencystats come after commandstats in INFO; pair them with the calls/usec seen above.
+    for (key, value) in info.fields() {
+        let Some(cmd) = key.strip_prefix("latency_percentiles_usec_") else {
+            continue;
+        };
+        let help = "A summary of latency percentile distribution per command";
+        for (p, v) in parse_pairs(value) {
+            let (Some(q), Some(v)) = (p.strip_prefix('p'), parse_number(v)) else {
+                continue;
+            };
+            // redis_exporter writes the quantile as Redis names it ("50", "99.9"); dashboards
+            // built on it select those values, so we keep them.
+            out.add_suffixed(
+                "redis_latency_percentiles_usec",
+                "",
+                help,
+                Kind::Summary,
+                vec![("cmd", cmd.to_owned()), ("quantile", q.to_owned())],
+                v,
+            );
+        }
+        let (calls, usec) = calls_by_cmd.get(cmd).copied().unwrap_or((0.0, 0.0));
+        let labels = || vec![("cmd", cmd.to_owned())];
+        out.add_suffixed(
+            "redis_latency_percentiles_usec",
+            "_sum",
+            help,
+            Kind::Summary,
+            labels(),
+            usec,
+        );
+        out.add_suffixed(
+            "redis_latency_percentiles_usec",
+            "_count",
+            help,
+            Kind::Summary,
+            labels(),
+            calls,
+        );
+    }
+}
+
+/// One replica as its master lists it (`slaveN:ip=…,port=…,state=…,offset=…,lag=…`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaLine {
+    pub ip: String,
+    pub port: String,
+    pub state: String,
+    pub offset: f64,
+    pub lag: f64,
+}
+
+/// The replicas a master lists in INFO replication.
+pub fn replica_lines(info: &Info) -> Vec<ReplicaLine> {
+    info.fields()
+        .filter(|(key, _)| {
+            key.strip_prefix("slave")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|(_, value)| {
+            let mut line = ReplicaLine {
+                ip: String::new(),
+                port: String::new(),
+                state: String::new(),
+                offset: 0.0,
+                lag: 0.0,
+            };
+            for (k, v) in parse_pairs(value) {
+                match k {
+                    "ip" => line.ip = v.to_owned(),
+                    "port" => line.port = v.to_owned(),
+                    "state" => line.state = v.to_owned(),
+                    "offset" => line.offset = parse_number(v).unwrap_or(0.0),
+                    "lag" => line.lag = parse_number(v).unwrap_or(0.0),
+                    _ => {}
+                }
+            }
+            (!line.ip.is_empty()).then_some(line)
+        })
+        .collect()
+}
+
+fn replication(info: &Info, out: &mut FamilySet) {
+    let master_offset = info.number("master_repl_offset");
+    for replica in replica_lines(info) {
+        let labels = || {
+            vec![
+                ("slave_ip", replica.ip.clone()),
+                ("slave_port", replica.port.clone()),
+                ("slave_state", replica.state.clone()),
+            ]
+        };
+        out.add(
+            "redis_connected_slave_lag_seconds",
+            "Lag of connected slave",
+            Kind::Gauge,
+            labels(),
+            replica.lag,
+        );
+        out.add(
+            "redis_connected_slave_offset_bytes",
+            "Offset of connected slave",
+            Kind::Gauge,
+            labels(),
+            replica.offset,
+        );
+        if let Some(master_offset) = master_offset {
+            out.add(
+                "redis_replica_lag_bytes",
+                "Replication bytes the replica has not yet acknowledged: master_repl_offset minus the replica's offset.",
+                Kind::Gauge,
+                vec![("slave_ip", replica.ip.clone()), ("slave_port", replica.port.clone())],
+                (master_offset - replica.offset).max(0.0),
+            );
+        }
+    }
+
+    let (Some(host), Some(port)) = (info.get("master_host"), info.get("master_port")) else {
+        return;
+    };
+    let labels = || {
+        vec![
+            ("master_host", host.to_owned()),
+            ("master_port", port.to_owned()),
+        ]
+    };
+    if let Some(status) = info.get("master_link_status") {
+        let up = if status == "up" { 1.0 } else { 0.0 };
+        out.add(
+            "redis_master_link_up",
+            "Master link status on Redis slave",
+            Kind::Gauge,
+            labels(),
+            up,
+        );
+    }
+    let labelled = [
+        (
+            "master_last_io_seconds_ago",
+            "redis_master_last_io_seconds_ago",
+            "Master last io seconds ago",
+        ),
+        (
+            "master_sync_in_progress",
+            "redis_master_sync_in_progress",
+            "Master sync in progress",
+        ),
+        (
+            "slave_repl_offset",
+            "redis_slave_repl_offset",
+            "Slave replication offset",
+        ),
+        (
+            "master_link_down_since_seconds",
+            "redis_master_link_down_since_seconds",
+            "Seconds since the link to the master went down (-1 while it is up)",
+        ),
+    ];
+    for (field, name, help) in labelled {
+        if let Some(v) = info.number(field) {
+            out.add(name, help, Kind::Gauge, labels(), v);
+        }
+    }
+    let mut info_labels = labels();
+    info_labels.push((
+        "read_only",
+        info.get("slave_read_only").unwrap_or("").to_owned(),
+    ));
+    out.add(
+        "redis_slave_info",
+        "Information about the Redis slave",
+        Kind::Gauge,
+        info_labels,
+        1.0,
+    );
+}
+
+/// The INFO collector: one command per poll.
+#[derive(Debug, Default)]
+pub struct InfoCollector {
+    /// Set after a pre-7.0 server refused the multi-section form.
+    all_fallback: bool,
+    /// The last INFO seen, for the poller's own use (role, replica list, liveness).
+    pub last: Option<Info>,
+}
+
+impl InfoCollector {
+    fn command(&self) -> Cmd {
+        let mut cmd = redis::cmd("INFO");
+        if self.all_fallback {
+            cmd.arg("ALL");
+        } else {
+            for section in SECTIONS {
+                cmd.arg(*section);
+            }
+        }
+        cmd
+    }
+}
+
+impl Collector for InfoCollector {
+    fn name(&self) -> &'static str {
+        "info"
+    }
+
+    fn commands(&mut self, _now: Instant) -> Vec<Cmd> {
+        vec![self.command()]
+    }
+
+    fn collect(&mut self, replies: Vec<RedisResult<Value>>, out: &mut FamilySet) -> Outcome {
+        let reply = replies.into_iter().next();
+        let text = match reply {
+            Some(Ok(value)) => match value_text(&value) {
+                Some(text) => text,
+                None => return Outcome::Failed("INFO reply is not text".into()),
+            },
+            Some(Err(err)) if !self.all_fallback && err.to_string().contains("syntax") => {
+                self.all_fallback = true;
+                return Outcome::FollowUp(vec![self.command()]);
+            }
+            Some(Err(err)) => {
+                return Outcome::Failed(format!(
+                    "INFO failed: {}",
+                    crate::error::PollError::from_redis(&err).label()
+                ))
+            }
+            None => return Outcome::Failed("no INFO reply".into()),
+        };
+        let info = parse_info(&text);
+        if info.is_empty() {
+            return Outcome::Failed("INFO reply had no fields".into());
+        }
+        let databases = out
+            .get("redis_config_databases")
+            .and_then(|f| f.samples.first())
+            .map(|s| s.value as u32);
+        info_families(&info, databases, out);
+        self.last = Some(info);
+        Outcome::Collected
+    }
+
+    fn reset(&mut self) {
+        self.all_fallback = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_table_is_sorted_for_binary_search() {
+        for pair in FIELDS.windows(2) {
+            assert!(pair[0].0 < pair[1].0, "{} before {}", pair[0].0, pair[1].0);
+        }
+    }
+
+    #[test]
+    fn parses_lf_and_crlf_alike_and_skips_headers() {
+        let lf = parse_info("# Server\nredis_version:7.0.15\nuptime_in_seconds:5\n");
+        let crlf = parse_info("# Server\r\nredis_version:7.0.15\r\nuptime_in_seconds:5\r\n");
+        assert_eq!(lf, crlf);
+        assert_eq!(lf.get("redis_version"), Some("7.0.15"));
+        assert_eq!(lf.number("uptime_in_seconds"), Some(5.0));
+    }
+
+    #[test]
+    fn table_fields_use_redis_exporter_names_and_units() {
+        let info = parse_info(
+            "used_memory:1024\nlatest_fork_usec:2500\nrdb_last_bgsave_status:err\n\
+             aof_last_write_status:ok\nevicted_keys:7\nsome_future_field:3\n",
+        );
+        let mut out = FamilySet::new();
+        info_families(&info, None, &mut out);
+        let value = |n: &str| out.get(n).map(|f| f.samples[0].value);
+        assert_eq!(value("redis_memory_used_bytes"), Some(1024.0));
+        assert_eq!(value("redis_latest_fork_seconds"), Some(0.0025));
+        assert_eq!(value("redis_rdb_last_bgsave_status"), Some(0.0));
+        assert_eq!(value("redis_aof_last_write_status"), Some(1.0));
+        assert_eq!(
+            out.get("redis_evicted_keys_total").map(|f| f.kind),
+            Some(Kind::Counter)
+        );
+        assert!(out.iter().all(|(name, _)| !name.contains("future")));
+    }
+
+    #[test]
+    fn keyspace_lines_become_per_db_series_and_empty_dbs_are_padded() {
+        let info =
+            parse_info("db0:keys=2,expires=1,avg_ttl=99490\ndb3:keys=1,expires=0,avg_ttl=0\n");
+        let mut out = FamilySet::new();
+        info_families(&info, Some(4), &mut out);
+        let keys = out.get("redis_db_keys").expect("db_keys");
+        let by_db: Vec<(String, f64)> = keys
+            .samples
+            .iter()
+            .map(|s| (s.labels[0].1.clone(), s.value))
+            .collect();
+        assert_eq!(
+            by_db,
+            vec![
+                ("db0".into(), 2.0),
+                ("db3".into(), 1.0),
+                ("db1".into(), 0.0),
+                ("db2".into(), 0.0)
+            ]
+        );
+        let ttl = out.get("redis_db_avg_ttl_seconds").expect("avg ttl");
+        assert_eq!(ttl.samples[0].value, 99.49);
+    }
+
+    #[test]
+    fn commandstats_errorstats_and_latency_summary() {
+        let info = parse_info(
+            "cmdstat_get:calls=4,usec=10,usec_per_call=2.50,rejected_calls=1,failed_calls=2\n\
+             errorstat_WRONGTYPE:count=3\n\
+             latency_percentiles_usec_get:p50=1.003,p99=2.007,p99.9=3.001\n",
+        );
+        let mut out = FamilySet::new();
+        info_families(&info, None, &mut out);
+        assert_eq!(
+            out.get("redis_commands_total").unwrap().samples[0].value,
+            4.0
+        );
+        assert_eq!(
+            out.get("redis_commands_duration_seconds_total")
+                .unwrap()
+                .samples[0]
+                .value,
+            10.0 / 1e6
+        );
+        assert_eq!(
+            out.get("redis_commands_rejected_calls_total")
+                .unwrap()
+                .samples[0]
+                .value,
+            1.0
+        );
+        assert_eq!(
+            out.get("redis_commands_failed_calls_total")
+                .unwrap()
+                .samples[0]
+                .value,
+            2.0
+        );
+        let errors = out.get("redis_errors_total").unwrap();
+        assert_eq!(
+            errors.samples[0].labels,
+            vec![("err", "WRONGTYPE".to_owned())]
+        );
+        let summary = out.get("redis_latency_percentiles_usec").unwrap();
+        assert_eq!(summary.kind, Kind::Summary);
+        let quantiles: Vec<&str> = summary
+            .samples
+            .iter()
+            .filter(|s| s.suffix.is_empty())
+            .map(|s| s.labels[1].1.as_str())
+            .collect();
+        assert_eq!(quantiles, vec!["50", "99", "99.9"]);
+        let count = summary
+            .samples
+            .iter()
+            .find(|s| s.suffix == "_count")
+            .unwrap();
+        assert_eq!(count.value, 4.0);
+    }
+
+    #[test]
+    fn replica_lines_on_a_master_and_link_fields_on_a_replica() {
+        let master = parse_info(
+            "role:master\nmaster_repl_offset:500\n\
+             slave0:ip=127.0.0.1,port=6380,state=online,offset=400,lag=1\n\
+             slave1:ip=::1,port=6381,state=wait_bgsave,offset=0,lag=0\n",
+        );
+        let mut out = FamilySet::new();
+        info_families(&master, None, &mut out);
+        let lag = out.get("redis_connected_slave_lag_seconds").unwrap();
+        assert_eq!(lag.samples.len(), 2);
+        assert_eq!(lag.samples[1].labels[0], ("slave_ip", "::1".to_owned()));
+        let bytes = out.get("redis_replica_lag_bytes").unwrap();
+        assert_eq!(bytes.samples[0].value, 100.0);
+
+        let replica = parse_info(
+            "role:slave\nmaster_host:10.0.0.1\nmaster_port:6379\nmaster_link_status:down\n\
+             master_last_io_seconds_ago:-1\nmaster_sync_in_progress:0\nslave_repl_offset:42\n\
+             slave_read_only:1\nmaster_link_down_since_seconds:12\n",
+        );
+        let mut out = FamilySet::new();
+        info_families(&replica, None, &mut out);
+        assert_eq!(
+            out.get("redis_master_link_up").unwrap().samples[0].value,
+            0.0
+        );
+        assert_eq!(
+            out.get("redis_slave_repl_offset").unwrap().samples[0].value,
+            42.0
+        );
+        assert_eq!(
+            out.get("redis_master_link_down_since_seconds")
+                .unwrap()
+                .samples[0]
+                .value,
+            12.0
+        );
+        let info = out.get("redis_slave_info").unwrap();
+        assert_eq!(info.samples[0].labels[2], ("read_only", "1".to_owned()));
+    }
+
+    #[test]
+    fn captured_master_and_replica_info_parse_completely() {
+        for (file, role) in [
+            ("info_master_7.0.txt", "master"),
+            ("info_replica_7.0.txt", "slave"),
+        ] {
+            let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).expect("fixture");
+            let info = parse_info(&text);
+            assert_eq!(info.get("role"), Some(role));
+            let mut out = FamilySet::new();
+            info_families(&info, Some(16), &mut out);
+            assert!(out.len() > 120, "{file}: only {} families", out.len());
+            assert_eq!(out.get("redis_db_keys").unwrap().samples.len(), 16);
+        }
+    }
+}

@@ -1,0 +1,692 @@
+//! Configuration: one YAML file, overridden by environment variables, overridden by flags.
+//!
+//! redis_exporter's flag and env names are accepted for the options both have, so a unit file or
+//! container command line can swap the binary and keep its arguments. Every problem in a file is
+//! reported as `file:line:column: what`, before anything is served.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// The port redis_exporter registered, kept so scrape configs need no change.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9121";
+pub const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_CONFIG_REFRESH: Duration = Duration::from_secs(60);
+
+/// A configuration problem; `Display` names the file, line and column when there is a file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{file}:{line}:{column}: {message}")]
+    At {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A password. It has no `Display`, and its `Debug` prints stars, so it cannot reach a log line.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The password itself, for AUTH only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A Redis address: `redis://`, `rediss://` (TLS) or `unix://`. A bare `host:port` means
+/// `redis://host:port`, as in redis_exporter. `Display` never shows a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(url::Url);
+
+impl RedisUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let with_scheme = if raw.contains("://") {
+            raw.to_owned()
+        } else {
+            format!("redis://{raw}")
+        };
+        let url = url::Url::parse(&with_scheme).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        match url.scheme() {
+            "redis" | "rediss" | "valkey" | "valkeys" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err("invalid Redis URL: no host".into());
+                }
+            }
+            "unix" | "redis+unix" => {
+                if url.path().is_empty() {
+                    return Err("invalid Redis URL: no socket path".into());
+                }
+            }
+            other => {
+                return Err(format!(
+                    "invalid Redis URL: scheme {other:?} is not one of redis, rediss, unix"
+                ))
+            }
+        }
+        Ok(RedisUrl(url))
+    }
+
+    /// The URL with credentials, for the client library only.
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+
+    /// `host:port` (or the socket path): the `node` label and the default target name.
+    pub fn address(&self) -> String {
+        match self.0.host_str() {
+            Some(host) => format!("{}:{}", host, self.0.port().unwrap_or(6379)),
+            None => self.0.path().to_owned(),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.0.scheme(), "rediss" | "valkeys")
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        !self.0.username().is_empty() || self.0.password().is_some()
+    }
+
+    /// The URL without user or password.
+    pub fn redacted(&self) -> String {
+        let mut shown = self.0.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        shown.to_string()
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({})", self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for RedisUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        RedisUrl::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a target's password comes from. Read at connect time, so a rotated file is picked up
+/// on the next reconnect.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PasswordSource {
+    #[default]
+    None,
+    /// A file holding the password (trailing newline ignored), or redis_exporter's JSON map
+    /// `{"redis://host:port": "password"}` keyed by the target's URL.
+    File(PathBuf),
+    /// An environment variable holding the password.
+    Env(String),
+    /// Given on the command line or in the URL.
+    Literal(Secret),
+}
+
+/// One Redis server to watch, as the file spells it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFile {
+    name: Option<String>,
+    url: RedisUrl,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    poll_timeout: Option<Duration>,
+}
+
+/// The YAML file's shape. Every key is documented in `config.example.yaml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    telemetry_path: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    poll_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    config_refresh: Option<Duration>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    #[serde(default)]
+    targets: Vec<TargetFile>,
+}
+
+/// Log line format: `txt` (logfmt-like text) or `json`, as redis_exporter names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    #[value(alias = "text")]
+    #[serde(alias = "text")]
+    Txt,
+    Json,
+}
+
+/// A target after merging file, env and flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// The `target` label: the configured name, or `host:port` of the address.
+    pub name: String,
+    pub url: RedisUrl,
+    pub username: Option<String>,
+    pub password: PasswordSource,
+    pub poll_interval: Duration,
+    pub poll_timeout: Duration,
+}
+
+/// The whole running configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub telemetry_path: String,
+    pub poll_interval: Duration,
+    pub poll_timeout: Duration,
+    pub config_refresh: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub targets: Vec<Target>,
+}
+
+/// Values given by flags or their environment variables (clap fills both; flags win).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub redis_addr: Option<String>,
+    pub redis_user: Option<String>,
+    pub redis_password: Option<String>,
+    pub redis_password_file: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub telemetry_path: Option<String>,
+    pub poll_interval: Option<Duration>,
+    pub poll_timeout: Option<Duration>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Reads the file (if any) and applies the overrides.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = match &overrides.config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                    file: path.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                })?;
+                Some((path.as_path(), parse_file(path, &text)?))
+            }
+            None => None,
+        };
+        resolve(file, overrides)
+    }
+
+    /// Parses a YAML text as if it came from `path`, with no overrides (tests, `--check-config`).
+    pub fn from_yaml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let parsed = parse_file(path, text)?;
+        resolve(Some((path, parsed)), &Overrides::default())
+    }
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    let file = path.display().to_string();
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_yaml::from_str::<FileConfig>(text).map_err(|e| {
+        let message = strip_location(&e.to_string());
+        match e.location() {
+            Some(loc) => ConfigError::At {
+                file,
+                line: loc.line(),
+                column: loc.column(),
+                message,
+            },
+            None => ConfigError::File { file, message },
+        }
+    })
+}
+
+/// The YAML library appends " at line L column C"; we put the location in front instead.
+fn strip_location(message: &str) -> String {
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Finds where `needle` stands as a value of `key:` for the `nth` time, for errors found after
+/// parsing (duplicate names), so they point into the file like parse errors do.
+fn locate(text: &str, key: &str, needle: &str, nth: usize) -> Option<(usize, usize)> {
+    let mut seen = 0;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start().trim_start_matches("- ");
+        if let Some(rest) = trimmed.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
+            let value = rest.trim().trim_matches('"').trim_matches('\'');
+            if value == needle {
+                seen += 1;
+                if seen == nth {
+                    let column = line.find(key).unwrap_or(0) + 1;
+                    return Some((i + 1, column));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, ConfigError> {
+    let (path, f) = match file {
+        Some((p, f)) => (Some(p), f),
+        None => (None, FileConfig::default()),
+    };
+    let where_ = |message: String| match path {
+        Some(p) => ConfigError::File {
+            file: p.display().to_string(),
+            message,
+        },
+        None => ConfigError::Invalid(message),
+    };
+
+    let listen_raw = o
+        .listen
+        .clone()
+        .or(f.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = parse_listen(&listen_raw).map_err(where_)?;
+    let telemetry_path = o
+        .telemetry_path
+        .clone()
+        .or(f.telemetry_path.clone())
+        .unwrap_or_else(|| "/metrics".to_owned());
+    if !telemetry_path.starts_with('/') || telemetry_path.len() < 2 {
+        return Err(where_(format!(
+            "telemetry path {telemetry_path:?} must start with / and name a path"
+        )));
+    }
+    let poll_interval = o
+        .poll_interval
+        .or(f.poll_interval)
+        .unwrap_or(DEFAULT_POLL_INTERVAL);
+    // An explicit timeout is checked against the interval; the default shrinks to fit it.
+    let explicit_timeout = o.poll_timeout.or(f.poll_timeout);
+    let poll_timeout = explicit_timeout.unwrap_or(DEFAULT_POLL_TIMEOUT.min(poll_interval));
+    let config_refresh = f.config_refresh.unwrap_or(DEFAULT_CONFIG_REFRESH);
+
+    let mut file_targets = f.targets;
+    if let Some(addr) = &o.redis_addr {
+        let url = RedisUrl::parse(addr)
+            .map_err(|e| ConfigError::Invalid(format!("--redis.addr: {e}")))?;
+        match file_targets.len() {
+            0 => file_targets.push(TargetFile {
+                name: None,
+                url,
+                username: None,
+                password_file: None,
+                password_env: None,
+                poll_interval: None,
+                poll_timeout: None,
+            }),
+            1 => file_targets[0].url = url,
+            n => {
+                return Err(where_(format!(
+                    "--redis.addr/REDIS_ADDR names one Redis but the file lists {n} targets; \
+                     remove one or the other"
+                )))
+            }
+        }
+    }
+    if file_targets.is_empty() {
+        file_targets.push(TargetFile {
+            name: None,
+            url: RedisUrl::parse(DEFAULT_REDIS).map_err(ConfigError::Invalid)?,
+            username: None,
+            password_file: None,
+            password_env: None,
+            poll_interval: None,
+            poll_timeout: None,
+        });
+    }
+
+    let mut targets: Vec<Target> = Vec::with_capacity(file_targets.len());
+    for t in file_targets {
+        let name = t.name.clone().unwrap_or_else(|| t.url.address());
+        if name.is_empty() || name.len() > 200 {
+            return Err(where_(format!(
+                "target name {name:?} must be 1 to 200 characters"
+            )));
+        }
+        if targets.iter().any(|other| other.name == name) {
+            let text = path
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            return Err(match (path, locate(&text, "name", &name, 2)) {
+                (Some(p), Some((line, column))) => ConfigError::At {
+                    file: p.display().to_string(),
+                    line,
+                    column,
+                    message: format!("target name {name:?} is used twice"),
+                },
+                _ => where_(format!("target name {name:?} is used twice")),
+            });
+        }
+        let own_credentials = t.username.is_some()
+            || t.password_file.is_some()
+            || t.password_env.is_some()
+            || t.url.has_credentials();
+        let mut password = match (&t.password_file, &t.password_env) {
+            (Some(_), Some(_)) => {
+                return Err(where_(format!(
+                    "target {name:?}: set password_file or password_env, not both"
+                )))
+            }
+            (Some(file), None) => PasswordSource::File(file.clone()),
+            (None, Some(var)) => PasswordSource::Env(var.clone()),
+            (None, None) => match t.url.url().password() {
+                Some(p) => PasswordSource::Literal(Secret::new(percent_decode(p))),
+                None => PasswordSource::None,
+            },
+        };
+        let mut username = t.username.clone().or_else(|| {
+            let user = t.url.url().username();
+            (!user.is_empty()).then(|| percent_decode(user))
+        });
+        // redis_exporter's global credentials apply to targets that bring none of their own.
+        if !own_credentials {
+            username = o.redis_user.clone();
+            password = match (&o.redis_password, &o.redis_password_file) {
+                (Some(p), _) => PasswordSource::Literal(Secret::new(p.clone())),
+                (None, Some(file)) => PasswordSource::File(file.clone()),
+                (None, None) => PasswordSource::None,
+            };
+        }
+        let poll_interval = t.poll_interval.unwrap_or(poll_interval);
+        let poll_timeout = t
+            .poll_timeout
+            .or(explicit_timeout)
+            .unwrap_or(DEFAULT_POLL_TIMEOUT.min(poll_interval));
+        if poll_interval < Duration::from_millis(100) {
+            return Err(where_(format!(
+                "target {name:?}: poll_interval must be at least 100ms"
+            )));
+        }
+        if poll_timeout.is_zero() || poll_timeout > poll_interval {
+            return Err(where_(format!(
+                "target {name:?}: poll_timeout ({}) must be above 0 and at most poll_interval ({})",
+                humantime::format_duration(poll_timeout),
+                humantime::format_duration(poll_interval)
+            )));
+        }
+        targets.push(Target {
+            name,
+            url: t.url,
+            username,
+            password,
+            poll_interval,
+            poll_timeout,
+        });
+    }
+
+    Ok(Config {
+        listen,
+        telemetry_path,
+        poll_interval,
+        poll_timeout,
+        config_refresh,
+        log_format: o.log_format.or(f.log_format).unwrap_or_default(),
+        log_level: o
+            .log_level
+            .clone()
+            .or(f.log_level)
+            .unwrap_or_else(|| "info".to_owned()),
+        targets,
+    })
+}
+
+/// Accepts `host:port`, `:port` (all interfaces, as Go does) and `[::1]:port`.
+fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
+    let full = if raw.starts_with(':') {
+        format!("0.0.0.0{raw}")
+    } else {
+        raw.to_owned()
+    };
+    if let Ok(addr) = full.parse() {
+        return Ok(addr);
+    }
+    if let Some(port) = full.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    Err(format!(
+        "listen address {raw:?} is not host:port (for example 0.0.0.0:9121)"
+    ))
+}
+
+fn percent_decode(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads the password a target should send, if any. Errors never include the file's content.
+pub fn read_password(target: &Target) -> Result<Option<Secret>, String> {
+    match &target.password {
+        PasswordSource::None => Ok(None),
+        PasswordSource::Literal(s) => Ok(Some(s.clone())),
+        PasswordSource::Env(var) => std::env::var(var)
+            .map(|v| Some(Secret::new(v)))
+            .map_err(|_| format!("environment variable {var} is not set")),
+        PasswordSource::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!("cannot read password file {}: {}", path.display(), e.kind())
+            })?;
+            let trimmed = text.trim_end_matches(['\r', '\n']);
+            if trimmed.trim_start().starts_with('{') {
+                // redis_exporter's --redis.password-file format: a JSON map keyed by URL.
+                let map: std::collections::BTreeMap<String, String> = serde_yaml::from_str(trimmed)
+                    .map_err(|_| {
+                        format!(
+                            "password file {} is not a JSON map of URL to password",
+                            path.display()
+                        )
+                    })?;
+                let want = [
+                    target.url.redacted(),
+                    target.url.redacted().trim_end_matches('/').to_owned(),
+                ];
+                Ok(map
+                    .iter()
+                    .find(|(k, _)| {
+                        RedisUrl::parse(k).is_ok_and(|u| want.contains(&u.redacted()))
+                            || want.iter().any(|w| w == *k)
+                    })
+                    .map(|(_, v)| Secret::new(v.clone())))
+            } else {
+                Ok(Some(Secret::new(trimmed)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(Path::new("test.yaml"), text)
+    }
+
+    #[test]
+    fn no_file_and_no_flags_means_local_redis_every_five_seconds() {
+        let c = Config::load(&Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:9121");
+        assert_eq!(c.targets.len(), 1);
+        assert_eq!(c.targets[0].name, "127.0.0.1:6379");
+        assert_eq!(c.targets[0].poll_interval, Duration::from_secs(5));
+        assert_eq!(c.telemetry_path, "/metrics");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_name_line_and_column() {
+        let err = load(
+            "listen: \"127.0.0.1:1\"\ntargets:\n  - name: a\n    url: redis://x\n    colour: red\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("test.yaml:5:5: "), "{err}");
+        assert!(err.contains("colour"), "{err}");
+        let err = load("poll_interval: 5 parsecs\n").unwrap_err().to_string();
+        assert!(err.starts_with("test.yaml:1:"), "{err}");
+        let err = load("targets:\n  - url: http://example\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.yaml:2:"), "{err}");
+        assert!(err.contains("scheme"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_point_at_the_second_one() {
+        let err =
+            load("targets:\n  - name: a\n    url: redis://x\n  - name: a\n    url: redis://y\n")
+                .unwrap_err()
+                .to_string();
+        // The file does not exist on disk, so only the file name can be given here.
+        assert!(err.contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file_and_global_credentials_fill_only_bare_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "poll_interval: 10s\ntargets:\n  - name: a\n    url: redis://h1:6379\n    password_env: A_PW\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            config_file: Some(path),
+            redis_addr: Some("h2:7000".into()),
+            redis_password: Some("global".into()),
+            poll_interval: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        let c = Config::load(&o).unwrap();
+        assert_eq!(c.targets[0].url.address(), "h2:7000");
+        assert_eq!(c.targets[0].poll_interval, Duration::from_secs(2));
+        assert_eq!(c.targets[0].password, PasswordSource::Env("A_PW".into()));
+
+        let bare = Config::load(&Overrides {
+            redis_addr: Some("redis://h3".into()),
+            redis_password: Some("global".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            bare.targets[0].password,
+            PasswordSource::Literal(Secret::new("global"))
+        );
+    }
+
+    #[test]
+    fn urls_never_show_their_password() {
+        let url = RedisUrl::parse("redis://user:hunter2@db:6380/0").unwrap();
+        assert_eq!(url.to_string(), "redis://db:6380/0");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert_eq!(url.address(), "db:6380");
+        assert!(!format!("{:?}", Secret::new("hunter2")).contains("hunter2"));
+        let c = Config::load(&Overrides {
+            redis_addr: Some("redis://:p%40ss@db".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(!format!("{c:?}").contains("p%40ss") && !format!("{c:?}").contains("p@ss"));
+        assert_eq!(
+            read_password(&c.targets[0]).unwrap(),
+            Some(Secret::new("p@ss"))
+        );
+    }
+
+    #[test]
+    fn password_file_plain_or_redis_exporter_json_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("pw");
+        std::fs::write(&plain, "s3cret\n").unwrap();
+        let map = dir.path().join("map.json");
+        std::fs::write(
+            &map,
+            r#"{"redis://db:6379": "fromjson", "redis://other:1": "no"}"#,
+        )
+        .unwrap();
+        let mut t = Config::load(&Overrides {
+            redis_addr: Some("redis://db:6379".into()),
+            redis_password_file: Some(plain),
+            ..Default::default()
+        })
+        .unwrap()
+        .targets
+        .remove(0);
+        assert_eq!(read_password(&t).unwrap(), Some(Secret::new("s3cret")));
+        t.password = PasswordSource::File(map);
+        assert_eq!(read_password(&t).unwrap(), Some(Secret::new("fromjson")));
+    }
+
+    #[test]
+    fn timeout_longer_than_interval_is_refused() {
+        let err = load("poll_interval: 1s\npoll_timeout: 2s\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("poll_timeout"), "{err}");
+    }
+
+    #[test]
+    fn listen_accepts_go_style_port_only() {
+        assert_eq!(parse_listen(":9121").unwrap().to_string(), "0.0.0.0:9121");
+        assert_eq!(parse_listen("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert!(parse_listen("nonsense").is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! The HTTP side: `/metrics` (renders snapshots, never touches Redis), `/`, `/-/healthy`,
+//! `/-/ready`. Connections are served concurrently; on shutdown the listener closes and
+//! in-flight requests get a few seconds to finish.
+
+use crate::snapshot::SnapshotStore;
+use crate::telemetry::Telemetry;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long in-flight requests may run after shutdown begins.
+pub const DRAIN: Duration = Duration::from_secs(5);
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the handlers read.
+pub struct AppState {
+    pub store: Arc<SnapshotStore>,
+    pub telemetry: Telemetry,
+    pub telemetry_path: String,
+}
+
+/// Accepts connections until `shutdown` turns true, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        // Out of file descriptors, for example: wait a moment rather than spin.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                let service = service_fn(move |req| handle(state.clone(), req));
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN) => tracing::warn!("some HTTP requests were still running at exit"),
+    }
+}
+
+fn response(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = code;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    resp
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let (handler, resp) = route(&state, req.method(), path);
+    state
+        .telemetry
+        .scrapes
+        .with_label_values(&[handler, resp.status().as_str()])
+        .inc();
+    Ok(resp)
+}
+
+fn route(state: &AppState, method: &Method, path: &str) -> (&'static str, Response<Full<Bytes>>) {
+    let handler = if path == state.telemetry_path {
+        "metrics"
+    } else {
+        match path {
+            "/" => "landing",
+            "/-/healthy" => "healthy",
+            "/-/ready" => "ready",
+            _ => {
+                return (
+                    "other",
+                    response(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+                )
+            }
+        }
+    };
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return (handler, resp);
+    }
+    let resp = match handler {
+        "metrics" => response(StatusCode::OK, TEXT_FORMAT, render_metrics(state)),
+        "healthy" => response(StatusCode::OK, "text/plain", "OK\n"),
+        "ready" if state.store.ready() => response(StatusCode::OK, "text/plain", "ready\n"),
+        "ready" => response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: some targets have not been polled yet\n",
+        ),
+        _ => response(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            landing_page(state),
+        ),
+    };
+    (handler, resp)
+}
+
+/// The whole exposition: Redis facts from every snapshot, then the exporter's own metrics.
+pub fn render_metrics(state: &AppState) -> String {
+    let mut out = String::with_capacity(64 * 1024);
+    state.store.render_into(&mut out, None);
+    state.telemetry.render_into(&mut out);
+    out
+}
+
+fn html_escape(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// A small page for people: each node, its state, when it was last polled and why it failed.
+fn landing_page(state: &AppState) -> String {
+    let mut page = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>redis-lookout</title>\
+         <style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em .8em;text-align:left}\
+         .up{color:#070}.down{color:#b00}</style></head><body><h1>redis-lookout</h1>",
+    );
+    let _ = write!(
+        page,
+        "<p>Version {}. <a href=\"{}\">Metrics</a> · <a href=\"/-/healthy\">healthy</a> · \
+         <a href=\"/-/ready\">ready</a></p><table><tr><th>target</th><th>node</th><th>state</th>\
+         <th>role</th><th>version</th><th>last poll</th><th>took</th><th>last error</th></tr>",
+        env!("CARGO_PKG_VERSION"),
+        state.telemetry_path
+    );
+    let now = SystemTime::now();
+    for ((target, node), snapshot) in state.store.all() {
+        page.push_str("<tr><td>");
+        html_escape(&mut page, &target);
+        page.push_str("</td><td>");
+        html_escape(&mut page, node.as_deref().unwrap_or(""));
+        page.push_str("</td>");
+        match snapshot {
+            None => page.push_str(
+                "<td>waiting for first poll</td><td></td><td></td><td></td><td></td><td></td>",
+            ),
+            Some(s) => {
+                let (class, word) = if s.up { ("up", "up") } else { ("down", "down") };
+                let ago = now
+                    .duration_since(s.polled_at)
+                    .unwrap_or_default()
+                    .as_secs();
+                let _ = write!(page, "<td class=\"{class}\">{word}</td><td>");
+                html_escape(&mut page, s.role.as_deref().unwrap_or(""));
+                page.push_str("</td><td>");
+                html_escape(&mut page, s.version.as_deref().unwrap_or(""));
+                let _ = write!(
+                    page,
+                    "</td><td>{ago} s ago</td><td>{:.1} ms</td><td>{}</td>",
+                    s.duration.as_secs_f64() * 1000.0,
+                    s.error.as_ref().map_or("", |e| e.label())
+                );
+            }
+        }
+        page.push_str("</tr>");
+    }
+    page.push_str("</table></body></html>\n");
+    page
+}

@@ -1,0 +1,109 @@
+//! The `redis-lookout` binary: parse flags, load config, start logging, run the daemon.
+
+use redis_lookout::cli::Cli;
+use redis_lookout::config::{Config, LogFormat};
+use redis_lookout::daemon;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process (rediss:// connections use rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let cli = match Cli::parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let config = match Config::load(&cli.overrides()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("redis-lookout: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        println!(
+            "configuration is valid: listen {}, {} target(s): {}",
+            config.listen,
+            config.targets.len(),
+            config
+                .targets
+                .iter()
+                .map(|t| format!("{} ({})", t.name, t.url))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Err(err) = init_logging(&config) {
+        eprintln!("redis-lookout: configuration error: log level: {err}");
+        return ExitCode::from(2);
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("redis-lookout: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(err) => {
+                eprintln!("redis-lookout: cannot listen on {}: {err}", config.listen);
+                return ExitCode::from(1);
+            }
+        };
+        match daemon::run(config, listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("redis-lookout: {err}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn init_logging(config: &Config) -> Result<(), String> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&config.log_level).map_err(|e| e.to_string())?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Txt => builder.init(),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,323 @@
+//! The metric model the collectors fill and the text exposition it renders to.
+//!
+//! Collectors add samples to a [`FamilySet`]; the poller renders the set once per poll into a
+//! [`RenderedFamily`] list (text lines with the `target`/`node` labels already in place), so a
+//! scrape only concatenates strings: it never formats a number and never waits on Redis.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// The Prometheus metric type of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Gauge,
+    Counter,
+    Histogram,
+    Summary,
+}
+
+impl Kind {
+    /// The word used on the `# TYPE` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+            Kind::Histogram => "histogram",
+            Kind::Summary => "summary",
+        }
+    }
+}
+
+/// One line of a family: an optional name suffix (`_bucket`, `_sum`, `_count`), labels, value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub suffix: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+/// All samples of one metric name, with its help text and type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    pub help: String,
+    pub kind: Kind,
+    pub samples: Vec<Sample>,
+}
+
+/// The facts one poll of one node produced, keyed by full metric name (`redis_…`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FamilySet {
+    families: BTreeMap<String, Family>,
+}
+
+impl FamilySet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a sample; the first call for a name fixes its help and type.
+    pub fn add(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        labels: Vec<(&'static str, String)>,
+        value: f64,
+    ) {
+        self.add_suffixed(name, "", help, kind, labels, value);
+    }
+
+    /// Adds a sample of a histogram or summary (`suffix` is `_bucket`, `_sum`, `_count` or "").
+    pub fn add_suffixed(
+        &mut self,
+        name: &str,
+        suffix: &'static str,
+        help: &str,
+        kind: Kind,
+        labels: Vec<(&'static str, String)>,
+        value: f64,
+    ) {
+        let family = self
+            .families
+            .entry(name.to_owned())
+            .or_insert_with(|| Family {
+                help: help.to_owned(),
+                kind,
+                samples: Vec::new(),
+            });
+        family.samples.push(Sample {
+            suffix,
+            labels,
+            value,
+        });
+    }
+
+    /// Shorthand for an unlabelled gauge.
+    pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.add(name, help, Kind::Gauge, Vec::new(), value);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Family> {
+        self.families.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Family)> {
+        self.families.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.families.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.families.is_empty()
+    }
+
+    /// Moves every family of `other` into this set (samples appended where a name exists).
+    pub fn merge(&mut self, other: FamilySet) {
+        for (name, family) in other.families {
+            match self.families.get_mut(&name) {
+                Some(existing) => existing.samples.extend(family.samples),
+                None => {
+                    self.families.insert(name, family);
+                }
+            }
+        }
+    }
+
+    /// Renders every family with `base` labels (target, node) put first on each line.
+    pub fn render(&self, base: &[(&'static str, String)]) -> Vec<RenderedFamily> {
+        self.families
+            .iter()
+            .map(|(name, family)| {
+                let mut body = String::with_capacity(family.samples.len() * 64);
+                for sample in &family.samples {
+                    write_sample(&mut body, name, sample, base);
+                }
+                RenderedFamily {
+                    name: name.clone(),
+                    help: family.help.clone(),
+                    kind: family.kind,
+                    body,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A family ready for exposition: header data plus its sample lines as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedFamily {
+    pub name: String,
+    pub help: String,
+    pub kind: Kind,
+    pub body: String,
+}
+
+fn write_sample(out: &mut String, name: &str, sample: &Sample, base: &[(&'static str, String)]) {
+    out.push_str(name);
+    out.push_str(sample.suffix);
+    let labels = base.iter().chain(sample.labels.iter());
+    let mut first = true;
+    for (key, value) in labels {
+        out.push(if first { '{' } else { ',' });
+        first = false;
+        out.push_str(key);
+        out.push_str("=\"");
+        escape_label_value(out, value);
+        out.push('"');
+    }
+    if !first {
+        out.push('}');
+    }
+    out.push(' ');
+    write_value(out, sample.value);
+    out.push('\n');
+}
+
+/// Label values come from Redis (command names, error prefixes, addresses, key names later):
+/// escape exactly what the text format requires so no byte can break a line.
+pub fn escape_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Escapes `# HELP` text (backslash and newline only, per the format).
+pub fn escape_help(out: &mut String, help: &str) {
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Writes a sample value the way Prometheus parses it (`+Inf`, `-Inf`, `NaN`, shortest float).
+pub fn write_value(out: &mut String, value: f64) {
+    if value.is_nan() {
+        out.push_str("NaN");
+    } else if value.is_infinite() {
+        out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
+    } else if value == value.trunc() && value.abs() < 1e15 {
+        let _ = write!(out, "{}", value as i64);
+    } else {
+        let _ = write!(out, "{value}");
+    }
+}
+
+/// Turns an arbitrary field name (INFO pass-through) into a valid metric-name fragment.
+pub fn sanitize_name(raw: &str) -> String {
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Writes the `# HELP`/`# TYPE` header of a family.
+pub fn write_header(out: &mut String, name: &str, help: &str, kind: Kind) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    escape_help(out, help);
+    out.push_str("\n# TYPE ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(kind.as_str());
+    out.push('\n');
+}
+
+/// Merges the families of many snapshots into one exposition: one header per family name, the
+/// samples of every snapshot under it. Families are emitted in name order.
+pub fn merge_exposition<'a>(
+    out: &mut String,
+    snapshots: impl Iterator<Item = &'a [RenderedFamily]> + Clone,
+) {
+    // Every snapshot's list is sorted by name, so a k-way merge keeps this linear in output size.
+    let mut cursors: Vec<(&[RenderedFamily], usize)> = snapshots.map(|s| (s, 0)).collect();
+    loop {
+        let next = cursors
+            .iter()
+            .filter_map(|(list, pos)| list.get(*pos).map(|f| f.name.as_str()))
+            .min();
+        let Some(name) = next else { break };
+        let mut header_written = false;
+        let mut kind_of_header = Kind::Gauge;
+        for (list, pos) in cursors.iter_mut() {
+            if let Some(family) = list.get(*pos) {
+                if family.name == name {
+                    if !header_written {
+                        write_header(out, &family.name, &family.help, family.kind);
+                        header_written = true;
+                        kind_of_header = family.kind;
+                    }
+                    // A family whose type disagrees across targets (a Redis fork reusing a name)
+                    // would make the exposition invalid: keep the first type's samples only.
+                    if family.kind == kind_of_header {
+                        out.push_str(&family.body);
+                    }
+                    *pos += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_render_as_prometheus_parses_them() {
+        let cases = [
+            (1.0, "1"),
+            (0.5, "0.5"),
+            (-3.0, "-3"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (f64::NAN, "NaN"),
+            (1e20, "100000000000000000000"),
+        ];
+        for (value, want) in cases {
+            let mut out = String::new();
+            write_value(&mut out, value);
+            assert_eq!(out, want, "value {value}");
+        }
+    }
+
+    #[test]
+    fn label_values_escape_quotes_backslashes_and_newlines() {
+        let mut out = String::new();
+        escape_label_value(&mut out, "a\"b\\c\nd");
+        assert_eq!(out, "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn families_merge_across_snapshots_with_one_header_each() {
+        let mut a = FamilySet::new();
+        a.gauge("redis_up", "up", 1.0);
+        a.gauge("redis_x", "x", 2.0);
+        let mut b = FamilySet::new();
+        b.gauge("redis_up", "up", 0.0);
+        let ra = a.render(&[("target", "a".into())]);
+        let rb = b.render(&[("target", "b".into())]);
+        let mut out = String::new();
+        merge_exposition(&mut out, [ra.as_slice(), rb.as_slice()].into_iter());
+        assert_eq!(
+            out,
+            "# HELP redis_up up\n# TYPE redis_up gauge\nredis_up{target=\"a\"} 1\nredis_up{target=\"b\"} 0\n\
+             # HELP redis_x x\n# TYPE redis_x gauge\nredis_x{target=\"a\"} 2\n"
+        );
+    }
+}
