@@ -690,3 +690,26 @@ mod tests {
         assert!(parse_listen("nonsense").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_yaml_text_is_accepted_or_refused_without_panicking(text in "\\PC{0,200}") {
+            let _ = Config::from_yaml(Path::new("p.yaml"), &text);
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../config.example.yaml");
+        let c = Config::from_yaml(Path::new("config.example.yaml"), text).expect("example parses");
+        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.targets[0].name, "sessions");
+        assert_eq!(c.targets[0].poll_timeout, Duration::from_secs(2));
+        assert_eq!(c.targets[1].poll_timeout, Duration::from_secs(3));
+    }
+}

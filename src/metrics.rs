@@ -321,3 +321,41 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn unescape(s: &str) -> String {
+        let mut out = String::new();
+        let mut chars = s.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some('n') => out.push('\n'),
+                    Some(other) => out.push(other),
+                    None => {}
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// Whatever bytes a label value holds (key names, client names), the sample stays one
+        /// line and the value reads back exactly.
+        #[test]
+        fn any_label_value_renders_on_one_line_and_reads_back(value in "\\PC*|.*\n.*\"\\\\.*") {
+            let mut set = FamilySet::new();
+            set.add("redis_x", "x", Kind::Gauge, vec![("k", value.clone())], 1.0);
+            let rendered = set.render(&[]);
+            let body = &rendered[0].body;
+            prop_assert_eq!(body.matches('\n').count(), 1);
+            let inner = body.strip_prefix("redis_x{k=\"").unwrap().strip_suffix("\"} 1\n").unwrap();
+            prop_assert_eq!(unescape(inner), value);
+        }
+    }
+}

@@ -23,6 +23,8 @@ use tokio::time::{sleep_until, timeout};
 /// The client name redis-lookout's connections carry in `CLIENT LIST`.
 pub const CLIENT_NAME: &str = "redis-lookout";
 const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// The collector whose failure fails the whole poll.
+const INFO: &str = "info";
 
 /// Polls one node until shutdown.
 pub struct NodePoller {
@@ -342,8 +344,9 @@ impl NodePoller {
         if replies.len() != spans.iter().sum::<usize>() {
             return Err(PollError::Protocol);
         }
-        let info_error = replies
-            .first()
+        let info_index = self.collectors.iter().position(|c| c.name() == INFO);
+        let info_error = info_index
+            .and_then(|i| replies.get(spans[..i].iter().sum::<usize>()))
             .and_then(|r| r.as_ref().err())
             .map(PollError::from_redis);
 
@@ -389,7 +392,10 @@ impl NodePoller {
             );
         }
         // INFO is the liveness signal: without it there is no meaningful snapshot.
-        if let Some((_, Outcome::Failed(_), _)) = outcomes.first() {
+        if outcomes
+            .iter()
+            .any(|(name, outcome, _)| *name == INFO && matches!(outcome, Outcome::Failed(_)))
+        {
             return Err(info_error.unwrap_or(PollError::Protocol));
         }
         Ok((set, ping))

@@ -713,3 +713,36 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_text_parses_without_panicking(text in "\\PC*") {
+            let info = parse_info(&text);
+            let mut out = FamilySet::new();
+            info_families(&info, Some(16), &mut out);
+        }
+
+        #[test]
+        fn info_shaped_lines_with_odd_values_never_panic(
+            lines in proptest::collection::vec(
+                ("(db[0-9]{1,3}|cmdstat_[a-z|]{1,8}|errorstat_[A-Z]{1,6}|latency_percentiles_usec_[a-z]{1,5}|slave[0-9]|used_memory|role|master_host|master_port|master_link_status|[a-z_]{1,12})",
+                 "[ -~]{0,40}"),
+                0..40),
+            crlf in any::<bool>(),
+        ) {
+            let sep = if crlf { "\r\n" } else { "\n" };
+            let text: String = lines.iter().map(|(k, v)| format!("{k}:{v}{sep}")).collect();
+            let info = parse_info(&text);
+            let mut out = FamilySet::new();
+            info_families(&info, None, &mut out);
+            for (name, _) in out.iter() {
+                prop_assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{}", name);
+            }
+        }
+    }
+}

@@ -101,11 +101,12 @@ pub fn value_items(value: &Value) -> Option<&[Value]> {
     }
 }
 
-/// The standard set of collectors for one node, in pipeline order.
+/// The standard set of collectors for one node, in pipeline order. CONFIG comes before INFO
+/// because INFO pads empty databases up to CONFIG's `databases`.
 pub fn standard_set(config_refresh: std::time::Duration) -> Vec<Box<dyn Collector>> {
     vec![
-        Box::new(info::InfoCollector::default()),
         Box::new(config::ConfigCollector::new(config_refresh)),
+        Box::new(info::InfoCollector::default()),
         Box::new(slowlog::SlowlogCollector::default()),
         Box::new(latency::LatencyCollector::default()),
     ]

@@ -385,3 +385,35 @@ mod tests {
         assert_eq!(total(&out, "keys"), 30.0);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(Value::Int),
+            ".{0,12}".prop_map(|s| Value::BulkString(s.into_bytes())),
+            Just(Value::Nil),
+        ];
+        leaf.prop_recursive(3, 40, 8, |inner| {
+            proptest::collection::vec(inner, 0..8).prop_map(Value::Array)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_reply_shape_is_parsed_or_skipped_without_panicking(reply in value()) {
+            let _ = parse_slowlog(&reply);
+            let _ = crate::collector::latency::parse_latency_latest(&reply);
+            let _ = crate::collector::config::parse_config_reply(&reply);
+            let mut c = SlowlogCollector::default();
+            let mut out = FamilySet::new();
+            let _ = c.commands(Instant::now());
+            let _ = c.collect(vec![Ok(Value::Int(1)), Ok(reply.clone())], &mut out);
+            let _ = c.commands(Instant::now());
+            let _ = c.collect(vec![Ok(Value::Int(1)), Ok(reply)], &mut out);
+        }
+    }
+}

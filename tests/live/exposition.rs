@@ -1,0 +1,270 @@
+//! What `/metrics` shows: labels per target, one header per family, promtool, the golden shape,
+//! the slowlog counting, and that steady-state polling opens no new connections.
+
+use crate::support::*;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Lint complaints promtool makes about names we keep because redis_exporter publishes them
+/// under exactly these names (dashboards and alerts depend on them).
+const LEGACY_NAMES: &[&str] = &[
+    "redis_aof_current_rewrite_duration_sec",
+    "redis_aof_last_rewrite_duration_sec",
+    "redis_current_eviction_exceeded_time_ms",
+    "redis_dump_payload_sanitizations",
+    "redis_eviction_exceeded_time_ms_total",
+    "redis_expire_cycle_cpu_time_ms_total",
+    "redis_io_threaded_reads_processed",
+    "redis_io_threaded_writes_processed",
+    "redis_memory_used_vm_total",
+    "redis_migrate_cached_sockets_total",
+    "redis_rdb_current_bgsave_duration_sec",
+    "redis_rdb_last_bgsave_duration_sec",
+    "redis_rdb_saves_total",
+    "redis_total_error_replies",
+    "redis_total_reads_processed",
+    "redis_total_writes_processed",
+    "redis_unexpected_error_replies",
+    "redis_cluster_messages_received_total",
+    "redis_cluster_messages_sent_total",
+];
+const NAMING_LINTS: &[&str] = &[
+    "metric names should not contain abbreviated units",
+    "counter metrics should have \"_total\" suffix",
+    "non-counter metrics should not have \"_total\" suffix",
+];
+
+async fn up(d: &Daemon, target: &str) -> Option<Exposition> {
+    let m = d.metrics().await;
+    (m.value("redis_up", &[("target", target)]) == Some(1.0)).then_some(m)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_series_carries_its_target_and_each_family_has_one_header() {
+    let sessions = RedisServer::start(&[]);
+    let cache = RedisServer::start(&[]);
+    let _: () = sessions.cmd(&["SET", "session:1", "x"]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ntargets:\n  - name: sessions\n    url: {}\n  - name: cache\n    url: {}\n",
+        sessions.url(),
+        cache.url()
+    ))
+    .await;
+    wait_for("sessions up", WAIT, || up(&d, "sessions")).await;
+    let m = wait_for("cache up", WAIT, || up(&d, "cache")).await;
+
+    assert_eq!(
+        m.type_lines,
+        m.types.len(),
+        "one # TYPE per family across targets"
+    );
+    for line in &m.lines {
+        let from_redis = line.name.starts_with("redis_")
+            && !line.name.starts_with("redis_lookout_build_info")
+            && !line.name.starts_with("redis_lookout_http_requests_total");
+        if from_redis {
+            let target = line.labels.get("target").map(String::as_str);
+            assert!(
+                matches!(target, Some("sessions" | "cache")),
+                "{} has target {target:?}",
+                line.name
+            );
+        }
+    }
+    assert_eq!(
+        m.value("redis_db_keys", &[("target", "sessions"), ("db", "db0")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value("redis_db_keys", &[("target", "cache"), ("db", "db0")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.all("redis_db_keys").len(),
+        32,
+        "16 databases padded per target"
+    );
+    let role = m
+        .all("redis_instance_info")
+        .iter()
+        .map(|l| l.labels["role"].clone())
+        .collect::<Vec<_>>();
+    assert_eq!(role, vec!["master", "master"]);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_output_passes_promtool_check_metrics() {
+    let redis = RedisServer::start(&["--latency-monitor-threshold", "1"]);
+    let _: () = redis.cmd(&["DEBUG", "SLEEP", "0.01"]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ntargets:\n  - url: {}\n",
+        redis.url()
+    ))
+    .await;
+    let target = format!("127.0.0.1:{}", redis.port);
+    wait_for("up", WAIT, || up(&d, &target)).await;
+    let (_, body) = http_get(d.addr, "/metrics").await;
+    assert!(
+        body.contains("redis_latency_spike_duration_seconds"),
+        "latency collector ran"
+    );
+    let Some((_, complaints)) = promtool_check_metrics(&body) else {
+        panic!("promtool not found: apt-get install prometheus");
+    };
+    let unexpected: Vec<&String> = complaints
+        .iter()
+        .filter(|line| {
+            let legacy = LEGACY_NAMES
+                .iter()
+                .any(|n| line.starts_with(&format!("{n} ")));
+            let naming = NAMING_LINTS.iter().any(|l| line.ends_with(l));
+            !(legacy && naming)
+        })
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "promtool complaints: {unexpected:#?}"
+    );
+    d.stop().await;
+}
+
+/// Family names, types and label names on a fresh Redis 7.0 standalone server, compared with
+/// `tests/golden/families.txt`. Families whose presence depends on activity are left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn families_match_the_golden_file() {
+    let redis = RedisServer::start(&[]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ntargets:\n  - url: {}\n",
+        redis.url()
+    ))
+    .await;
+    let target = format!("127.0.0.1:{}", redis.port);
+    let m = wait_for("up", WAIT, || up(&d, &target)).await;
+    let volatile = |name: &str| {
+        name.starts_with("process_")
+            || name.starts_with("redis_errors_total")
+            || name.starts_with("redis_latency_spike")
+    };
+    let mut got = String::new();
+    for (family, (kind, labels)) in m.shapes() {
+        if !volatile(&family) {
+            got.push_str(&format!("{family} {kind} {}\n", labels.join(",")));
+        }
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/families.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &got).expect("write golden");
+    }
+    let want = std::fs::read_to_string(path).expect("golden file (UPDATE_GOLDEN=1 writes it)");
+    let (got_lines, want_lines): (Vec<&str>, Vec<&str>) =
+        (got.lines().collect(), want.lines().collect());
+    let missing: Vec<&&str> = want_lines
+        .iter()
+        .filter(|l| !got_lines.contains(l))
+        .collect();
+    let extra: Vec<&&str> = got_lines
+        .iter()
+        .filter(|l| !want_lines.contains(l))
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing: {missing:#?}\nextra: {extra:#?}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_entries_are_counted_once_each_by_command() {
+    let redis = RedisServer::start(&["--slowlog-log-slower-than", "10000"]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ntargets:\n  - url: {}\n",
+        redis.url()
+    ))
+    .await;
+    let target = format!("127.0.0.1:{}", redis.port);
+    wait_for("up", WAIT, || up(&d, &target)).await;
+    for _ in 0..5 {
+        let _: () = redis.cmd(&["DEBUG", "SLEEP", "0.02"]);
+    }
+    let polls = |m: &Exposition| {
+        m.value("redis_lookout_polls_total", &[("target", &target)])
+            .unwrap_or(0.0)
+    };
+    let m = wait_for("5 slow debug entries", WAIT, || async {
+        let m = d.metrics().await;
+        (m.value("redis_slowlog_entries_total", &[("cmd", "debug")]) == Some(5.0)).then_some(m)
+    })
+    .await;
+    let seen_at = polls(&m);
+    assert_eq!(m.value("redis_slowlog_length", &[]), Some(5.0));
+    assert!(
+        m.value("redis_last_slow_execution_duration_seconds", &[])
+            .unwrap()
+            >= 0.02
+    );
+    assert_eq!(
+        m.value("redis_slowlog_entry_duration_seconds_count", &[]),
+        Some(5.0)
+    );
+    // Three more polls later the same entries have not been counted again.
+    let m = wait_for("3 more polls", WAIT, || async {
+        let m = d.metrics().await;
+        (polls(&m) >= seen_at + 3.0).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        m.value("redis_slowlog_entries_total", &[("cmd", "debug")]),
+        Some(5.0)
+    );
+    assert!(
+        !m.lines.iter().any(|l| l
+            .labels
+            .values()
+            .any(|v| v.to_ascii_lowercase().contains("sleep"))),
+        "arguments (here the SLEEP subcommand) are never exported"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_state_polling_opens_no_new_connections() {
+    let redis = RedisServer::start(&[]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 100ms\ntargets:\n  - url: {}\n",
+        redis.url()
+    ))
+    .await;
+    let target = format!("127.0.0.1:{}", redis.port);
+    let first = wait_for("up", WAIT, || up(&d, &target)).await;
+    let received = |m: &Exposition| m.value("redis_connections_received_total", &[]).unwrap();
+    let polls = |m: &Exposition| {
+        m.value("redis_lookout_polls_total", &[("target", &target)])
+            .unwrap()
+    };
+    let later = wait_for("10 more polls", WAIT, || async {
+        let m = d.metrics().await;
+        (polls(&m) >= polls(&first) + 10.0).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        received(&later),
+        received(&first),
+        "Redis saw no new connection from us"
+    );
+    assert_eq!(
+        later.value(
+            "redis_lookout_connections_opened_total",
+            &[("target", &target)]
+        ),
+        Some(1.0)
+    );
+    let clients: String = redis.cmd(&["CLIENT", "LIST"]);
+    assert_eq!(
+        clients.matches("name=redis-lookout").count(),
+        1,
+        "{clients}"
+    );
+    d.stop().await;
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests against real `redis-server` processes on loopback ports.
+//!
+//! One test binary (so it links once); the modules group the behaviours.
+
+mod compat;
+mod exposition;
+mod faults;
+mod process;
+mod support;

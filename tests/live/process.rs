@@ -1,0 +1,240 @@
+//! The binary as operators run it: bad configs, no Redis, outage logging, signals.
+
+use crate::support::*;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn run_with_config(text: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .env_remove("REDIS_ADDR")
+        .output()
+        .expect("run binary");
+    (
+        out.status.code(),
+        path.display().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_config_files_exit_2_naming_file_line_and_column() {
+    let cases = [
+        (
+            "unknown key",
+            "targets:\n  - name: a\n    url: redis://127.0.0.1:1\n    colour: red\n",
+            ":4:5: ",
+        ),
+        ("bad duration", "poll_interval: fast\n", ":1:16: "),
+        ("bad url", "targets:\n  - url: ftp://example\n", ":2:"),
+        (
+            "duplicate name",
+            "targets:\n  - name: a\n    url: redis://h1\n  - name: a\n    url: redis://h2\n",
+            ":4:5: ",
+        ),
+        ("yaml syntax", "targets: [\n  - url: redis://h\n", ":"),
+        ("wrong type", "targets: 5\n", ":1:10: "),
+    ];
+    for (what, text, location) in cases {
+        let (code, path, stderr) = run_with_config(text);
+        assert_eq!(code, Some(2), "{what}: exit code; stderr: {stderr}");
+        assert!(
+            stderr.contains(&format!("{path}{location}")),
+            "{what}: expected {path}{location} in {stderr:?}"
+        );
+    }
+    let (code, _, stderr) = run_with_config("poll_interval: 1s\npoll_timeout: 5s\n");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("poll_timeout"), "{stderr}");
+}
+
+#[test]
+fn the_example_config_checks_clean() {
+    let out = Command::new(binary())
+        .arg("--config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"))
+        .arg("--check-config")
+        .env_remove("REDIS_ADDR")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+}
+
+struct Running {
+    child: Child,
+    addr: std::net::SocketAddr,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let port = free_port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(binary())
+            .args([
+                "--web.listen-address",
+                &addr.to_string(),
+                "--log-format",
+                "json",
+            ])
+            .args(args)
+            .env_remove("REDIS_ADDR")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Running {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    async fn metrics(&self) -> Option<Exposition> {
+        let ok = tokio::net::TcpStream::connect(self.addr).await.is_ok();
+        if !ok {
+            return None;
+        }
+        let (status, body) = http_get(self.addr, "/metrics").await;
+        (status == 200).then(|| Exposition::parse(&body))
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_redis_it_still_serves_and_says_so() {
+    let closed = free_port();
+    let mut p = Running::start(&[
+        "--redis.addr",
+        &format!("redis://127.0.0.1:{closed}"),
+        "--poll-interval",
+        "200ms",
+    ]);
+    let m = wait_for("metrics served", WAIT, || async {
+        let m = p.metrics().await?;
+        m.value("redis_up", &[]).is_some().then_some(m)
+    })
+    .await;
+    assert_eq!(m.value("redis_up", &[]), Some(0.0));
+    let (status, _) = http_get(p.addr, "/-/healthy").await;
+    assert_eq!(status, 200);
+    let (status, page) = http_get(p.addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("down") && page.contains("connection_refused"),
+        "{page}"
+    );
+    assert!(p.alive());
+    assert!(p.log_text().contains("target is down"), "{}", p.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_logged_once_and_the_recovery_once() {
+    let mut redis = RedisServer::start(&[]);
+    let mut p = Running::start(&[
+        "--redis.addr",
+        &redis.url(),
+        "--poll-interval",
+        "200ms",
+        "--poll-timeout",
+        "150ms",
+    ]);
+    wait_for("up", WAIT, || async {
+        (p.metrics().await?.value("redis_up", &[])? == 1.0).then_some(())
+    })
+    .await;
+    redis.kill();
+    wait_for("6 failed polls", WAIT, || async {
+        let m = p.metrics().await?;
+        let failed: f64 = m
+            .all("redis_lookout_poll_errors_total")
+            .iter()
+            .map(|l| l.value)
+            .sum();
+        (failed >= 6.0).then_some(())
+    })
+    .await;
+    assert!(p.alive(), "the daemon must not exit when Redis dies");
+    redis.restart();
+    wait_for("up again", WAIT, || async {
+        (p.metrics().await?.value("redis_up", &[])? == 1.0).then_some(())
+    })
+    .await;
+    let log = p.log_text();
+    assert_eq!(log.matches("target is down").count(), 1, "{log}");
+    assert_eq!(log.matches("target is back up").count(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_it_cleanly() {
+    let redis = RedisServer::start(&[]);
+    let mut p = Running::start(&["--redis.addr", &redis.url(), "--poll-interval", "200ms"]);
+    wait_for("serving", WAIT, || async { p.metrics().await.map(|_| ()) }).await;
+    let (status, _) = http_get(p.addr, "/-/ready").await;
+    assert_eq!(status, 200);
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("exited after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx() {
+    let redis = RedisServer::start(&[]);
+    let p = Running::start(&["--redis.addr", &redis.url()]);
+    wait_for("serving", WAIT, || async { p.metrics().await.map(|_| ()) }).await;
+    assert_eq!(http_get(p.addr, "/nope").await.0, 404);
+    assert_eq!(http_request(p.addr, "POST", "/metrics").await.0, 405);
+    assert_eq!(http_request(p.addr, "DELETE", "/").await.0, 405);
+}

@@ -1,0 +1,437 @@
+//! Test support: real `redis-server` processes on free loopback ports, the daemon in-process or
+//! as the built binary, a tiny HTTP client, an exposition parser, and waiting on conditions with
+//! deadlines (never sleep-and-hope).
+
+#![allow(dead_code)]
+
+use redis_lookout::config::{Config, Overrides};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A port nobody listens on right now (bound then released).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` every 25 ms until it returns Some or `limit` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A `redis-server` child on 127.0.0.1, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start(extra: &[&str]) -> RedisServer {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // A port found free can be taken before redis binds it: try a few.
+        for _attempt in 0..5 {
+            let mut server = RedisServer {
+                port: free_port(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                child: None,
+                extra: extra.clone(),
+            };
+            server.spawn();
+            if server.wait_ready(Duration::from_secs(10)) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start; is it installed (apt-get install redis-server)?");
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "yes", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(cmd.spawn().expect("spawn redis-server"));
+    }
+
+    fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(mut c) = self.client().get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("client")
+    }
+
+    /// Runs one command on a fresh connection.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut conn = self
+            .client()
+            .get_connection()
+            .expect("connect to test redis");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn).expect("redis command")
+    }
+
+    pub fn info_field(&self, section: &str, field: &str) -> String {
+        let text: String = self.cmd(&["INFO", section]);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        assert!(
+            self.wait_ready(Duration::from_secs(10)),
+            "redis-server restart"
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A SIGSTOPped server must be continued to die promptly.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .status();
+        }
+        self.kill();
+    }
+}
+
+/// The daemon running in-process on an ephemeral port.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub async fn start(yaml: &str) -> Daemon {
+        let config = Config::from_yaml(Path::new("test.yaml"), yaml).expect("test config");
+        Daemon::start_config(config).await
+    }
+
+    pub async fn start_config(config: Config) -> Daemon {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            redis_lookout::daemon::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("daemon run");
+        });
+        Daemon {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn metrics(&self) -> Exposition {
+        let (status, body) = http_get(self.addr, "/metrics").await;
+        assert_eq!(status, 200, "/metrics status");
+        Exposition::parse(&body)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("daemon task ended cleanly");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Default overrides for a single test target (no file).
+pub fn overrides_for(url: &str) -> Overrides {
+    Overrides {
+        redis_addr: Some(url.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// GET over a fresh connection; returns (status, body). Bounded by a 10 s deadline.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path).await
+}
+
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let work = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to daemon");
+        // HTTP/1.0 so no server answers with chunked encoding.
+        let request = format!("{method} {path} HTTP/1.0\r\nHost: test\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send request");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read response");
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .expect("HTTP request timed out")
+}
+
+/// One sample line of an exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A parsed text exposition: types by family, and sample lines.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    pub types: BTreeMap<String, String>,
+    pub type_lines: usize,
+    pub lines: Vec<Line>,
+}
+
+impl Exposition {
+    pub fn parse(text: &str) -> Exposition {
+        let mut e = Exposition::default();
+        for raw in text.lines() {
+            if let Some(rest) = raw.strip_prefix("# TYPE ") {
+                let mut parts = rest.split_whitespace();
+                if let (Some(n), Some(t)) = (parts.next(), parts.next()) {
+                    e.types.insert(n.to_owned(), t.to_owned());
+                    e.type_lines += 1;
+                }
+                continue;
+            }
+            if raw.starts_with('#') || raw.trim().is_empty() {
+                continue;
+            }
+            e.lines.push(parse_line(raw));
+        }
+        e
+    }
+
+    /// The value of the first sample of `name` whose labels include all of `want`.
+    pub fn value(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+        self.lines
+            .iter()
+            .find(|l| {
+                l.name == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| l.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|l| l.value)
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&Line> {
+        self.lines.iter().filter(|l| l.name == name).collect()
+    }
+
+    /// The family a sample line belongs to (strips histogram/summary suffixes when typed so).
+    pub fn family_of(&self, sample: &str) -> String {
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = sample.strip_suffix(suffix) {
+                if matches!(
+                    self.types.get(base).map(String::as_str),
+                    Some("histogram" | "summary")
+                ) {
+                    return base.to_owned();
+                }
+            }
+        }
+        sample.to_owned()
+    }
+
+    /// Family → (type, label names without target/node/le/quantile).
+    pub fn shapes(&self) -> BTreeMap<String, (String, Vec<String>)> {
+        let mut out: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+        for line in &self.lines {
+            let family = self.family_of(&line.name);
+            let kind = self
+                .types
+                .get(&family)
+                .cloned()
+                .unwrap_or_else(|| "untyped".into());
+            let entry = out.entry(family).or_insert_with(|| (kind, Vec::new()));
+            for k in line.labels.keys() {
+                if !["target", "node", "le", "quantile"].contains(&k.as_str())
+                    && !entry.1.contains(k)
+                {
+                    entry.1.push(k.clone());
+                }
+            }
+        }
+        for (_, labels) in out.values_mut() {
+            labels.sort();
+        }
+        out
+    }
+}
+
+fn parse_line(raw: &str) -> Line {
+    let (head, value) = raw.rsplit_once(' ').expect("sample line has a value");
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().unwrap_or(f64::NAN),
+    };
+    let (name, labels) = match head.split_once('{') {
+        None => (head.to_owned(), BTreeMap::new()),
+        Some((name, rest)) => (name.to_owned(), parse_labels(rest.trim_end_matches('}'))),
+    };
+    Line {
+        name,
+        labels,
+        value,
+    }
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        assert_eq!(chars.next(), Some('"'), "label value opens with a quote");
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').to_owned(), value);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    labels
+}
+
+/// The built binary, for tests of the process itself (exit codes, signals, logs).
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_redis-lookout"))
+}
+
+/// Runs `promtool check metrics` on `text`; returns (exit ok, every complaint line).
+pub fn promtool_check_metrics(text: &str) -> Option<(bool, Vec<String>)> {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(text.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.extend(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(str::to_owned),
+    );
+    Some((out.status.success(), lines))
+}
