@@ -697,6 +697,44 @@ mod tests {
     }
 
     #[test]
+    fn servers_before_7_get_info_all_after_refusing_sections() {
+        let mut c = InfoCollector::default();
+        let packed =
+            |cmds: Vec<Cmd>| String::from_utf8_lossy(&cmds[0].get_packed_command()).into_owned();
+        assert!(packed(c.commands(Instant::now())).contains("latencystats"));
+        let refusal = redis::RedisError::from((redis::ErrorKind::Client, "ERR syntax error"));
+        let mut out = FamilySet::new();
+        let Outcome::FollowUp(retry) = c.collect(vec![Err(refusal)], &mut out) else {
+            panic!("expected a follow-up");
+        };
+        assert!(packed(retry).contains("ALL"));
+        let reply = Value::BulkString(b"# Server\r\nredis_version:6.2.0\r\n".to_vec());
+        assert_eq!(c.collect(vec![Ok(reply)], &mut out), Outcome::Collected);
+        assert!(
+            packed(c.commands(Instant::now())).contains("ALL"),
+            "remembered"
+        );
+        c.reset();
+        assert!(
+            packed(c.commands(Instant::now())).contains("latencystats"),
+            "forgotten on reconnect"
+        );
+    }
+
+    #[test]
+    fn a_reply_with_only_some_sections_publishes_what_it_has() {
+        let info = parse_info("# Memory\nused_memory:10\nmaxmemory:0\n");
+        let mut out = FamilySet::new();
+        info_families(&info, None, &mut out);
+        assert_eq!(
+            out.get("redis_memory_used_bytes").unwrap().samples[0].value,
+            10.0
+        );
+        assert!(out.get("redis_instance_info").is_none());
+        assert!(out.get("redis_db_keys").is_none());
+    }
+
+    #[test]
     fn captured_master_and_replica_info_parse_completely() {
         for (file, role) in [
             ("info_master_7.0.txt", "master"),

@@ -35,11 +35,6 @@ const NAMING_LINTS: &[&str] = &[
     "non-counter metrics should not have \"_total\" suffix",
 ];
 
-async fn up(d: &Daemon, target: &str) -> Option<Exposition> {
-    let m = d.metrics().await;
-    (m.value("redis_up", &[("target", target)]) == Some(1.0)).then_some(m)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_series_carries_its_target_and_each_family_has_one_header() {
     let sessions = RedisServer::start(&[]);
@@ -51,8 +46,8 @@ async fn every_series_carries_its_target_and_each_family_has_one_header() {
         cache.url()
     ))
     .await;
-    wait_for("sessions up", WAIT, || up(&d, "sessions")).await;
-    let m = wait_for("cache up", WAIT, || up(&d, "cache")).await;
+    d.wait_up("sessions").await;
+    let m = d.wait_up("cache").await;
 
     assert_eq!(
         m.type_lines,
@@ -104,7 +99,7 @@ async fn live_output_passes_promtool_check_metrics() {
     ))
     .await;
     let target = format!("127.0.0.1:{}", redis.port);
-    wait_for("up", WAIT, || up(&d, &target)).await;
+    d.wait_up(&target).await;
     let (_, body) = http_get(d.addr, "/metrics").await;
     assert!(
         body.contains("redis_latency_spike_duration_seconds"),
@@ -141,7 +136,7 @@ async fn families_match_the_golden_file() {
     ))
     .await;
     let target = format!("127.0.0.1:{}", redis.port);
-    let m = wait_for("up", WAIT, || up(&d, &target)).await;
+    let m = d.wait_up(&target).await;
     let volatile = |name: &str| {
         name.starts_with("process_")
             || name.starts_with("redis_errors_total")
@@ -184,20 +179,17 @@ async fn slow_entries_are_counted_once_each_by_command() {
     ))
     .await;
     let target = format!("127.0.0.1:{}", redis.port);
-    wait_for("up", WAIT, || up(&d, &target)).await;
+    d.wait_up(&target).await;
     for _ in 0..5 {
         let _: () = redis.cmd(&["DEBUG", "SLEEP", "0.02"]);
     }
-    let polls = |m: &Exposition| {
-        m.value("redis_lookout_polls_total", &[("target", &target)])
-            .unwrap_or(0.0)
-    };
-    let m = wait_for("5 slow debug entries", WAIT, || async {
-        let m = d.metrics().await;
-        (m.value("redis_slowlog_entries_total", &[("cmd", "debug")]) == Some(5.0)).then_some(m)
-    })
-    .await;
-    let seen_at = polls(&m);
+    let debug = [("cmd", "debug")];
+    let m = d
+        .metrics_when("5 slow debug entries", WAIT, |m| {
+            m.value("redis_slowlog_entries_total", &debug) == Some(5.0)
+        })
+        .await;
+    let seen_at = m.polls(&target);
     assert_eq!(m.value("redis_slowlog_length", &[]), Some(5.0));
     assert!(
         m.value("redis_last_slow_execution_duration_seconds", &[])
@@ -209,11 +201,9 @@ async fn slow_entries_are_counted_once_each_by_command() {
         Some(5.0)
     );
     // Three more polls later the same entries have not been counted again.
-    let m = wait_for("3 more polls", WAIT, || async {
-        let m = d.metrics().await;
-        (polls(&m) >= seen_at + 3.0).then_some(m)
-    })
-    .await;
+    let m = d
+        .metrics_when("3 more polls", WAIT, |m| m.polls(&target) >= seen_at + 3.0)
+        .await;
     assert_eq!(
         m.value("redis_slowlog_entries_total", &[("cmd", "debug")]),
         Some(5.0)
@@ -237,17 +227,13 @@ async fn steady_state_polling_opens_no_new_connections() {
     ))
     .await;
     let target = format!("127.0.0.1:{}", redis.port);
-    let first = wait_for("up", WAIT, || up(&d, &target)).await;
+    let first = d.wait_up(&target).await;
     let received = |m: &Exposition| m.value("redis_connections_received_total", &[]).unwrap();
-    let polls = |m: &Exposition| {
-        m.value("redis_lookout_polls_total", &[("target", &target)])
-            .unwrap()
-    };
-    let later = wait_for("10 more polls", WAIT, || async {
-        let m = d.metrics().await;
-        (polls(&m) >= polls(&first) + 10.0).then_some(m)
-    })
-    .await;
+    let later = d
+        .metrics_when("10 more polls", WAIT, |m| {
+            m.polls(&target) >= first.polls(&target) + 10.0
+        })
+        .await;
     assert_eq!(
         received(&later),
         received(&first),

@@ -1,14 +1,9 @@
-//! Real faults: a Redis killed and restarted, a Redis frozen with SIGSTOP.
+//! Real faults: a Redis killed and restarted, a Redis frozen with SIGSTOP, commands renamed away.
 
 use crate::support::*;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn polls(m: &Exposition, target: &str) -> f64 {
-    m.value("redis_lookout_polls_total", &[("target", target)])
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_redis_is_down_within_one_poll_and_up_within_one_poll_of_restart() {
@@ -18,25 +13,18 @@ async fn killed_redis_is_down_within_one_poll_and_up_within_one_poll_of_restart(
         redis.url()
     ))
     .await;
-    wait_for("up", WAIT, || async {
-        let m = d.metrics().await;
-        (m.value("redis_up", &[("target", "r")]) == Some(1.0)).then_some(())
-    })
-    .await;
+    d.wait_up("r").await;
 
     redis.kill();
-    let at_kill = polls(&d.metrics().await, "r");
-    let down = wait_for("redis_up 0", WAIT, || async {
-        let m = d.metrics().await;
-        (m.value("redis_up", &[("target", "r")]) == Some(0.0)).then_some(m)
-    })
-    .await;
+    let at_kill = d.metrics().await.polls("r");
+    let down = d
+        .metrics_when("redis_up 0", WAIT, |m| {
+            m.value("redis_up", &[("target", "r")]) == Some(0.0)
+        })
+        .await;
     // The poll in flight at the kill may still have succeeded; the next one must fail.
-    assert!(
-        polls(&down, "r") - at_kill <= 2.0,
-        "down after {} polls",
-        polls(&down, "r") - at_kill
-    );
+    let polls_to_down = down.polls("r") - at_kill;
+    assert!(polls_to_down <= 2.0, "down after {polls_to_down} polls");
     assert!(
         down.value("redis_memory_used_bytes", &[("target", "r")])
             .is_none(),
@@ -46,28 +34,17 @@ async fn killed_redis_is_down_within_one_poll_and_up_within_one_poll_of_restart(
         down.value("redis_exporter_last_scrape_error", &[("target", "r")]),
         Some(1.0)
     );
-    let kind = down
-        .all("redis_exporter_last_scrape_error")
-        .first()
-        .map(|l| l.labels["err"].clone())
-        .unwrap();
+    let kind = down.all("redis_exporter_last_scrape_error")[0].labels["err"].clone();
     assert!(
         kind == "connection_refused" || kind == "connection",
         "error kind is a fixed word, got {kind}"
     );
 
     redis.restart();
-    let at_restart = polls(&d.metrics().await, "r");
-    let back = wait_for("redis_up 1 again", WAIT, || async {
-        let m = d.metrics().await;
-        (m.value("redis_up", &[("target", "r")]) == Some(1.0)).then_some(m)
-    })
-    .await;
-    assert!(
-        polls(&back, "r") - at_restart <= 2.0,
-        "up after {} polls",
-        polls(&back, "r") - at_restart
-    );
+    let at_restart = d.metrics().await.polls("r");
+    let back = d.wait_up("r").await;
+    let polls_to_up = back.polls("r") - at_restart;
+    assert!(polls_to_up <= 2.0, "up after {polls_to_up} polls");
     assert!(
         back.value("redis_memory_used_bytes", &[("target", "r")])
             .unwrap()
@@ -86,24 +63,16 @@ async fn frozen_redis_times_out_while_other_targets_keep_their_rhythm() {
         healthy.url()
     ))
     .await;
-    for t in ["frozen", "healthy"] {
-        wait_for("both up", WAIT, || async {
-            let m = d.metrics().await;
-            (m.value("redis_up", &[("target", t)]) == Some(1.0)).then_some(())
-        })
-        .await;
-    }
+    d.wait_up("frozen").await;
+    d.wait_up("healthy").await;
 
     frozen.signal("STOP");
-    let m = wait_for("timeout reported for the frozen target", WAIT, || async {
-        let m = d.metrics().await;
-        (m.value(
-            "redis_exporter_last_scrape_error",
-            &[("target", "frozen"), ("err", "timeout")],
-        ) == Some(1.0))
-        .then_some(m)
-    })
-    .await;
+    let timed_out = [("target", "frozen"), ("err", "timeout")];
+    let m = d
+        .metrics_when("timeout reported for the frozen target", WAIT, |m| {
+            m.value("redis_exporter_last_scrape_error", &timed_out) == Some(1.0)
+        })
+        .await;
     assert_eq!(m.value("redis_up", &[("target", "frozen")]), Some(0.0));
     // The poll was cut at the deadline, not before it.
     let took = m
@@ -117,48 +86,115 @@ async fn frozen_redis_times_out_while_other_targets_keep_their_rhythm() {
         "a timed-out poll lasted {took} s, less than poll_timeout"
     );
 
-    let before = polls(&m, "healthy");
-    let errors_before = m
-        .all("redis_lookout_poll_errors_total")
-        .iter()
-        .filter(|l| l.labels["target"] == "healthy")
-        .map(|l| l.value)
-        .sum::<f64>();
-    let m = wait_for("healthy target keeps polling", WAIT, || async {
-        let m = d.metrics().await;
-        (polls(&m, "healthy") >= before + 5.0).then_some(m)
-    })
-    .await;
+    // Scrapes are answered from snapshots, many at once, while Redis is frozen.
+    let scrapes = (0..16).map(|_| http_get(d.addr, "/metrics"));
+    for (status, body) in futures_join_all(scrapes).await {
+        assert_eq!(status, 200);
+        assert!(body.contains("redis_up{target=\"frozen\"} 0"));
+    }
+
+    let healthy_errors =
+        |m: &Exposition| m.sum("redis_lookout_poll_errors_total", &[("target", "healthy")]);
+    let (before, errors_before) = (m.polls("healthy"), healthy_errors(&m));
+    let m = d
+        .metrics_when("healthy target keeps polling", WAIT, |m| {
+            m.polls("healthy") >= before + 5.0
+        })
+        .await;
     assert_eq!(m.value("redis_up", &[("target", "healthy")]), Some(1.0));
-    let errors_after = m
-        .all("redis_lookout_poll_errors_total")
-        .iter()
-        .filter(|l| l.labels["target"] == "healthy")
-        .map(|l| l.value)
-        .sum::<f64>();
     assert_eq!(
-        errors_after, errors_before,
+        healthy_errors(&m),
+        errors_before,
         "the healthy target had no failed poll"
     );
-    // Timed-out polls on the frozen one kept coming too (no poller stuck forever).
-    let frozen_timeouts = |m: &Exposition| {
-        m.value(
-            "redis_lookout_poll_errors_total",
-            &[("target", "frozen"), ("kind", "timeout")],
-        )
-        .unwrap_or(0.0)
-    };
+    let frozen_timeouts = m.sum(
+        "redis_lookout_poll_errors_total",
+        &[("target", "frozen"), ("kind", "timeout")],
+    );
     assert!(
-        frozen_timeouts(&m) >= 2.0,
-        "frozen target timed out {} times",
-        frozen_timeouts(&m)
+        frozen_timeouts >= 2.0,
+        "timed-out polls kept coming: {frozen_timeouts}"
     );
 
     frozen.signal("CONT");
-    wait_for("frozen target back", WAIT, || async {
-        let m = d.metrics().await;
-        (m.value("redis_up", &[("target", "frozen")]) == Some(1.0)).then_some(())
-    })
-    .await;
+    d.wait_up("frozen").await;
     d.stop().await;
+}
+
+/// Managed services rename or block CONFIG, SLOWLOG and LATENCY. That is "no data", asked once
+/// per connection, so the exporter does not inflate the server's error counters on every poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_commands_are_no_data_and_asked_once() {
+    let redis = RedisServer::start(&[
+        "--rename-command",
+        "CONFIG",
+        "",
+        "--rename-command",
+        "SLOWLOG",
+        "",
+        "--rename-command",
+        "LATENCY",
+        "",
+        "--maxmemory",
+        "12345678",
+    ]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 150ms\ntargets:\n  - name: m\n    url: {}\n",
+        redis.url()
+    ))
+    .await;
+    let first = d.wait_up("m").await;
+    // INFO runs between CONFIG and SLOWLOG in the pipeline, so the refusals of the first poll
+    // are all visible in the INFO of the second.
+    let settled = d
+        .metrics_when("2 more polls", WAIT, |m| {
+            m.polls("m") >= first.polls("m") + 2.0
+        })
+        .await;
+    let later = d
+        .metrics_when("5 more polls", WAIT, |m| {
+            m.polls("m") >= settled.polls("m") + 5.0
+        })
+        .await;
+    for collector in ["config", "slowlog", "latency", "info"] {
+        assert_eq!(
+            later.value(
+                "redis_lookout_collector_success",
+                &[("collector", collector)]
+            ),
+            Some(1.0),
+            "{collector}: no data is not a failure"
+        );
+    }
+    assert!(later.value("redis_config_maxmemory", &[]).is_none());
+    assert!(later.value("redis_slowlog_length", &[]).is_none());
+    assert_eq!(
+        later.value("redis_memory_max_bytes", &[]),
+        Some(12345678.0),
+        "INFO still gives the limit"
+    );
+    let errors = |m: &Exposition| m.value("redis_total_error_replies", &[]).unwrap();
+    assert!(
+        errors(&settled) >= 3.0,
+        "the first poll's refusals were counted by Redis"
+    );
+    assert_eq!(
+        errors(&later),
+        errors(&settled),
+        "no error replies after the first poll"
+    );
+    d.stop().await;
+}
+
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
 }

@@ -214,9 +214,11 @@ async fn an_outage_is_logged_once_and_the_recovery_once() {
 async fn sigterm_stops_it_cleanly() {
     let redis = RedisServer::start(&[]);
     let mut p = Running::start(&["--redis.addr", &redis.url(), "--poll-interval", "200ms"]);
-    wait_for("serving", WAIT, || async { p.metrics().await.map(|_| ()) }).await;
-    let (status, _) = http_get(p.addr, "/-/ready").await;
-    assert_eq!(status, 200);
+    wait_for("ready", WAIT, || async {
+        tokio::net::TcpStream::connect(p.addr).await.ok()?;
+        (http_get(p.addr, "/-/ready").await.0 == 200).then_some(())
+    })
+    .await;
     let pid = p.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

@@ -205,6 +205,29 @@ impl Daemon {
         Exposition::parse(&body)
     }
 
+    /// Scrapes until `ready` holds for the exposition, within `limit`; returns that exposition.
+    pub async fn metrics_when(
+        &self,
+        what: &str,
+        limit: Duration,
+        ready: impl Fn(&Exposition) -> bool,
+    ) -> Exposition {
+        let ready = &ready;
+        wait_for(what, limit, || async move {
+            let m = self.metrics().await;
+            ready(&m).then_some(m)
+        })
+        .await
+    }
+
+    /// Waits until `target` reports `redis_up 1`.
+    pub async fn wait_up(&self, target: &str) -> Exposition {
+        self.metrics_when(&format!("{target} up"), Duration::from_secs(20), |m| {
+            m.value("redis_up", &[("target", target)]) == Some(1.0)
+        })
+        .await
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -313,6 +336,26 @@ impl Exposition {
                         .all(|(k, v)| l.labels.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|l| l.value)
+    }
+
+    /// `redis_lookout_polls_total` of a target (0 before its first poll).
+    pub fn polls(&self, target: &str) -> f64 {
+        self.value("redis_lookout_polls_total", &[("target", target)])
+            .unwrap_or(0.0)
+    }
+
+    /// Sum of a family's samples whose labels include all of `want`.
+    pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.lines
+            .iter()
+            .filter(|l| {
+                l.name == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| l.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|l| l.value)
+            .sum()
     }
 
     pub fn all(&self, name: &str) -> Vec<&Line> {
