@@ -100,6 +100,29 @@ impl RedisUrl {
         }
     }
 
+    /// The same URL (scheme, credentials, TLS) pointing at another `host:port`: how a replica
+    /// or cluster node found by discovery is reached.
+    pub fn with_address(&self, addr: &str) -> Result<RedisUrl, String> {
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("address {addr:?} has no port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("address {addr:?} has a bad port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let mut url = self.0.clone();
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        url.set_host(Some(&host))
+            .map_err(|e| format!("address {addr:?}: {e}"))?;
+        url.set_port(Some(port))
+            .map_err(|_| format!("address {addr:?}: cannot set port"))?;
+        Ok(RedisUrl(url))
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self.0.scheme(), "rediss" | "valkeys")
     }
@@ -164,6 +187,123 @@ struct TargetFile {
     poll_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     poll_timeout: Option<Duration>,
+    #[serde(default)]
+    follow_replicas: bool,
+    #[serde(default)]
+    cluster: bool,
+    #[serde(default)]
+    seeds: Vec<RedisUrl>,
+}
+
+/// Ports an allow-list entry accepts: `6379`, or `"6379-6380"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    fn parse(text: &str) -> Result<PortRange, String> {
+        let port = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("bad port {s:?}"))
+        };
+        let range = match text.split_once('-') {
+            Some((a, b)) => PortRange {
+                low: port(a)?,
+                high: port(b)?,
+            },
+            None => {
+                let p = port(text)?;
+                PortRange { low: p, high: p }
+            }
+        };
+        if range.low > range.high || range.low == 0 {
+            return Err(format!(
+                "port range {text:?} must be low-high with 0 < low <= high"
+            ));
+        }
+        Ok(range)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PortRange;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port (6379) or a range (\"6379-6380\")")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PortRange, E> {
+                PortRange::parse(&v.to_string()).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PortRange, E> {
+                PortRange::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowFile {
+    hosts: Vec<String>,
+    ports: PortRange,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+    #[serde(default)]
+    tls: bool,
+}
+
+/// Which addresses `/scrape?target=` may poll on demand, and with which credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllowRule {
+    /// Host names or IP literals; `*` matches any run of characters. No DNS lookup is made.
+    pub hosts: Vec<String>,
+    pub ports: PortRange,
+    pub username: Option<String>,
+    pub password: PasswordSource,
+    /// Reach allowed hosts with `rediss://`.
+    pub tls: bool,
+}
+
+impl AllowRule {
+    /// True when `host:port` may be polled under this rule.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        port >= self.ports.low
+            && port <= self.ports.high
+            && self.hosts.iter().any(|pattern| {
+                glob_match(&pattern.to_ascii_lowercase(), &host.to_ascii_lowercase())
+            })
+    }
+}
+
+/// `*` matches any run of characters (including none); everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// The YAML file's shape. Every key is documented in `config.example.yaml`.
@@ -182,6 +322,10 @@ struct FileConfig {
     log_level: Option<String>,
     #[serde(default)]
     targets: Vec<TargetFile>,
+    #[serde(default)]
+    scrape_allow: Vec<AllowFile>,
+    #[serde(default, with = "humantime_serde")]
+    scrape_idle: Option<Duration>,
 }
 
 /// Log line format: `txt` (logfmt-like text) or `json`, as redis_exporter names them.
@@ -205,6 +349,25 @@ pub struct Target {
     pub password: PasswordSource,
     pub poll_interval: Duration,
     pub poll_timeout: Duration,
+    /// Also poll the replicas the master lists in INFO, as nodes of this target.
+    pub follow_replicas: bool,
+    /// A Redis Cluster: discover every node from CLUSTER NODES and poll each.
+    pub cluster: bool,
+    /// More addresses to ask for CLUSTER NODES when `url` does not answer.
+    pub seeds: Vec<RedisUrl>,
+}
+
+impl Target {
+    /// The same target reached at another node (same credentials, TLS and timing).
+    pub fn for_node(&self, addr: &str) -> Result<Target, String> {
+        Ok(Target {
+            url: self.url.with_address(addr)?,
+            follow_replicas: false,
+            cluster: false,
+            seeds: Vec::new(),
+            ..self.clone()
+        })
+    }
 }
 
 /// The whole running configuration.
@@ -218,6 +381,10 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub targets: Vec<Target>,
+    /// `/scrape` is off while this is empty.
+    pub scrape_allow: Vec<AllowRule>,
+    /// An on-demand poller not scraped for this long is stopped.
+    pub scrape_idle: Duration,
 }
 
 /// Values given by flags or their environment variables (clap fills both; flags win).
@@ -357,6 +524,9 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 password_env: None,
                 poll_interval: None,
                 poll_timeout: None,
+                follow_replicas: false,
+                cluster: false,
+                seeds: Vec::new(),
             }),
             1 => file_targets[0].url = url,
             n => {
@@ -367,7 +537,8 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             }
         }
     }
-    if file_targets.is_empty() {
+    // The implicit local Redis is for a bare start; a /scrape-only process polls on demand.
+    if file_targets.is_empty() && f.scrape_allow.is_empty() {
         file_targets.push(TargetFile {
             name: None,
             url: RedisUrl::parse(DEFAULT_REDIS).map_err(ConfigError::Invalid)?,
@@ -376,6 +547,9 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             password_env: None,
             poll_interval: None,
             poll_timeout: None,
+            follow_replicas: false,
+            cluster: false,
+            seeds: Vec::new(),
         });
     }
 
@@ -448,6 +622,16 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 humantime::format_duration(poll_interval)
             )));
         }
+        if t.follow_replicas && t.cluster {
+            return Err(where_(format!(
+                "target {name:?}: cluster: true already polls every replica; drop follow_replicas"
+            )));
+        }
+        if !t.seeds.is_empty() && !t.cluster {
+            return Err(where_(format!(
+                "target {name:?}: seeds are only for cluster: true"
+            )));
+        }
         targets.push(Target {
             name,
             url: t.url,
@@ -455,10 +639,41 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             password,
             poll_interval,
             poll_timeout,
+            follow_replicas: t.follow_replicas,
+            cluster: t.cluster,
+            seeds: t.seeds,
+        });
+    }
+
+    let mut scrape_allow = Vec::with_capacity(f.scrape_allow.len());
+    for rule in f.scrape_allow {
+        let password = match (rule.password_file, rule.password_env) {
+            (Some(_), Some(_)) => {
+                return Err(where_(
+                    "scrape_allow: set password_file or password_env, not both".into(),
+                ))
+            }
+            (Some(file), None) => PasswordSource::File(file),
+            (None, Some(var)) => PasswordSource::Env(var),
+            (None, None) => PasswordSource::None,
+        };
+        if rule.hosts.is_empty() {
+            return Err(where_(
+                "scrape_allow: an entry needs at least one host".into(),
+            ));
+        }
+        scrape_allow.push(AllowRule {
+            hosts: rule.hosts,
+            ports: rule.ports,
+            username: rule.username,
+            password,
+            tls: rule.tls,
         });
     }
 
     Ok(Config {
+        scrape_allow,
+        scrape_idle: f.scrape_idle.unwrap_or(Duration::from_secs(600)),
         listen,
         telemetry_path,
         poll_interval,
@@ -681,6 +896,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("poll_timeout"), "{err}");
+    }
+
+    #[test]
+    fn discovered_nodes_keep_scheme_and_credentials_but_change_address() {
+        let url = RedisUrl::parse("rediss://u:pw@seed:7000/0").unwrap();
+        let node = url.with_address("10.0.0.7:7001").unwrap();
+        assert_eq!(node.url().as_str(), "rediss://u:pw@10.0.0.7:7001/0");
+        assert_eq!(
+            url.with_address("::1:7002").unwrap().address(),
+            "[::1]:7002"
+        );
+        assert!(url.with_address("nope").is_err());
+    }
+
+    #[test]
+    fn allow_rules_match_host_globs_and_port_ranges() {
+        let c = load("scrape_allow:\n  - hosts: [\"redis-*.cache.internal\", \"127.0.0.2\"]\n    ports: \"6379-6380\"\n    password_env: FLEET\n").unwrap();
+        let rule = &c.scrape_allow[0];
+        assert!(rule.allows("redis-7.cache.internal", 6380));
+        assert!(rule.allows("REDIS-a.cache.internal", 6379));
+        assert!(!rule.allows("redis-7.cache.internal.evil.com", 6379));
+        assert!(!rule.allows("redis-7.cache.internal", 6381));
+        assert!(!rule.allows("127.0.0.1", 6379));
+        assert!(glob_match("*", "") && glob_match("a*b*c", "aXbYc") && !glob_match("a*c", "ab"));
+        let err = load("scrape_allow:\n  - hosts: [h]\n    ports: \"9-1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.yaml:3:"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `/-/ready`. Connections are served concurrently; on shutdown the listener closes and
 //! in-flight requests get a few seconds to finish.
 
+use crate::scrape::{OnDemand, ScrapeAnswer};
 use crate::snapshot::SnapshotStore;
 use crate::telemetry::Telemetry;
 use bytes::Bytes;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub store: Arc<SnapshotStore>,
     pub telemetry: Telemetry,
     pub telemetry_path: String,
+    pub on_demand: Arc<OnDemand>,
 }
 
 /// Accepts connections until `shutdown` turns true, then drains.
@@ -87,8 +89,7 @@ async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path();
-    let (handler, resp) = route(&state, req.method(), path);
+    let (handler, resp) = route(&state, &req).await;
     state
         .telemetry
         .scrapes
@@ -97,7 +98,8 @@ async fn handle(
     Ok(resp)
 }
 
-fn route(state: &AppState, method: &Method, path: &str) -> (&'static str, Response<Full<Bytes>>) {
+async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Response<Full<Bytes>>) {
+    let path = req.uri().path();
     let handler = if path == state.telemetry_path {
         "metrics"
     } else {
@@ -105,6 +107,8 @@ fn route(state: &AppState, method: &Method, path: &str) -> (&'static str, Respon
             "/" => "landing",
             "/-/healthy" => "healthy",
             "/-/ready" => "ready",
+            "/scrape" => "scrape",
+            "/discovery" => "discovery",
             _ => {
                 return (
                     "other",
@@ -113,7 +117,7 @@ fn route(state: &AppState, method: &Method, path: &str) -> (&'static str, Respon
             }
         }
     };
-    if method != Method::GET && method != Method::HEAD {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
         resp.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -128,6 +132,8 @@ fn route(state: &AppState, method: &Method, path: &str) -> (&'static str, Respon
             "text/plain",
             "not ready: some targets have not been polled yet\n",
         ),
+        "scrape" => scrape(state, req).await,
+        "discovery" => response(StatusCode::OK, "application/json", discovery(state)),
         _ => response(
             StatusCode::OK,
             "text/html; charset=utf-8",
@@ -137,10 +143,94 @@ fn route(state: &AppState, method: &Method, path: &str) -> (&'static str, Respon
     (handler, resp)
 }
 
+/// How long a `/scrape` may wait for a first poll: Prometheus' scrape timeout header, less a
+/// margin for the answer to travel, else 10 s.
+fn scrape_deadline(req: &Request<Incoming>) -> Duration {
+    req.headers()
+        .get("X-Prometheus-Scrape-Timeout-Seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map_or(Duration::from_secs(10), |secs| {
+            Duration::from_secs_f64((secs * 0.9).clamp(0.1, 120.0))
+        })
+}
+
+async fn scrape(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let query = req.uri().query().unwrap_or("");
+    let target = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "target")
+        .map(|(_, v)| v.into_owned());
+    let Some(target) = target.filter(|t| !t.is_empty() && t.len() <= 512) else {
+        return response(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "give ?target=<name or host:port>\n",
+        );
+    };
+    match state.on_demand.scrape(&target, scrape_deadline(req)).await {
+        ScrapeAnswer::Metrics(body) => response(StatusCode::OK, TEXT_FORMAT, body),
+        ScrapeAnswer::Disabled => response(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "/scrape is off: list allowed hosts under scrape_allow in the config\n",
+        ),
+        ScrapeAnswer::BadTarget(why) => {
+            response(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n"))
+        }
+        ScrapeAnswer::Forbidden => response(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "target is not a configured target and no scrape_allow entry allows it\n",
+        ),
+        ScrapeAnswer::TooMany => response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "text/plain",
+            "too many on-demand targets; try again when idle ones expire\n",
+        ),
+        ScrapeAnswer::NotYetPolled => response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "the first poll of this target did not finish within the scrape timeout\n",
+        ),
+    }
+}
+
+/// Prometheus `http_sd` JSON: one group per node that answers (configured, followed replicas,
+/// cluster nodes not flagged fail), for scraping through `/scrape?target=<address>`.
+fn discovery(state: &AppState) -> String {
+    let groups: Vec<serde_json::Value> = state
+        .store
+        .all()
+        .into_iter()
+        .filter(|((_, node), entry)| {
+            // Configured nodes are always listed (a down one must show redis_up 0); discovered
+            // ones while they are live members.
+            entry.live && (node.is_none() || entry.snapshot.as_ref().is_some_and(|s| s.up))
+        })
+        .map(|((target, node), entry)| {
+            let role = entry
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.role.clone())
+                .unwrap_or_default();
+            serde_json::json!({
+                "targets": [entry.address],
+                "labels": {
+                    "__meta_redis_lookout_target": target,
+                    "__meta_redis_lookout_node": node.unwrap_or_default(),
+                    "__meta_redis_lookout_role": role,
+                }
+            })
+        })
+        .collect();
+    serde_json::Value::Array(groups).to_string()
+}
+
 /// The whole exposition: Redis facts from every snapshot, then the exporter's own metrics.
 pub fn render_metrics(state: &AppState) -> String {
     let mut out = String::with_capacity(64 * 1024);
-    state.store.render_into(&mut out, None);
+    state.store.render_into(&mut out, |_, _| true);
     state.telemetry.render_into(&mut out);
     out
 }
@@ -174,7 +264,8 @@ fn landing_page(state: &AppState) -> String {
         state.telemetry_path
     );
     let now = SystemTime::now();
-    for ((target, node), snapshot) in state.store.all() {
+    for ((target, node), entry) in state.store.all() {
+        let snapshot = entry.snapshot;
         page.push_str("<tr><td>");
         html_escape(&mut page, &target);
         page.push_str("</td><td>");

@@ -34,5 +34,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod poller;
+pub mod scrape;
 pub mod snapshot;
 pub mod telemetry;
+pub mod topology;

@@ -145,6 +145,67 @@ impl FamilySet {
     }
 }
 
+/// A cumulative histogram kept across polls (slow entries, poll durations) and published into
+/// each poll's facts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, value: f64) {
+        for (bound, count) in self.bounds.iter().zip(self.counts.iter_mut()) {
+            if value <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Adds the `_bucket`, `_sum` and `_count` lines of `name` to `set`.
+    pub fn publish(&self, set: &mut FamilySet, name: &str, help: &str) {
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let le = vec![("le", bound.to_string())];
+            set.add_suffixed(name, "_bucket", help, Kind::Histogram, le, *count as f64);
+        }
+        let inf = vec![("le", "+Inf".to_owned())];
+        set.add_suffixed(
+            name,
+            "_bucket",
+            help,
+            Kind::Histogram,
+            inf,
+            self.count as f64,
+        );
+        set.add_suffixed(name, "_sum", help, Kind::Histogram, Vec::new(), self.sum);
+        set.add_suffixed(
+            name,
+            "_count",
+            help,
+            Kind::Histogram,
+            Vec::new(),
+            self.count as f64,
+        );
+    }
+}
+
 /// A family ready for exposition: header data plus its sample lines as text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderedFamily {

@@ -9,61 +9,104 @@
 use crate::collector::{standard_set, Collector, Outcome};
 use crate::config::{read_password, Target};
 use crate::error::PollError;
-use crate::metrics::{FamilySet, Kind};
+use crate::metrics::{FamilySet, Histogram, Kind};
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::telemetry::Telemetry;
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisResult, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::{sleep_until, timeout};
 
 /// The client name redis-lookout's connections carry in `CLIENT LIST`.
 pub const CLIENT_NAME: &str = "redis-lookout";
 const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// Bucket bounds (seconds) of `redis_lookout_poll_duration_seconds`.
+const POLL_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 /// The collector whose failure fails the whole poll.
 const INFO: &str = "info";
+
+/// What every poller of the process shares: where snapshots go, and the
+/// limits that keep 1000 targets from opening 1000 connections or polls at the same instant.
+#[derive(Clone)]
+pub struct PollContext {
+    pub store: Arc<SnapshotStore>,
+    pub config_refresh: Duration,
+    pub connects: Arc<Semaphore>,
+    pub polls: Arc<Semaphore>,
+}
+
+/// Connections being opened at once, process-wide.
+pub const MAX_CONCURRENT_CONNECTS: usize = 64;
+/// Polls in flight at once, process-wide.
+pub const MAX_CONCURRENT_POLLS: usize = 256;
+
+impl PollContext {
+    pub fn new(store: Arc<SnapshotStore>, config_refresh: Duration) -> Self {
+        Self {
+            store,
+            config_refresh,
+            connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)),
+            polls: Arc::new(Semaphore::new(MAX_CONCURRENT_POLLS)),
+        }
+    }
+}
 
 /// Polls one node until shutdown.
 pub struct NodePoller {
     target: Arc<Target>,
     node: Option<String>,
-    /// The `node` label value for self-metrics ("" for the configured node itself).
-    node_label: String,
+
     store: Arc<SnapshotStore>,
-    telemetry: Telemetry,
+    connects: Arc<Semaphore>,
+    polls: Arc<Semaphore>,
     collectors: Vec<Box<dyn Collector>>,
     conn: Option<MultiplexedConnection>,
     failures: u32,
     was_up: Option<bool>,
     last_connect_seconds: f64,
+    /// Counters kept across polls and published in every snapshot, so a scrape never encodes
+    /// per-node series itself.
+    polls_total: u64,
+    errors_total: [u64; PollError::ALL.len()],
+    connections_total: u64,
+    durations: Histogram,
+    /// Where the replicas this node lists are reported (set when the target follows replicas).
+    replicas_out: Option<watch::Sender<Vec<String>>>,
 }
 
 impl NodePoller {
-    pub fn new(
-        target: Arc<Target>,
-        node: Option<String>,
-        store: Arc<SnapshotStore>,
-        telemetry: Telemetry,
-        config_refresh: Duration,
-    ) -> Self {
-        let node_label = node.clone().unwrap_or_default();
-        telemetry.register_node(&target.name, &node_label);
-        store.expect((target.name.clone(), node.clone()));
+    pub fn new(target: Arc<Target>, node: Option<String>, ctx: &PollContext) -> Self {
+        ctx.store
+            .expect((target.name.clone(), node.clone()), target.url.address());
         Self {
             target,
             node,
-            node_label,
-            store,
-            telemetry,
-            collectors: standard_set(config_refresh),
+
+            store: ctx.store.clone(),
+
+            connects: ctx.connects.clone(),
+            polls: ctx.polls.clone(),
+            collectors: standard_set(ctx.config_refresh),
             conn: None,
             failures: 0,
             was_up: None,
             last_connect_seconds: 0.0,
+            polls_total: 0,
+            errors_total: [0; PollError::ALL.len()],
+            connections_total: 0,
+            durations: Histogram::new(POLL_BUCKETS),
+            replicas_out: None,
         }
+    }
+
+    /// Reports the replicas listed in each successful poll's INFO to `tx`.
+    pub fn report_replicas(mut self, tx: watch::Sender<Vec<String>>) -> Self {
+        self.replicas_out = Some(tx);
+        self
     }
 
     /// Runs until `shutdown` turns true.
@@ -129,11 +172,10 @@ impl NodePoller {
     /// Polls once within the deadline and publishes the snapshot.
     pub async fn poll_and_publish(&mut self) {
         let started = Instant::now();
-        let (target, node) = (self.target.name.clone(), self.node_label.clone());
-        self.telemetry
-            .polls
-            .with_label_values(&[&target, &node])
-            .inc();
+        let target = self.target.name.clone();
+        self.polls_total += 1;
+        let polls = self.polls.clone();
+        let _permit = polls.acquire().await;
         let result = match timeout(self.target.poll_timeout, self.poll_once()).await {
             Ok(result) => result,
             Err(_) => {
@@ -143,13 +185,18 @@ impl NodePoller {
             }
         };
         let duration = started.elapsed();
-        self.telemetry
-            .poll_duration
-            .with_label_values(&[&target, &node])
-            .observe(duration.as_secs_f64());
+        self.durations.observe(duration.as_secs_f64());
         let snapshot = match result {
             Ok((mut set, ping)) => {
                 self.failures = 0;
+                if let Some(tx) = &self.replicas_out {
+                    let replicas = replica_addresses(&set);
+                    tx.send_if_modified(|known| {
+                        let changed = *known != replicas;
+                        *known = replicas;
+                        changed
+                    });
+                }
                 self.log_transition(true, None);
                 let role = label_of(&set, "redis_instance_info", "role");
                 let version = label_of(&set, "redis_instance_info", "redis_version");
@@ -168,10 +215,9 @@ impl NodePoller {
             }
             Err(err) => {
                 self.failures = self.failures.saturating_add(1);
-                self.telemetry
-                    .poll_errors
-                    .with_label_values(&[&target, &node, err.label()])
-                    .inc();
+                if let Some(i) = PollError::ALL.iter().position(|k| *k == err) {
+                    self.errors_total[i] += 1;
+                }
                 self.log_transition(false, Some(&err));
                 let mut set = FamilySet::new();
                 self.add_poll_facts(&mut set, duration, None, Some(&err));
@@ -257,51 +303,45 @@ impl NodePoller {
                 ping.as_secs_f64(),
             );
         }
+        set.add(
+            "redis_lookout_polls_total",
+            "Polls attempted",
+            Kind::Counter,
+            Vec::new(),
+            self.polls_total as f64,
+        );
+        for (kind, count) in PollError::ALL.iter().zip(self.errors_total) {
+            set.add(
+                "redis_lookout_poll_errors_total",
+                "Polls that failed, by a fixed kind (timeout, connection_refused, connection, auth, tls, loading, server, protocol)",
+                Kind::Counter,
+                vec![("kind", kind.label().to_owned())],
+                count as f64,
+            );
+        }
+        set.add(
+            "redis_lookout_connections_opened_total",
+            "Connections opened to Redis; flat in steady state (one persistent connection per node)",
+            Kind::Counter,
+            Vec::new(),
+            self.connections_total as f64,
+        );
+        self.durations.publish(
+            set,
+            "redis_lookout_poll_duration_seconds",
+            "Wall time of whole polls (connect if needed, one pipelined round trip, parsing)",
+        );
     }
 
     async fn connect(&mut self) -> Result<(), PollError> {
         if self.conn.is_some() {
             return Ok(());
         }
+        let connects = self.connects.clone();
+        let _permit = connects.acquire().await;
         let started = Instant::now();
-        let password = read_password(&self.target).map_err(|msg| {
-            tracing::warn!(target_name = %self.target.name, problem = %msg, "cannot read password");
-            PollError::Auth
-        })?;
-        let mut info = self
-            .target
-            .url
-            .url()
-            .as_str()
-            .into_connection_info()
-            .map_err(|_| PollError::Protocol)?;
-        let mut settings = info.redis_settings().clone().set_skip_set_lib_name();
-        if let Some(user) = &self.target.username {
-            settings = settings.set_username(user);
-        }
-        if let Some(password) = &password {
-            settings = settings.set_password(password.expose());
-        }
-        info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(|e| PollError::from_redis(&e))?;
-        let limit = self.target.poll_timeout;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(limit))
-            .set_response_timeout(Some(limit));
-        self.telemetry
-            .connections_opened
-            .with_label_values(&[&self.target.name, &self.node_label])
-            .inc();
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| PollError::from_redis(&e))?;
-        // The name shows operators which connection is ours; a server that refuses it still works.
-        let _: RedisResult<Value> = redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(CLIENT_NAME)
-            .query_async(&mut conn)
-            .await;
+        self.connections_total += 1;
+        let conn = open_connection(&self.target, &self.target.url).await?;
         self.last_connect_seconds = started.elapsed().as_secs_f64();
         for collector in &mut self.collectors {
             collector.reset();
@@ -417,6 +457,74 @@ impl NodePoller {
             }
         }
     }
+}
+
+/// Opens a connection to `url` with the target's credentials and timeouts, named
+/// `redis-lookout` in `CLIENT LIST`. Used by node pollers and the cluster view alike.
+pub async fn open_connection(
+    target: &Target,
+    url: &crate::config::RedisUrl,
+) -> Result<MultiplexedConnection, PollError> {
+    let password = read_password(target).map_err(|msg| {
+        tracing::warn!(target_name = %target.name, problem = %msg, "cannot read password");
+        PollError::Auth
+    })?;
+    let mut info = url
+        .url()
+        .as_str()
+        .into_connection_info()
+        .map_err(|_| PollError::Protocol)?;
+    let mut settings = info.redis_settings().clone().set_skip_set_lib_name();
+    if let Some(user) = &target.username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &password {
+        settings = settings.set_password(password.expose());
+    }
+    info = info.set_redis_settings(settings);
+    let client = redis::Client::open(info).map_err(|e| PollError::from_redis(&e))?;
+    let limit = target.poll_timeout;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(limit))
+        .set_response_timeout(Some(limit));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| PollError::from_redis(&e))?;
+    // The name shows operators which connection is ours; a server that refuses it still works.
+    let _: RedisResult<Value> = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(CLIENT_NAME)
+        .query_async(&mut conn)
+        .await;
+    Ok(conn)
+}
+
+/// The `ip:port` of each replica a master lists (from the facts of one poll).
+fn replica_addresses(set: &FamilySet) -> Vec<String> {
+    let Some(family) = set.get("redis_connected_slave_offset_bytes") else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = family
+        .samples
+        .iter()
+        .filter_map(|s| {
+            let get = |k: &str| {
+                s.labels
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.as_str())
+            };
+            let (ip, port) = (get("slave_ip")?, get("slave_port")?);
+            Some(if ip.contains(':') {
+                format!("[{ip}]:{port}")
+            } else {
+                format!("{ip}:{port}")
+            })
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Reads one label of the first sample of a family (role and version for the landing page).

@@ -27,10 +27,20 @@ pub struct Snapshot {
 /// Identifies a polled node: (target name, node address if discovered).
 pub type NodeKey = (String, Option<String>);
 
+/// What the store knows of one node.
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    /// `host:port` (or socket path) the node is polled at.
+    pub address: String,
+    /// False for a cluster node flagged `fail`: still polled, not offered to `/discovery`.
+    pub live: bool,
+    pub snapshot: Option<Arc<Snapshot>>,
+}
+
 /// The shared map of latest snapshots, and the set of nodes expected to report.
 #[derive(Debug, Default)]
 pub struct SnapshotStore {
-    inner: RwLock<BTreeMap<NodeKey, Option<Arc<Snapshot>>>>,
+    inner: RwLock<BTreeMap<NodeKey, NodeEntry>>,
 }
 
 impl SnapshotStore {
@@ -38,46 +48,65 @@ impl SnapshotStore {
         Self::default()
     }
 
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeKey, NodeEntry>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NodeKey, NodeEntry>> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Declares a node that will report; it counts as not ready until its first poll ends.
-    pub fn expect(&self, key: NodeKey) {
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(key).or_insert(None);
+    pub fn expect(&self, key: NodeKey, address: String) {
+        self.write().entry(key).or_insert(NodeEntry {
+            address,
+            live: true,
+            snapshot: None,
+        });
+    }
+
+    /// Marks a node live or not for discovery (its series stay).
+    pub fn set_live(&self, key: &NodeKey, live: bool) {
+        if let Some(entry) = self.write().get_mut(key) {
+            entry.live = live;
+        }
     }
 
     /// Removes a node and its series (a node that left, a target removed on reload).
     pub fn forget(&self, key: &NodeKey) {
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        map.remove(key);
+        self.write().remove(key);
     }
 
-    /// Swaps in a node's newest snapshot.
+    /// Swaps in a node's newest snapshot. A node already forgotten stays forgotten, so a poll
+    /// that was in flight when its node left cannot bring back its series.
     pub fn publish(&self, snapshot: Snapshot) {
         let key = (snapshot.target.clone(), snapshot.node.clone());
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(key, Some(Arc::new(snapshot)));
+        if let Some(entry) = self.write().get_mut(&key) {
+            entry.snapshot = Some(Arc::new(snapshot));
+        }
     }
 
-    /// Every node with its latest snapshot (None before its first poll).
-    pub fn all(&self) -> Vec<(NodeKey, Option<Arc<Snapshot>>)> {
-        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    /// Every node with what is known of it.
+    pub fn all(&self) -> Vec<(NodeKey, NodeEntry)> {
+        self.read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// True when every expected node has finished at least one poll, successful or not.
     pub fn ready(&self) -> bool {
-        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        map.values().all(Option::is_some)
+        self.read().values().all(|e| e.snapshot.is_some())
     }
 
-    /// Appends the merged exposition of every snapshot (optionally one target only).
-    pub fn render_into(&self, out: &mut String, only_target: Option<&str>) {
-        let snapshots: Vec<Arc<Snapshot>> = {
-            let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
-            map.iter()
-                .filter(|((target, _), _)| only_target.is_none_or(|t| t == target))
-                .filter_map(|(_, s)| s.clone())
-                .collect()
-        };
+    /// Appends the merged exposition of the chosen snapshots.
+    pub fn render_into(&self, out: &mut String, select: impl Fn(&NodeKey, &NodeEntry) -> bool) {
+        let snapshots: Vec<Arc<Snapshot>> = self
+            .read()
+            .iter()
+            .filter(|(k, e)| select(k, e))
+            .filter_map(|(_, e)| e.snapshot.clone())
+            .collect();
         merge_exposition(out, snapshots.iter().map(|s| s.families.as_slice()));
     }
 }

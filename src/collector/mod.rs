@@ -7,6 +7,7 @@
 //! rename or block CONFIG, SLOWLOG, LATENCY) means *no data*: the collector stops asking until
 //! the next reconnect, so we never inflate the server's `total_error_replies`.
 
+pub mod cluster;
 pub mod config;
 pub mod info;
 pub mod info_fields;
@@ -107,6 +108,7 @@ pub fn standard_set(config_refresh: std::time::Duration) -> Vec<Box<dyn Collecto
     vec![
         Box::new(config::ConfigCollector::new(config_refresh)),
         Box::new(info::InfoCollector::default()),
+        Box::new(cluster::ClusterCollector::default()),
         Box::new(slowlog::SlowlogCollector::default()),
         Box::new(latency::LatencyCollector::default()),
     ]

@@ -8,7 +8,7 @@
 //! otherwise show up as a burst in `increase()`. Arguments are never read beyond the command name.
 
 use super::{is_unavailable, value_int, value_items, value_text, Collector, Outcome};
-use crate::metrics::{FamilySet, Kind};
+use crate::metrics::{FamilySet, Histogram, Kind};
 use redis::{Cmd, RedisResult, Value};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -82,9 +82,7 @@ pub struct SlowlogCollector {
     asked_full: bool,
     length: Option<i64>,
     per_command: BTreeMap<String, u64>,
-    bucket_counts: Vec<u64>,
-    duration_sum: f64,
-    counted: u64,
+    durations: Option<Histogram>,
     missed: u64,
 }
 
@@ -104,16 +102,9 @@ impl SlowlogCollector {
             "other".to_owned()
         };
         *self.per_command.entry(key).or_default() += 1;
-        if self.bucket_counts.len() != BUCKETS.len() {
-            self.bucket_counts = vec![0; BUCKETS.len()];
-        }
-        for (bound, count) in BUCKETS.iter().zip(self.bucket_counts.iter_mut()) {
-            if entry.duration_seconds <= *bound {
-                *count += 1;
-            }
-        }
-        self.duration_sum += entry.duration_seconds;
-        self.counted += 1;
+        self.durations
+            .get_or_insert_with(|| Histogram::new(BUCKETS))
+            .observe(entry.duration_seconds);
     }
 
     /// Counts the entries newer than the last counted id. Returns false when the window may have
@@ -183,45 +174,14 @@ impl SlowlogCollector {
             Vec::new(),
             self.missed as f64,
         );
-        let help = "Execution time of slowlog entries, counted once each";
-        let name = "redis_slowlog_entry_duration_seconds";
-        for (bound, count) in BUCKETS
-            .iter()
-            .zip(self.bucket_counts.iter().chain(std::iter::repeat(&0)))
-        {
-            out.add_suffixed(
-                name,
-                "_bucket",
-                help,
-                Kind::Histogram,
-                vec![("le", bound.to_string())],
-                *count as f64,
-            );
+        let (name, help) = (
+            "redis_slowlog_entry_duration_seconds",
+            "Execution time of slowlog entries, counted once each",
+        );
+        match &self.durations {
+            Some(h) => h.publish(out, name, help),
+            None => Histogram::new(BUCKETS).publish(out, name, help),
         }
-        out.add_suffixed(
-            name,
-            "_bucket",
-            help,
-            Kind::Histogram,
-            vec![("le", "+Inf".into())],
-            self.counted as f64,
-        );
-        out.add_suffixed(
-            name,
-            "_sum",
-            help,
-            Kind::Histogram,
-            Vec::new(),
-            self.duration_sum,
-        );
-        out.add_suffixed(
-            name,
-            "_count",
-            help,
-            Kind::Histogram,
-            Vec::new(),
-            self.counted as f64,
-        );
     }
 }
 

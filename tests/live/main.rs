@@ -7,3 +7,4 @@ mod exposition;
 mod faults;
 mod process;
 mod support;
+mod topology;

@@ -47,13 +47,55 @@ pub struct RedisServer {
     extra: Vec<String>,
 }
 
+/// A port below 55535 whose cluster bus port (+10000) is free too.
+pub fn free_cluster_port() -> u16 {
+    use rand::Rng;
+    for _ in 0..200 {
+        let port: u16 = rand::rng().random_range(20000..30000);
+        let ok = StdListener::bind(("127.0.0.1", port)).is_ok()
+            && StdListener::bind(("127.0.0.1", port + 10000)).is_ok();
+        if ok {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
 impl RedisServer {
     pub fn start(extra: &[&str]) -> RedisServer {
+        Self::start_with(free_port, extra)
+    }
+
+    /// A replica of `master`.
+    pub fn replica_of(master: &RedisServer) -> RedisServer {
+        Self::start(&["--replicaof", "127.0.0.1", &master.port.to_string()])
+    }
+
+    /// A cluster-enabled node (not yet part of a cluster).
+    pub fn cluster_node() -> RedisServer {
+        Self::start_with(
+            free_cluster_port,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-config-file",
+                "nodes.conf",
+                // Tests freeze a replica to hold back a failover; without this Redis would
+                // count the frozen time as stale data and refuse to promote it afterwards.
+                "--cluster-replica-validity-factor",
+                "0",
+            ],
+        )
+    }
+
+    fn start_with(pick_port: fn() -> u16, extra: &[&str]) -> RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // A port found free can be taken before redis binds it: try a few.
         for _attempt in 0..5 {
             let mut server = RedisServer {
-                port: free_port(),
+                port: pick_port(),
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
                 extra: extra.clone(),
@@ -74,6 +116,8 @@ impl RedisServer {
             .args(["--enable-debug-command", "yes", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -84,8 +128,11 @@ impl RedisServer {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(mut c) = self.client().get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return true;
+                match redis::cmd("PING").query::<String>(&mut c) {
+                    Ok(_) => return true,
+                    // A server with requirepass is up when it asks for a password.
+                    Err(e) if e.to_string().contains("NOAUTH") => return true,
+                    Err(_) => {}
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -120,6 +167,13 @@ impl RedisServer {
             .find_map(|l| l.strip_prefix(&format!("{field}:")))
             .map(|v| v.trim().to_owned())
             .unwrap_or_default()
+    }
+
+    /// The server's own log (for a failing test's message).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     pub fn pid(&self) -> u32 {
@@ -163,6 +217,84 @@ impl Drop for RedisServer {
                 .status();
         }
         self.kill();
+    }
+}
+
+/// A Redis Cluster of 3 masters and 3 replicas made with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..6).map(|_| RedisServer::cluster_node()).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        wait_for(
+            "cluster state ok on every node",
+            Duration::from_secs(30),
+            || async {
+                cluster
+                    .nodes
+                    .iter()
+                    .all(|n| {
+                        n.info_field_cluster("cluster_state") == "ok"
+                            && n.info_field_cluster("cluster_known_nodes") == "6"
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+        cluster
+    }
+
+    /// (node index, is master) for every node, from each node's own INFO.
+    pub fn roles(&self) -> Vec<(usize, bool)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i, n.info_field("replication", "role") == "master"))
+            .collect()
+    }
+
+    pub fn addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.nodes[i].port)
+    }
+}
+
+impl RedisServer {
+    /// A field of `CLUSTER INFO`.
+    pub fn info_field_cluster(&self, field: &str) -> String {
+        let Ok(mut conn) = self.client().get_connection() else {
+            return String::new();
+        };
+        let text: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query(&mut conn)
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The port of this node's master (for a replica).
+    pub fn master_port(&self) -> Option<u16> {
+        self.info_field("replication", "master_port").parse().ok()
     }
 }
 
@@ -448,6 +580,77 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
         }
     }
     labels
+}
+
+/// The built binary running as a child process, killed on drop (even when a test panics).
+pub struct Running {
+    pub child: Child,
+    pub addr: std::net::SocketAddr,
+    pub log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    pub fn start(args: &[&str]) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let port = free_port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(binary())
+            .args([
+                "--web.listen-address",
+                &addr.to_string(),
+                "--log-format",
+                "json",
+            ])
+            .args(args)
+            .env_remove("REDIS_ADDR")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Running {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub async fn metrics(&self) -> Option<Exposition> {
+        let ok = tokio::net::TcpStream::connect(self.addr).await.is_ok();
+        if !ok {
+            return None;
+        }
+        let (status, body) = http_get(self.addr, "/metrics").await;
+        (status == 200).then(|| Exposition::parse(&body))
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The built binary, for tests of the process itself (exit codes, signals, logs).

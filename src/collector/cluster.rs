@@ -1,0 +1,207 @@
+//! Redis Cluster: `CLUSTER INFO` per node under redis_exporter's `redis_cluster_*` names, and the
+//! `CLUSTER NODES` parser the topology view uses.
+//!
+//! `CLUSTER INFO` is asked only after INFO has shown `cluster_enabled:1`, so a standalone server
+//! never sees a refused command (which would raise its `total_error_replies`).
+
+use super::info::parse_info;
+use super::{value_text, Collector, Outcome};
+use crate::metrics::{sanitize_name, FamilySet};
+use redis::{Cmd, RedisResult, Value};
+use std::time::Instant;
+
+/// Publishes `CLUSTER INFO` as redis_exporter does: every numeric field as a gauge named
+/// `redis_<field>`, `cluster_state` as 1 for ok, and the message totals under its names.
+pub fn cluster_info_families(text: &str, out: &mut FamilySet) {
+    let info = parse_info(text);
+    for (key, value) in info.fields() {
+        let name = match key {
+            "cluster_stats_messages_sent" => "redis_cluster_messages_sent_total".to_owned(),
+            "cluster_stats_messages_received" => "redis_cluster_messages_received_total".to_owned(),
+            other => format!("redis_{}", sanitize_name(other)),
+        };
+        let number = if key == "cluster_state" {
+            Some(if value == "ok" { 1.0 } else { 0.0 })
+        } else {
+            value.trim().parse::<f64>().ok().filter(|v| v.is_finite())
+        };
+        if let Some(v) = number {
+            out.gauge(&name, &format!("CLUSTER INFO field {key}"), v);
+        }
+    }
+}
+
+/// Asks `CLUSTER INFO` on nodes that have cluster mode enabled.
+#[derive(Debug, Default)]
+pub struct ClusterCollector {
+    enabled: bool,
+    asked: bool,
+}
+
+impl Collector for ClusterCollector {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn commands(&mut self, _now: Instant) -> Vec<Cmd> {
+        self.asked = self.enabled;
+        if self.enabled {
+            vec![redis::cmd("CLUSTER").arg("INFO").clone()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn collect(&mut self, replies: Vec<RedisResult<Value>>, out: &mut FamilySet) -> Outcome {
+        // INFO ran earlier in this poll; its cluster_enabled decides the next poll.
+        let enabled_now = out
+            .get("redis_cluster_enabled")
+            .and_then(|f| f.samples.first())
+            .is_some_and(|s| s.value == 1.0);
+        let asked = std::mem::replace(&mut self.asked, false);
+        let learned = enabled_now && !self.enabled;
+        self.enabled = enabled_now;
+        if learned && replies.is_empty() {
+            // First sight of cluster mode: ask now rather than a poll later.
+            self.asked = true;
+            return Outcome::FollowUp(vec![redis::cmd("CLUSTER").arg("INFO").clone()]);
+        }
+        if !asked && replies.is_empty() {
+            return Outcome::NoData;
+        }
+        match replies.into_iter().next() {
+            Some(Ok(value)) => match value_text(&value) {
+                Some(text) => {
+                    cluster_info_families(&text, out);
+                    Outcome::Collected
+                }
+                None => Outcome::Failed("CLUSTER INFO reply is not text".into()),
+            },
+            Some(Err(err)) if super::is_unavailable(&err) => {
+                self.enabled = false;
+                Outcome::NoData
+            }
+            Some(Err(_)) => Outcome::Failed("CLUSTER INFO failed".into()),
+            None => Outcome::NoData,
+        }
+    }
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterNode {
+    pub id: String,
+    /// `ip:port` clients use (the `@cport` and `,hostname` parts removed).
+    pub addr: String,
+    pub myself: bool,
+    pub master: bool,
+    /// For a replica: the id of its master.
+    pub master_id: Option<String>,
+    pub fail: bool,
+    pub pfail: bool,
+    /// In handshake or without an address: not a node to poll yet.
+    pub unusable: bool,
+    pub config_epoch: u64,
+    pub link_up: bool,
+    pub slots: u32,
+}
+
+/// Parses `CLUSTER NODES`. Lines that do not have the documented 8+ fields are skipped.
+pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 {
+                return None;
+            }
+            let flags: Vec<&str> = fields[2].split(',').collect();
+            let has = |f: &str| flags.contains(&f);
+            let addr = fields[1].split(['@', ',']).next().unwrap_or("").to_owned();
+            let slots = fields[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .map(|range| match range.split_once('-') {
+                    Some((a, b)) => match (a.parse::<u32>(), b.parse::<u32>()) {
+                        (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                        _ => 0,
+                    },
+                    None => u32::from(range.parse::<u32>().is_ok()),
+                })
+                .sum();
+            Some(ClusterNode {
+                id: fields[0].to_owned(),
+                myself: has("myself"),
+                master: has("master"),
+                master_id: (fields[3] != "-").then(|| fields[3].to_owned()),
+                fail: has("fail"),
+                pfail: has("fail?"),
+                unusable: has("handshake")
+                    || has("noaddr")
+                    || addr.starts_with(':')
+                    || addr.is_empty(),
+                config_epoch: fields[6].parse().unwrap_or(0),
+                link_up: fields[7] == "connected",
+                slots,
+                addr,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODES: &str = "\
+07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,host4 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master,fail - 0 1426238318243 3 disconnected 10923-16383
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460 [5461->-67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1]
+aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa :0@0 master,noaddr - 0 0 0 disconnected
+";
+
+    #[test]
+    fn nodes_give_roles_slots_flags_and_addresses() {
+        let nodes = parse_cluster_nodes(NODES);
+        assert_eq!(nodes.len(), 5);
+        assert_eq!(nodes[0].addr, "127.0.0.1:30004");
+        assert!(!nodes[0].master);
+        assert_eq!(
+            nodes[0].master_id.as_deref(),
+            Some("e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca")
+        );
+        assert_eq!(nodes[1].slots, 5462);
+        assert!(nodes[2].fail && !nodes[2].link_up);
+        assert!(nodes[3].myself);
+        assert_eq!(
+            nodes[3].slots, 5461,
+            "migrating-slot brackets are not owned slots"
+        );
+        assert!(nodes[4].unusable);
+    }
+
+    #[test]
+    fn cluster_info_uses_redis_exporter_names() {
+        let mut out = FamilySet::new();
+        cluster_info_families(
+            "cluster_state:fail\r\ncluster_slots_ok:16384\r\ncluster_stats_messages_sent:10\r\ncluster_stats_messages_ping_sent:4\r\n",
+            &mut out,
+        );
+        assert_eq!(
+            out.get("redis_cluster_state").unwrap().samples[0].value,
+            0.0
+        );
+        assert_eq!(
+            out.get("redis_cluster_slots_ok").unwrap().samples[0].value,
+            16384.0
+        );
+        assert_eq!(
+            out.get("redis_cluster_messages_sent_total")
+                .unwrap()
+                .samples[0]
+                .value,
+            10.0
+        );
+        assert!(out.get("redis_cluster_stats_messages_ping_sent").is_some());
+    }
+}

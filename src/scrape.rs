@@ -1,0 +1,225 @@
+//! `/scrape?target=`: the Prometheus multi-target pattern, with an allow-list.
+//!
+//! A `target` is answered, in this order, as: a configured target's name (all its nodes); the
+//! address of a node already polled (one node, as `/discovery` lists them); an address an
+//! allow-list entry accepts, which gets an on-demand poller on first use (the first scrape waits
+//! for its first poll, within the scrape's timeout) that stops after `scrape_idle` without a
+//! scrape. Anything else is refused with 403 before any connection is attempted. The endpoint is
+//! off while the allow-list is empty. Credentials always come from the matching allow-list entry,
+//! never from the request or from another target.
+
+use crate::config::{AllowRule, RedisUrl, Target};
+use crate::poller::{NodePoller, PollContext};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// At most this many on-demand pollers run at once; more are refused with 429 (each is a
+/// connection to some Redis).
+pub const MAX_ON_DEMAND: usize = 10_000;
+
+/// The answer to a `/scrape` request, before it becomes HTTP.
+#[derive(Debug, PartialEq)]
+pub enum ScrapeAnswer {
+    Metrics(String),
+    Disabled,
+    BadTarget(String),
+    Forbidden,
+    TooMany,
+    NotYetPolled,
+}
+
+struct Running {
+    stop: watch::Sender<bool>,
+    last_used: Instant,
+}
+
+/// The allow-list and the pollers it started.
+pub struct OnDemand {
+    ctx: PollContext,
+    rules: Vec<AllowRule>,
+    idle: Duration,
+    poll_interval: Duration,
+    poll_timeout: Duration,
+    shutdown: watch::Receiver<bool>,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl OnDemand {
+    pub fn new(
+        ctx: PollContext,
+        rules: Vec<AllowRule>,
+        idle: Duration,
+        poll_interval: Duration,
+        poll_timeout: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            rules,
+            idle,
+            poll_interval,
+            poll_timeout,
+            shutdown,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answers `/scrape?target=<requested>` within `deadline`.
+    pub async fn scrape(&self, requested: &str, deadline: Duration) -> ScrapeAnswer {
+        if self.rules.is_empty() {
+            return ScrapeAnswer::Disabled;
+        }
+        let store = &self.ctx.store;
+        let nodes = store.all();
+        if nodes.iter().any(|((target, _), _)| target == requested) {
+            let mut out = String::new();
+            store.render_into(&mut out, |(target, _), _| target == requested);
+            self.touch(requested);
+            return ScrapeAnswer::Metrics(out);
+        }
+        let Ok(url) = RedisUrl::parse(requested) else {
+            return ScrapeAnswer::BadTarget("target must be a configured name or host:port".into());
+        };
+        // Sockets and other schemes are never polled on demand (a caller must not be able to
+        // point us at a local socket).
+        if !matches!(url.url().scheme(), "redis" | "rediss") {
+            return ScrapeAnswer::Forbidden;
+        }
+        let (Some(host), Some(port)) = (url.url().host_str(), url.url().port().or(Some(6379)))
+        else {
+            return ScrapeAnswer::BadTarget("target must be host:port".into());
+        };
+        let address = url.address();
+        if let Some((key, _)) = nodes.iter().find(|(_, e)| e.address == address) {
+            let key = key.clone();
+            let mut out = String::new();
+            store.render_into(&mut out, |k, _| *k == key);
+            self.touch(&key.0);
+            return ScrapeAnswer::Metrics(out);
+        }
+        let Some(rule) = self.rules.iter().find(|r| r.allows(host, port)) else {
+            return ScrapeAnswer::Forbidden;
+        };
+        if !self.start(&address, rule) {
+            return ScrapeAnswer::TooMany;
+        }
+        self.first_snapshot(&address, deadline).await
+    }
+
+    /// Starts a poller for an allowed address unless one runs; false when at the limit.
+    fn start(&self, address: &str, rule: &AllowRule) -> bool {
+        let mut running = self.running();
+        if let Some(r) = running.get_mut(address) {
+            r.last_used = Instant::now();
+            return true;
+        }
+        if running.len() >= MAX_ON_DEMAND {
+            return false;
+        }
+        let scheme = if rule.tls { "rediss" } else { "redis" };
+        // Built from the address alone: nothing of the request but host and port is used.
+        let Ok(url) = RedisUrl::parse(&format!("{scheme}://{address}")) else {
+            return false;
+        };
+        let target = Arc::new(Target {
+            name: address.to_owned(),
+            url,
+            username: rule.username.clone(),
+            password: rule.password.clone(),
+            poll_interval: self.poll_interval,
+            poll_timeout: self.poll_timeout,
+            follow_replicas: false,
+            cluster: false,
+            seeds: Vec::new(),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut global = self.shutdown.clone();
+        let poller = NodePoller::new(target, None, &self.ctx);
+        tokio::spawn(async move {
+            let mut stop_rx = stop_rx;
+            let (tx, rx) = watch::channel(false);
+            let task = tokio::spawn(poller.run(rx));
+            tokio::select! {
+                _ = stop_rx.changed() => {}
+                _ = global.changed() => {}
+            }
+            let _ = tx.send(true);
+            let _ = task.await;
+        });
+        tracing::info!(address, "on-demand poller started by /scrape");
+        running.insert(
+            address.to_owned(),
+            Running {
+                stop,
+                last_used: Instant::now(),
+            },
+        );
+        true
+    }
+
+    async fn first_snapshot(&self, address: &str, deadline: Duration) -> ScrapeAnswer {
+        let key = (address.to_owned(), None);
+        let until = Instant::now() + deadline;
+        loop {
+            let ready = self
+                .ctx
+                .store
+                .all()
+                .into_iter()
+                .any(|(k, e)| k == key && e.snapshot.is_some());
+            if ready {
+                let mut out = String::new();
+                self.ctx.store.render_into(&mut out, |k, _| *k == key);
+                return ScrapeAnswer::Metrics(out);
+            }
+            if Instant::now() >= until {
+                return ScrapeAnswer::NotYetPolled;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn touch(&self, address: &str) {
+        if let Some(r) = self.running().get_mut(address) {
+            r.last_used = Instant::now();
+        }
+    }
+
+    /// Stops on-demand pollers nobody scraped for `idle`; returns how many it stopped.
+    pub fn expire_idle(&self) -> usize {
+        let mut running = self.running();
+        let idle: Vec<String> = running
+            .iter()
+            .filter(|(_, r)| r.last_used.elapsed() >= self.idle)
+            .map(|(a, _)| a.clone())
+            .collect();
+        for address in &idle {
+            if let Some(r) = running.remove(address) {
+                let _ = r.stop.send(true);
+            }
+            self.ctx.store.forget(&(address.clone(), None));
+            tracing::info!(address = %address, "on-demand poller stopped: not scraped recently");
+        }
+        idle.len()
+    }
+
+    /// Runs `expire_idle` periodically until shutdown.
+    pub async fn expire_loop(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.clone();
+        let every = (self.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => { self.expire_idle(); }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break; }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! Topology: which nodes make up a target, and one poller per node.
+//!
+//! - A plain target is one node, polled as configured (no `node` label).
+//! - `follow_replicas: true`: the configured master's poller reports the replicas its INFO lists;
+//!   each gets a poller of its own (`node="ip:port"`), started and stopped as the list changes.
+//! - `cluster: true`: a cluster view asks one reachable node for `CLUSTER NODES` every poll
+//!   interval (the last node that answered, then known nodes, then the seeds), keeps one poller
+//!   per node, drops nodes that left, and publishes the cluster roll-up: masters online, node
+//!   states, slots per node, and `redis_cluster_failovers_total`.
+
+use crate::collector::cluster::{parse_cluster_nodes, ClusterNode};
+use crate::collector::value_text;
+use crate::config::{RedisUrl, Target};
+use crate::metrics::{FamilySet, Kind};
+use crate::poller::{open_connection, NodePoller, PollContext};
+use crate::snapshot::{NodeKey, Snapshot};
+use redis::aio::MultiplexedConnection;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, timeout};
+
+/// Runs a target until shutdown: its node(s) and their discovery.
+pub async fn run_target(target: Arc<Target>, ctx: PollContext, shutdown: watch::Receiver<bool>) {
+    if target.cluster {
+        ClusterView::new(target, ctx).run(shutdown).await;
+    } else if target.follow_replicas {
+        run_with_replicas(target, ctx, shutdown).await;
+    } else {
+        NodePoller::new(target, None, &ctx).run(shutdown).await;
+    }
+}
+
+/// The pollers of the nodes discovery found, by address.
+struct Children {
+    target: Arc<Target>,
+    ctx: PollContext,
+    running: BTreeMap<String, (JoinHandle<()>, watch::Sender<bool>)>,
+}
+
+impl Children {
+    fn new(target: Arc<Target>, ctx: PollContext) -> Self {
+        Self {
+            target,
+            ctx,
+            running: BTreeMap::new(),
+        }
+    }
+
+    /// Starts pollers for new addresses, stops (and forgets the series of) those gone.
+    fn sync(&mut self, want: &[String]) {
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|addr| !want.contains(addr))
+            .cloned()
+            .collect();
+        for addr in gone {
+            if let Some((_, stop)) = self.running.remove(&addr) {
+                let _ = stop.send(true);
+            }
+            tracing::info!(target_name = %self.target.name, node = %addr, "node left; no longer polled");
+            self.ctx
+                .store
+                .forget(&(self.target.name.clone(), Some(addr.clone())));
+        }
+        for addr in want {
+            if self.running.contains_key(addr) {
+                continue;
+            }
+            let node_target = match self.target.for_node(addr) {
+                Ok(t) => Arc::new(t),
+                Err(why) => {
+                    tracing::warn!(target_name = %self.target.name, problem = %why, "skipping a discovered node");
+                    continue;
+                }
+            };
+            tracing::info!(target_name = %self.target.name, node = %addr, "node found; polling it");
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let poller = NodePoller::new(node_target, Some(addr.clone()), &self.ctx);
+            self.running
+                .insert(addr.clone(), (tokio::spawn(poller.run(stop_rx)), stop_tx));
+        }
+    }
+
+    async fn stop_all(self) {
+        for (_, (task, stop)) in self.running {
+            let _ = stop.send(true);
+            let abort = task.abort_handle();
+            if timeout(Duration::from_secs(2), task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}
+
+async fn run_with_replicas(
+    target: Arc<Target>,
+    ctx: PollContext,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (tx, mut replicas) = watch::channel(Vec::new());
+    let master = NodePoller::new(target.clone(), None, &ctx).report_replicas(tx);
+    let master_task = tokio::spawn(master.run(shutdown.clone()));
+    let mut children = Children::new(target, ctx);
+    loop {
+        tokio::select! {
+            changed = replicas.changed() => {
+                if changed.is_err() { break; }
+                let want = replicas.borrow_and_update().clone();
+                children.sync(&want);
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+        }
+    }
+    children.stop_all().await;
+    let _ = master_task.await;
+}
+
+/// The roll-up facts of one `CLUSTER NODES` view, with failovers counted across views.
+#[derive(Debug, Default)]
+pub struct ClusterFacts {
+    /// Node id → was a master in the previous view.
+    roles: HashMap<String, bool>,
+    pub failovers: u64,
+}
+
+impl ClusterFacts {
+    /// Counts promotions (a node seen as a replica, now a master) and returns the roll-up.
+    pub fn observe(&mut self, nodes: &[ClusterNode]) -> FamilySet {
+        for node in nodes.iter().filter(|n| !n.unusable) {
+            if self.roles.get(&node.id) == Some(&false) && node.master {
+                self.failovers += 1;
+            }
+            self.roles.insert(node.id.clone(), node.master);
+        }
+        self.roles.retain(|id, _| nodes.iter().any(|n| &n.id == id));
+
+        let mut set = FamilySet::new();
+        let usable: Vec<&ClusterNode> = nodes.iter().filter(|n| !n.unusable).collect();
+        let addr_of = |id: &str| usable.iter().find(|n| n.id == id).map(|n| n.addr.clone());
+        // A master that serves no slots (a demoted one the answering node has not yet heard about,
+        // or an empty one being added) serves nobody.
+        let masters_online = usable
+            .iter()
+            .filter(|n| n.master && !n.fail && n.slots > 0)
+            .count();
+        set.gauge(
+            "redis_cluster_masters_online",
+            "Masters serving slots and not flagged fail, in the cluster's view of itself",
+            masters_online as f64,
+        );
+        for state in ["ok", "pfail", "fail"] {
+            let count = usable
+                .iter()
+                .filter(|n| match state {
+                    "fail" => n.fail,
+                    "pfail" => n.pfail && !n.fail,
+                    _ => !n.fail && !n.pfail,
+                })
+                .count();
+            set.add(
+                "redis_cluster_nodes",
+                "Cluster nodes by state (fail, pfail: suspected by the answering node, ok)",
+                Kind::Gauge,
+                vec![("state", state.to_owned())],
+                count as f64,
+            );
+        }
+        for n in &usable {
+            let node = || vec![("node", n.addr.clone())];
+            let mut info = node();
+            info.push(("node_id", n.id.clone()));
+            info.push((
+                "role",
+                if n.master { "master" } else { "replica" }.to_owned(),
+            ));
+            info.push((
+                "master_node",
+                n.master_id.as_deref().and_then(addr_of).unwrap_or_default(),
+            ));
+            set.add(
+                "redis_cluster_node_info",
+                "A cluster node, its role and its master",
+                Kind::Gauge,
+                info,
+                1.0,
+            );
+            set.add(
+                "redis_cluster_node_slots",
+                "Hash slots the node serves",
+                Kind::Gauge,
+                node(),
+                n.slots as f64,
+            );
+            set.add(
+                "redis_cluster_node_fail",
+                "1 when the cluster agreed the node failed",
+                Kind::Gauge,
+                node(),
+                f64::from(u8::from(n.fail)),
+            );
+            set.add(
+                "redis_cluster_node_pfail",
+                "1 when the answering node suspects the node failed",
+                Kind::Gauge,
+                node(),
+                f64::from(u8::from(n.pfail)),
+            );
+            set.add(
+                "redis_cluster_node_link_up",
+                "1 when the answering node's cluster bus link to the node is connected",
+                Kind::Gauge,
+                node(),
+                f64::from(u8::from(n.link_up || n.myself)),
+            );
+            set.add(
+                "redis_cluster_node_config_epoch",
+                "The node's config epoch",
+                Kind::Gauge,
+                node(),
+                n.config_epoch as f64,
+            );
+        }
+        set.add(
+            "redis_cluster_failovers_total",
+            "Failovers observed: a node seen as a replica, then as a master",
+            Kind::Counter,
+            Vec::new(),
+            self.failovers as f64,
+        );
+        set
+    }
+}
+
+/// Discovers a cluster's nodes, keeps one poller per node, publishes the roll-up.
+struct ClusterView {
+    target: Arc<Target>,
+    ctx: PollContext,
+    key: NodeKey,
+    conn: Option<MultiplexedConnection>,
+    known: Vec<String>,
+    facts: ClusterFacts,
+}
+
+impl ClusterView {
+    fn new(target: Arc<Target>, ctx: PollContext) -> Self {
+        let key = (target.name.clone(), None);
+        ctx.store.expect(key.clone(), target.url.address());
+        // The roll-up is not a node Prometheus should scrape on its own.
+        ctx.store.set_live(&key, false);
+        Self {
+            target,
+            ctx,
+            key,
+            conn: None,
+            known: Vec::new(),
+            facts: ClusterFacts::default(),
+        }
+    }
+
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut children = Children::new(self.target.clone(), self.ctx.clone());
+        let interval = self.target.poll_interval;
+        let mut next = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = sleep_until(next) => {}
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break; }
+                    continue;
+                }
+            }
+            let started = Instant::now();
+            let nodes = self.fetch_nodes().await;
+            let mut set = match &nodes {
+                Some(nodes) => {
+                    let usable: Vec<String> = nodes
+                        .iter()
+                        .filter(|n| !n.unusable)
+                        .map(|n| n.addr.clone())
+                        .collect();
+                    children.sync(&usable);
+                    for n in nodes.iter().filter(|n| !n.unusable) {
+                        let key = (self.target.name.clone(), Some(n.addr.clone()));
+                        self.ctx.store.set_live(&key, !n.fail);
+                    }
+                    // Prefer asking healthy nodes next time.
+                    let mut order: Vec<&ClusterNode> =
+                        nodes.iter().filter(|n| !n.unusable).collect();
+                    order.sort_by_key(|n| (n.fail || n.pfail, !n.master));
+                    self.known = order.into_iter().map(|n| n.addr.clone()).collect();
+                    self.facts.observe(nodes)
+                }
+                None => FamilySet::new(),
+            };
+            set.gauge(
+                "redis_lookout_cluster_view_up",
+                "1 when a cluster node answered CLUSTER NODES in the last discovery round",
+                f64::from(u8::from(nodes.is_some())),
+            );
+            self.ctx.store.publish(Snapshot {
+                target: self.target.name.clone(),
+                node: None,
+                families: set.render(&[("target", self.target.name.clone())]),
+                up: nodes.is_some(),
+                error: None,
+                polled_at: SystemTime::now(),
+                duration: started.elapsed(),
+                role: Some("cluster".to_owned()),
+                version: None,
+            });
+            let after = tokio::time::Instant::now();
+            next = (next + interval).max(after);
+        }
+        children.stop_all().await;
+        self.ctx.store.forget(&self.key);
+    }
+
+    /// CLUSTER NODES from the node that answered last time, else any known node, else a seed.
+    async fn fetch_nodes(&mut self) -> Option<Vec<ClusterNode>> {
+        if let Some(conn) = self.conn.as_mut() {
+            if let Some(nodes) = ask_nodes(conn, self.target.poll_timeout).await {
+                return Some(nodes);
+            }
+            self.conn = None;
+        }
+        let mut candidates: Vec<RedisUrl> = Vec::new();
+        for addr in &self.known {
+            if let Ok(url) = self.target.url.with_address(addr) {
+                candidates.push(url);
+            }
+        }
+        candidates.push(self.target.url.clone());
+        candidates.extend(self.target.seeds.iter().cloned());
+        for url in candidates {
+            let opened = timeout(
+                self.target.poll_timeout,
+                open_connection(&self.target, &url),
+            )
+            .await;
+            let Ok(Ok(mut conn)) = opened else { continue };
+            if let Some(nodes) = ask_nodes(&mut conn, self.target.poll_timeout).await {
+                self.conn = Some(conn);
+                return Some(nodes);
+            }
+        }
+        tracing::debug!(target_name = %self.target.name, "no cluster node answered CLUSTER NODES");
+        None
+    }
+}
+
+async fn ask_nodes(conn: &mut MultiplexedConnection, limit: Duration) -> Option<Vec<ClusterNode>> {
+    let reply: redis::Value = timeout(limit, redis::cmd("CLUSTER").arg("NODES").query_async(conn))
+        .await
+        .ok()?
+        .ok()?;
+    let nodes = parse_cluster_nodes(&value_text(&reply)?);
+    (!nodes.is_empty()).then_some(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, port: u16, master: bool, master_id: Option<&str>) -> ClusterNode {
+        ClusterNode {
+            id: id.into(),
+            addr: format!("127.0.0.1:{port}"),
+            myself: false,
+            master,
+            master_id: master_id.map(str::to_owned),
+            fail: false,
+            pfail: false,
+            unusable: false,
+            config_epoch: 1,
+            link_up: true,
+            slots: if master { 100 } else { 0 },
+        }
+    }
+
+    #[test]
+    fn a_promotion_counts_one_failover_and_masters_online_follow_fail_flags() {
+        let mut facts = ClusterFacts::default();
+        let before = vec![node("a", 1, true, None), node("b", 2, false, Some("a"))];
+        let set = facts.observe(&before);
+        assert_eq!(
+            set.get("redis_cluster_masters_online").unwrap().samples[0].value,
+            1.0
+        );
+        assert_eq!(facts.failovers, 0);
+
+        let mut after = vec![node("a", 1, true, None), node("b", 2, true, None)];
+        after[0].fail = true;
+        let set = facts.observe(&after);
+        assert_eq!(facts.failovers, 1);
+        assert_eq!(
+            set.get("redis_cluster_masters_online").unwrap().samples[0].value,
+            1.0
+        );
+        let failed = set.get("redis_cluster_nodes").unwrap();
+        assert_eq!(failed.samples[2].labels[0].1, "fail");
+        assert_eq!(failed.samples[2].value, 1.0);
+        // Seeing the same roles again is not another failover.
+        facts.observe(&after);
+        assert_eq!(facts.failovers, 1);
+    }
+
+    #[test]
+    fn replicas_name_their_master_by_address() {
+        let mut facts = ClusterFacts::default();
+        let set = facts.observe(&[node("a", 1, true, None), node("b", 2, false, Some("a"))]);
+        let info = set.get("redis_cluster_node_info").unwrap();
+        let replica = &info.samples[1].labels;
+        assert!(replica.contains(&("master_node", "127.0.0.1:1".to_owned())));
+        assert!(replica.contains(&("role", "replica".to_owned())));
+    }
+}
