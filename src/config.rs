@@ -17,6 +17,7 @@ pub const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_CONFIG_REFRESH: Duration = Duration::from_secs(60);
+pub const DEFAULT_COMMAND_STATS_REFRESH: Duration = Duration::from_secs(30);
 
 /// A configuration problem; `Display` names the file, line and column when there is a file.
 #[derive(Debug, Error)]
@@ -318,6 +319,8 @@ struct FileConfig {
     poll_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     config_refresh: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    command_stats_refresh: Option<Duration>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
     #[serde(default)]
@@ -378,6 +381,8 @@ pub struct Config {
     pub poll_interval: Duration,
     pub poll_timeout: Duration,
     pub config_refresh: Duration,
+    /// How often INFO commandstats/latencystats are fetched (published from cache between).
+    pub command_stats_refresh: Duration,
     pub log_format: LogFormat,
     pub log_level: String,
     pub targets: Vec<Target>,
@@ -679,6 +684,9 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         poll_interval,
         poll_timeout,
         config_refresh,
+        command_stats_refresh: f
+            .command_stats_refresh
+            .unwrap_or(DEFAULT_COMMAND_STATS_REFRESH),
         log_format: o.log_format.or(f.log_format).unwrap_or_default(),
         log_level: o
             .log_level

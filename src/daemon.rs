@@ -3,6 +3,7 @@
 //! `run` takes the listener and the shutdown signal as parameters so tests run the whole daemon
 //! in-process on port 0 and stop it when they like.
 
+use crate::collector::Refresh;
 use crate::config::Config;
 use crate::http::{serve, AppState};
 use crate::poller::PollContext;
@@ -26,7 +27,13 @@ pub async fn run(
     let store = Arc::new(SnapshotStore::new());
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let ctx = PollContext::new(store.clone(), config.config_refresh);
+    let ctx = PollContext::new(
+        store.clone(),
+        Refresh {
+            config: config.config_refresh,
+            command_stats: config.command_stats_refresh,
+        },
+    );
     let mut pollers = Vec::with_capacity(config.targets.len());
     for target in &config.targets {
         let task = run_target(Arc::new(target.clone()), ctx.clone(), stop_rx.clone());

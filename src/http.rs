@@ -2,12 +2,14 @@
 //! `/-/ready`. Connections are served concurrently; on shutdown the listener closes and
 //! in-flight requests get a few seconds to finish.
 
+use crate::metrics::Merger;
 use crate::scrape::{OnDemand, ScrapeAnswer};
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::telemetry::Telemetry;
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -16,7 +18,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -76,8 +80,40 @@ pub async fn serve(
     }
 }
 
-fn response(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
+/// Every response body: whole (small pages) or streamed (the exposition).
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Bytes per frame of a streamed exposition: big enough to be cheap, small enough that a
+/// scrape of 1000 targets never holds its megabytes of text at once.
+const CHUNK: usize = 256 * 1024;
+
+/// `/metrics` as a stream: merged families from the snapshots taken when the request came,
+/// produced a chunk at a time as hyper asks for them, then the process self-metrics.
+struct ExpositionBody {
+    merger: Merger<Arc<Snapshot>>,
+    tail: Option<String>,
+}
+
+impl hyper::body::Body for ExpositionBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let mut chunk = String::with_capacity(CHUNK + CHUNK / 4);
+        while chunk.len() < CHUNK && this.merger.write_next(&mut chunk) {}
+        if chunk.is_empty() {
+            return Poll::Ready(this.tail.take().map(|t| Ok(Frame::data(Bytes::from(t)))));
+        }
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+    }
+}
+
+fn response(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body.into()).boxed());
     *resp.status_mut() = code;
     if let Ok(v) = HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(CONTENT_TYPE, v);
@@ -88,7 +124,7 @@ fn response(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Res
 async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let (handler, resp) = route(&state, &req).await;
     state
         .telemetry
@@ -98,7 +134,7 @@ async fn handle(
     Ok(resp)
 }
 
-async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Response<Full<Bytes>>) {
+async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Response<Body>) {
     let path = req.uri().path();
     let handler = if path == state.telemetry_path {
         "metrics"
@@ -124,7 +160,18 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
         return (handler, resp);
     }
     let resp = match handler {
-        "metrics" => response(StatusCode::OK, TEXT_FORMAT, render_metrics(state)),
+        "metrics" => {
+            let mut tail = String::new();
+            state.telemetry.render_into(&mut tail);
+            let body = ExpositionBody {
+                merger: Merger::new(state.store.snapshots(|_, _| true)),
+                tail: Some(tail),
+            };
+            let mut resp = Response::new(body.boxed());
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
+            resp
+        }
         "healthy" => response(StatusCode::OK, "text/plain", "OK\n"),
         "ready" if state.store.ready() => response(StatusCode::OK, "text/plain", "ready\n"),
         "ready" => response(
@@ -156,7 +203,7 @@ fn scrape_deadline(req: &Request<Incoming>) -> Duration {
         })
 }
 
-async fn scrape(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn scrape(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
     let query = req.uri().query().unwrap_or("");
     let target = url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "target")
@@ -225,14 +272,6 @@ fn discovery(state: &AppState) -> String {
         })
         .collect();
     serde_json::Value::Array(groups).to_string()
-}
-
-/// The whole exposition: Redis facts from every snapshot, then the exporter's own metrics.
-pub fn render_metrics(state: &AppState) -> String {
-    let mut out = String::with_capacity(64 * 1024);
-    state.store.render_into(&mut out, |_, _| true);
-    state.telemetry.render_into(&mut out);
-    out
 }
 
 fn html_escape(out: &mut String, text: &str) {

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 /// The Prometheus metric type of a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,6 +114,18 @@ impl FamilySet {
         self.families.is_empty()
     }
 
+    /// A copy of the named families that exist here.
+    pub fn subset(&self, names: &[&str]) -> FamilySet {
+        FamilySet {
+            families: self
+                .families
+                .iter()
+                .filter(|(name, _)| names.contains(&name.as_str()))
+                .map(|(name, family)| (name.clone(), family.clone()))
+                .collect(),
+        }
+    }
+
     /// Moves every family of `other` into this set (samples appended where a name exists).
     pub fn merge(&mut self, other: FamilySet) {
         for (name, family) in other.families {
@@ -125,8 +138,13 @@ impl FamilySet {
         }
     }
 
-    /// Renders every family with `base` labels (target, node) put first on each line.
-    pub fn render(&self, base: &[(&'static str, String)]) -> Vec<RenderedFamily> {
+    /// Renders every family with `base` labels (target, node) put first on each line. Names
+    /// and help texts come from `interner`, so a thousand nodes share one copy of each.
+    pub fn render(
+        &self,
+        base: &[(&'static str, String)],
+        interner: &Interner,
+    ) -> Vec<RenderedFamily> {
         self.families
             .iter()
             .map(|(name, family)| {
@@ -134,9 +152,11 @@ impl FamilySet {
                 for sample in &family.samples {
                     write_sample(&mut body, name, sample, base);
                 }
+                // Snapshots live until the next poll; spare capacity would be held that long.
+                body.shrink_to_fit();
                 RenderedFamily {
-                    name: name.clone(),
-                    help: family.help.clone(),
+                    name: interner.get(name),
+                    help: interner.get(&family.help),
                     kind: family.kind,
                     body,
                 }
@@ -206,11 +226,29 @@ impl Histogram {
     }
 }
 
+/// One shared copy of each family name and help text, for every snapshot of the process.
+#[derive(Debug, Default)]
+pub struct Interner {
+    strings: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+}
+
+impl Interner {
+    pub fn get(&self, text: &str) -> Arc<str> {
+        let mut strings = self.strings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = strings.get(text) {
+            return found.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        strings.insert(shared.clone());
+        shared
+    }
+}
+
 /// A family ready for exposition: header data plus its sample lines as text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RenderedFamily {
-    pub name: String,
-    pub help: String,
+    pub name: Arc<str>,
+    pub help: Arc<str>,
     pub kind: Kind,
     pub body: String,
 }
@@ -299,40 +337,88 @@ pub fn write_header(out: &mut String, name: &str, help: &str, kind: Kind) {
     out.push('\n');
 }
 
-/// Merges the families of many snapshots into one exposition: one header per family name, the
-/// samples of every snapshot under it. Families are emitted in name order.
-pub fn merge_exposition<'a>(
-    out: &mut String,
-    snapshots: impl Iterator<Item = &'a [RenderedFamily]> + Clone,
-) {
-    // Every snapshot's list is sorted by name, so a k-way merge keeps this linear in output size.
-    let mut cursors: Vec<(&[RenderedFamily], usize)> = snapshots.map(|s| (s, 0)).collect();
-    loop {
-        let next = cursors
-            .iter()
-            .filter_map(|(list, pos)| list.get(*pos).map(|f| f.name.as_str()))
-            .min();
-        let Some(name) = next else { break };
-        let mut header_written = false;
-        let mut kind_of_header = Kind::Gauge;
-        for (list, pos) in cursors.iter_mut() {
-            if let Some(family) = list.get(*pos) {
-                if family.name == name {
-                    if !header_written {
-                        write_header(out, &family.name, &family.help, family.kind);
-                        header_written = true;
-                        kind_of_header = family.kind;
-                    }
-                    // A family whose type disagrees across targets (a Redis fork reusing a name)
-                    // would make the exposition invalid: keep the first type's samples only.
-                    if family.kind == kind_of_header {
-                        out.push_str(&family.body);
-                    }
-                    *pos += 1;
-                }
-            }
-        }
+/// Anything that holds a sorted list of rendered families (a snapshot, a test's vector).
+pub trait HasFamilies {
+    fn families(&self) -> &[RenderedFamily];
+}
+
+impl HasFamilies for Vec<RenderedFamily> {
+    fn families(&self) -> &[RenderedFamily] {
+        self
     }
+}
+
+impl<T: HasFamilies> HasFamilies for Arc<T> {
+    fn families(&self) -> &[RenderedFamily] {
+        (**self).families()
+    }
+}
+
+/// Merges the families of many snapshots into one exposition, one family at a time: one
+/// header per family name, then the samples of every snapshot under it, families in name order.
+/// Resumable, so a response can be produced in bounded chunks.
+pub struct Merger<T> {
+    lists: Vec<T>,
+    positions: Vec<usize>,
+}
+
+impl<T: HasFamilies> Merger<T> {
+    pub fn new(lists: Vec<T>) -> Self {
+        let positions = vec![0; lists.len()];
+        Self { lists, positions }
+    }
+
+    /// Total bytes of sample text left (for sizing a buffer).
+    pub fn body_len(&self) -> usize {
+        self.lists
+            .iter()
+            .flat_map(|l| l.families())
+            .map(|f| f.body.len())
+            .sum()
+    }
+
+    /// Writes the next family; false when all are written. Every list is sorted by name, so
+    /// this is linear in the output.
+    pub fn write_next(&mut self, out: &mut String) -> bool {
+        let next = self
+            .lists
+            .iter()
+            .zip(&self.positions)
+            .filter_map(|(list, pos)| list.families().get(*pos).map(|f| f.name.clone()))
+            .min();
+        let Some(name) = next else { return false };
+        let mut header_kind = None;
+        for (list, pos) in self.lists.iter().zip(self.positions.iter_mut()) {
+            let Some(family) = list.families().get(*pos) else {
+                continue;
+            };
+            if family.name != name {
+                continue;
+            }
+            let kind = *header_kind.get_or_insert_with(|| {
+                write_header(out, &family.name, &family.help, family.kind);
+                family.kind
+            });
+            // A family whose type disagrees across targets (a Redis fork reusing a name)
+            // would make the exposition invalid: keep the first type's samples only.
+            if family.kind == kind {
+                out.push_str(&family.body);
+            }
+            *pos += 1;
+        }
+        true
+    }
+
+    /// Writes everything left.
+    pub fn write_all(&mut self, out: &mut String) {
+        out.reserve(self.body_len());
+        while self.write_next(out) {}
+    }
+}
+
+/// Merges the families of many snapshots into one exposition (see [`Merger`]).
+pub fn merge_exposition<T: HasFamilies>(out: &mut String, lists: Vec<T>) {
+    Merger::new(lists).write_all(out);
 }
 
 #[cfg(test)]
@@ -371,10 +457,12 @@ mod tests {
         a.gauge("redis_x", "x", 2.0);
         let mut b = FamilySet::new();
         b.gauge("redis_up", "up", 0.0);
-        let ra = a.render(&[("target", "a".into())]);
-        let rb = b.render(&[("target", "b".into())]);
+        let interner = Interner::default();
+        let ra = a.render(&[("target", "a".into())], &interner);
+        let rb = b.render(&[("target", "b".into())], &interner);
+        assert!(Arc::ptr_eq(&ra[0].name, &rb[0].name), "names are shared");
         let mut out = String::new();
-        merge_exposition(&mut out, [ra.as_slice(), rb.as_slice()].into_iter());
+        merge_exposition(&mut out, vec![ra, rb]);
         assert_eq!(
             out,
             "# HELP redis_up up\n# TYPE redis_up gauge\nredis_up{target=\"a\"} 1\nredis_up{target=\"b\"} 0\n\
@@ -412,7 +500,7 @@ mod properties {
         fn any_label_value_renders_on_one_line_and_reads_back(value in "\\PC*|.*\n.*\"\\\\.*") {
             let mut set = FamilySet::new();
             set.add("redis_x", "x", Kind::Gauge, vec![("k", value.clone())], 1.0);
-            let rendered = set.render(&[]);
+            let rendered = set.render(&[], &Interner::default());
             let body = &rendered[0].body;
             prop_assert_eq!(body.matches('\n').count(), 1);
             let inner = body.strip_prefix("redis_x{k=\"").unwrap().strip_suffix("\"} 1\n").unwrap();

@@ -6,10 +6,10 @@
 //! connection between polls with capped exponential backoff and jitter, and polls as soon as a
 //! retry succeeds, so a restarted Redis shows `redis_up 1` without waiting for the next tick.
 
-use crate::collector::{standard_set, Collector, Outcome};
+use crate::collector::{standard_set, Collector, Outcome, Refresh};
 use crate::config::{read_password, Target};
 use crate::error::PollError;
-use crate::metrics::{FamilySet, Histogram, Kind};
+use crate::metrics::{FamilySet, Histogram, Interner, Kind};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
@@ -34,7 +34,8 @@ const INFO: &str = "info";
 #[derive(Clone)]
 pub struct PollContext {
     pub store: Arc<SnapshotStore>,
-    pub config_refresh: Duration,
+    pub refresh: Refresh,
+    pub interner: Arc<Interner>,
     pub connects: Arc<Semaphore>,
     pub polls: Arc<Semaphore>,
 }
@@ -45,10 +46,11 @@ pub const MAX_CONCURRENT_CONNECTS: usize = 64;
 pub const MAX_CONCURRENT_POLLS: usize = 256;
 
 impl PollContext {
-    pub fn new(store: Arc<SnapshotStore>, config_refresh: Duration) -> Self {
+    pub fn new(store: Arc<SnapshotStore>, refresh: Refresh) -> Self {
         Self {
             store,
-            config_refresh,
+            refresh,
+            interner: Arc::new(Interner::default()),
             connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)),
             polls: Arc::new(Semaphore::new(MAX_CONCURRENT_POLLS)),
         }
@@ -61,6 +63,7 @@ pub struct NodePoller {
     node: Option<String>,
 
     store: Arc<SnapshotStore>,
+    interner: Arc<Interner>,
     connects: Arc<Semaphore>,
     polls: Arc<Semaphore>,
     collectors: Vec<Box<dyn Collector>>,
@@ -87,10 +90,11 @@ impl NodePoller {
             node,
 
             store: ctx.store.clone(),
+            interner: ctx.interner.clone(),
 
             connects: ctx.connects.clone(),
             polls: ctx.polls.clone(),
-            collectors: standard_set(ctx.config_refresh),
+            collectors: standard_set(ctx.refresh),
             conn: None,
             failures: 0,
             was_up: None,
@@ -204,7 +208,7 @@ impl NodePoller {
                 Snapshot {
                     target: target.clone(),
                     node: self.node.clone(),
-                    families: set.render(&self.base_labels()),
+                    families: set.render(&self.base_labels(), &self.interner),
                     up: true,
                     error: None,
                     polled_at: SystemTime::now(),
@@ -224,7 +228,7 @@ impl NodePoller {
                 Snapshot {
                     target: target.clone(),
                     node: self.node.clone(),
-                    families: set.render(&self.base_labels()),
+                    families: set.render(&self.base_labels(), &self.interner),
                     up: false,
                     error: Some(err),
                     polled_at: SystemTime::now(),

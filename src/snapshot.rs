@@ -4,7 +4,7 @@
 //! `Arc`s, so a scrape never waits on a poll and a poll never waits on a scrape.
 
 use crate::error::PollError;
-use crate::metrics::{merge_exposition, RenderedFamily};
+use crate::metrics::{merge_exposition, HasFamilies, RenderedFamily};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -99,14 +99,23 @@ impl SnapshotStore {
         self.read().values().all(|e| e.snapshot.is_some())
     }
 
-    /// Appends the merged exposition of the chosen snapshots.
-    pub fn render_into(&self, out: &mut String, select: impl Fn(&NodeKey, &NodeEntry) -> bool) {
-        let snapshots: Vec<Arc<Snapshot>> = self
-            .read()
+    /// The latest snapshots of the chosen nodes.
+    pub fn snapshots(&self, select: impl Fn(&NodeKey, &NodeEntry) -> bool) -> Vec<Arc<Snapshot>> {
+        self.read()
             .iter()
             .filter(|(k, e)| select(k, e))
             .filter_map(|(_, e)| e.snapshot.clone())
-            .collect();
-        merge_exposition(out, snapshots.iter().map(|s| s.families.as_slice()));
+            .collect()
+    }
+
+    /// Appends the merged exposition of the chosen snapshots.
+    pub fn render_into(&self, out: &mut String, select: impl Fn(&NodeKey, &NodeEntry) -> bool) {
+        merge_exposition(out, self.snapshots(select));
+    }
+}
+
+impl HasFamilies for Snapshot {
+    fn families(&self) -> &[RenderedFamily] {
+        &self.families
     }
 }

@@ -306,7 +306,7 @@ impl ClusterView {
             self.ctx.store.publish(Snapshot {
                 target: self.target.name.clone(),
                 node: None,
-                families: set.render(&[("target", self.target.name.clone())]),
+                families: set.render(&[("target", self.target.name.clone())], &self.ctx.interner),
                 up: nodes.is_some(),
                 error: None,
                 polled_at: SystemTime::now(),

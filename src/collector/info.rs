@@ -11,7 +11,7 @@ use redis::{Cmd, RedisResult, Value};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// The sections we publish (everything but modules and keysizes), asked for in one call.
+/// The sections asked for on every poll (one call; modules and keysizes are never asked).
 pub const SECTIONS: &[&str] = &[
     "server",
     "clients",
@@ -21,10 +21,21 @@ pub const SECTIONS: &[&str] = &[
     "replication",
     "cpu",
     "keyspace",
-    "commandstats",
     "errorstats",
-    "latencystats",
     "cluster",
+];
+
+/// Sections added every `command_stats` refresh: per-command counters and latency
+/// percentiles cost Redis more than all the rest of INFO together.
+pub const COMMAND_SECTIONS: &[&str] = &["commandstats", "latencystats"];
+
+/// The families built from [`COMMAND_SECTIONS`], republished from cache between refreshes.
+const COMMAND_FAMILIES: &[&str] = &[
+    "redis_commands_total",
+    "redis_commands_duration_seconds_total",
+    "redis_commands_rejected_calls_total",
+    "redis_commands_failed_calls_total",
+    "redis_latency_percentiles_usec",
 ];
 
 /// INFO parsed into fields, in the order Redis wrote them.
@@ -491,16 +502,24 @@ const OFFSET_HISTORY: usize = 1024;
 pub struct InfoCollector {
     /// Set after a pre-7.0 server refused the multi-section form.
     all_fallback: bool,
+    command_refresh: std::time::Duration,
+    command_due: Option<Instant>,
+    command_asked: bool,
+    command_cache: FamilySet,
     /// (seconds since `epoch`, master_repl_offset) at each poll while this node is a master.
     offsets: std::collections::VecDeque<(f64, f64)>,
     replid: String,
     epoch: Instant,
 }
 
-impl Default for InfoCollector {
-    fn default() -> Self {
+impl InfoCollector {
+    pub fn new(command_refresh: std::time::Duration) -> Self {
         Self {
             all_fallback: false,
+            command_refresh,
+            command_due: None,
+            command_asked: false,
+            command_cache: FamilySet::new(),
             offsets: std::collections::VecDeque::new(),
             replid: String::new(),
             epoch: Instant::now(),
@@ -516,6 +535,11 @@ impl InfoCollector {
         } else {
             for section in SECTIONS {
                 cmd.arg(*section);
+            }
+            if self.command_asked {
+                for section in COMMAND_SECTIONS {
+                    cmd.arg(*section);
+                }
             }
         }
         cmd
@@ -568,7 +592,11 @@ impl Collector for InfoCollector {
         "info"
     }
 
-    fn commands(&mut self, _now: Instant) -> Vec<Cmd> {
+    fn commands(&mut self, now: Instant) -> Vec<Cmd> {
+        self.command_asked = self.all_fallback || self.command_due.is_none_or(|due| now >= due);
+        if self.command_asked {
+            self.command_due = Some(now + self.command_refresh);
+        }
         vec![self.command()]
     }
 
@@ -600,12 +628,18 @@ impl Collector for InfoCollector {
             .and_then(|f| f.samples.first())
             .map(|s| s.value as u32);
         info_families(&info, databases, out);
+        if self.command_asked {
+            self.command_cache = out.subset(COMMAND_FAMILIES);
+        } else {
+            out.merge(self.command_cache.clone());
+        }
         self.replica_lag(&info, out);
         Outcome::Collected
     }
 
     fn reset(&mut self) {
         self.all_fallback = false;
+        self.command_due = None;
     }
 }
 
@@ -794,7 +828,7 @@ mod tests {
 
     #[test]
     fn servers_before_7_get_info_all_after_refusing_sections() {
-        let mut c = InfoCollector::default();
+        let mut c = InfoCollector::new(std::time::Duration::from_secs(30));
         let packed =
             |cmds: Vec<Cmd>| String::from_utf8_lossy(&cmds[0].get_packed_command()).into_owned();
         assert!(packed(c.commands(Instant::now())).contains("latencystats"));
@@ -814,6 +848,46 @@ mod tests {
         assert!(
             packed(c.commands(Instant::now())).contains("latencystats"),
             "forgotten on reconnect"
+        );
+    }
+
+    #[test]
+    fn command_stats_are_asked_on_schedule_and_republished_between() {
+        let mut c = InfoCollector::new(std::time::Duration::from_secs(30));
+        let t0 = Instant::now();
+        let packed =
+            |cmds: Vec<Cmd>| String::from_utf8_lossy(&cmds[0].get_packed_command()).into_owned();
+        let reply = |text: &str| vec![Ok(Value::BulkString(text.as_bytes().to_vec()))];
+        assert!(packed(c.commands(t0)).contains("commandstats"));
+        let mut out = FamilySet::new();
+        c.collect(
+            reply("used_memory:1\ncmdstat_get:calls=7,usec=70\n"),
+            &mut out,
+        );
+        assert_eq!(
+            out.get("redis_commands_total").unwrap().samples[0].value,
+            7.0
+        );
+
+        let later = t0 + std::time::Duration::from_secs(5);
+        assert!(
+            !packed(c.commands(later)).contains("commandstats"),
+            "not due yet"
+        );
+        let mut out = FamilySet::new();
+        c.collect(reply("used_memory:2\n"), &mut out);
+        assert_eq!(
+            out.get("redis_memory_used_bytes").unwrap().samples[0].value,
+            2.0
+        );
+        assert_eq!(
+            out.get("redis_commands_total").unwrap().samples[0].value,
+            7.0,
+            "from cache"
+        );
+
+        assert!(
+            packed(c.commands(t0 + std::time::Duration::from_secs(31))).contains("latencystats")
         );
     }
 

@@ -102,12 +102,22 @@ pub fn value_items(value: &Value) -> Option<&[Value]> {
     }
 }
 
+/// How often the slower-moving facts are asked for; published from cache in between.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Refresh {
+    /// The CONFIG GET settings.
+    pub config: std::time::Duration,
+    /// INFO `commandstats` and `latencystats`: per-command counters and percentiles, the most
+    /// expensive part of INFO for Redis to produce.
+    pub command_stats: std::time::Duration,
+}
+
 /// The standard set of collectors for one node, in pipeline order. CONFIG comes before INFO
 /// because INFO pads empty databases up to CONFIG's `databases`.
-pub fn standard_set(config_refresh: std::time::Duration) -> Vec<Box<dyn Collector>> {
+pub fn standard_set(refresh: Refresh) -> Vec<Box<dyn Collector>> {
     vec![
-        Box::new(config::ConfigCollector::new(config_refresh)),
-        Box::new(info::InfoCollector::default()),
+        Box::new(config::ConfigCollector::new(refresh.config)),
+        Box::new(info::InfoCollector::new(refresh.command_stats)),
         Box::new(cluster::ClusterCollector::default()),
         Box::new(slowlog::SlowlogCollector::default()),
         Box::new(latency::LatencyCollector::default()),
