@@ -1,73 +1,84 @@
 #!/usr/bin/env python3
-"""Benchmark: redis-lookout vs redis_exporter against one throwaway Redis.
+"""Benchmark of redis-lookout: one target against redis_exporter, or many targets alone.
 
 Run through the wrapper scripts/bench (it resolves the real python3 behind shims such as
 pyenv's, so that a signal sent to it reaches this process and the teardown runs):
     scripts/bench [--keys N] [--scrapes N] [--quick] [--poll-window SECONDS]
-                  [--lookout-bin PATH] [--exporter-bin PATH]
+                  [--paced-scrapes N] [--lookout-bin PATH] [--exporter-bin PATH]
+    scripts/bench --targets 1,100,1000 [--servers 4] [--keys N] [--scrapes N]
+                  [--cycles N] [--quick] [--lookout-bin PATH]
 
-Defaults: 1,000,000 keys, 1000 scrapes, 60 s poll window.  --quick: 100,000 keys, 300 scrapes,
-30 s poll window.  Python 3 standard library only; needs redis-server and redis-cli on PATH;
+Single-target mode (default): 1,000,000 keys, 1000 scrapes, two 120 s poll windows, 120
+paced redis_exporter scrapes.  --quick: 100,000 keys, 300 scrapes, 60 s windows.
+Multi-target mode (--targets): lookout only.  Defaults: 4 redis-servers of 1000 keys each,
+1000 scrapes per size below 1000 targets and 500 from 1000 up, a 60 s (12 x 5 s) idle window.
+--quick: 300 / 100 scrapes, 6 cycles.
+Python 3 standard library only; needs redis-server, redis-cli and curl on PATH;
 redis_exporter (Debian: prometheus-redis-exporter) is optional.  Everything listens on
-127.0.0.1, on free ports picked at start; every process started here is stopped on exit
-(normal exit, exception, SIGINT, SIGTERM, SIGHUP) and the temp dir is removed.
+127.0.0.1, on free ports picked at start; every loop and wait is bounded; every process started
+here is stopped on exit (normal exit, exception, SIGINT, SIGTERM, SIGHUP) and the temp dir is
+removed.  The lookout binary is copied into the temp dir first, so a rebuild during the run
+cannot change what is measured; its sha256 is printed.
 
-What it does
-------------
-1. Starts `redis-server --save '' --appendonly no` in its own temp dir and loads N keys with
-   `redis-cli --pipe` fed by generated RESP.  Key mix (by i % 10): 5/10 strings `user:<i>`,
-   2/10 strings with a 1-day TTL `session:<i>`, 1/10 hashes `cache:<i>`, 1/10 lists
-   `queue:<i>`, 1/10 sets `tag:<i>`.  DBSIZE must equal N afterwards.
-2. redis-lookout phase (`--poll-interval 1s --log-level warn`), then the redis_exporter phase
-   (default flags).  Never both at once: lookout is stopped, and CLIENT LIST checked for
-   leftovers, before redis_exporter starts, so Redis counters in a window belong to one
-   exporter.
-3. /metrics latency: after 5 warm-up requests, S sequential GET /metrics on one persistent
-   HTTP/1.1 keep-alive connection (http.client), each timed with time.perf_counter from
-   request() to the end of read().  Percentiles are nearest-rank (p-th = sorted[ceil(p*S)-1]).
-   Every response must be 200 with `redis_up ... 1`; HTTP reconnections are counted.
-   Response size = body bytes of the last scrape (uncompressed: http.client sends
-   Accept-Encoding: identity).
+HTTP client (latency)
+---------------------
+/metrics is streamed with chunked transfer encoding by redis-lookout (hyper, 256 KiB frames)
+and by redis_exporter (Go net/http).  http.client would decode the chunks in Python and time
+the client, so every request here goes through RawHttp below: `GET /metrics HTTP/1.1` on one
+keep-alive TCP connection (TCP_NODELAY, `Accept-Encoding: identity`), read with recv_into()
+into one preallocated, reused buffer, chunk sizes parsed in place on bytes (no copy of the
+data, no per-line reads); Content-Length and read-to-EOF bodies are handled too.  A request is
+timed with time.perf_counter from before send() to the byte that ends the body (the `0\\r\\n\\r\\n`
+of a chunked body).  The same client is used for both exporters.  Every run checks it against
+curl: 20 scrapes with one curl process (connection reused), `-w %{time_total}`, then 20 with
+RawHttp, medians printed side by side.  (HTTP/1.0 would avoid chunking: hyper then sends the
+body unchunked and closes, but every request would pay a new connection.)
+Percentiles are nearest-rank (p-th = sorted[ceil(p*S)-1]) over S timed scrapes after 5
+warm-up scrapes on the same connection.  Every response must be 200 and report `redis_up 1`.
 
-How Redis cost is measured (and how the bench's own commands are excluded)
----------------------------------------------------------------------------
+Single target: Redis cost (how the bench's own commands are excluded)
+----------------------------------------------------------------------
 The bench reads Redis counters over ONE persistent RESP connection of its own (a tiny client
-in this file, not redis-cli: each redis-cli run would be a new connection and would add to
-total_connections_received).  A counter snapshot is a single `INFO stats commandstats clients`.
+in this file; redis-cli would open a connection per call).  A snapshot is one
+`INFO stats commandstats clients`.  Commandstats `usec` is recorded after a command finishes,
+so the delta between snapshots A and B contains exactly one INFO of ours (A's); its cost is
+calibrated right before A from back-to-back snapshots whose delta is that one call alone
+(median), and subtracted.  total_net_input_bytes / total_net_output_bytes deltas are corrected
+exactly for our own request (B's) and reply (A's).
+* redis-lookout polls every 1 s (`--poll-interval 1s`) and, with the defaults, adds INFO
+  commandstats+latencystats every 30 s and six CONFIG GET every 60 s.  Nothing scrapes it
+  while Redis is measured (two reads of its /metrics, served from memory, bracket the window).
+  Window 1 (W s, A ... B, nothing of ours in between): the amortized Redis time per poll,
+  periodic extras included.  Poll count = `latency|latest` calls (one per poll, nobody else
+  sends it), cross-checked with `redis_lookout_polls_total`.
+  Window 2 (W s): one sample after every poll (three back-to-back snapshots 0.25 s after it;
+  the first delta holds that poll plus our previous third snapshot, whose cost is the measured
+  cost of the second), giving each poll's usec per command and request/reply bytes.  A poll
+  whose reply is > 1000 bytes larger than the median poll's is a commandstats refresh (its
+  request is 38 bytes larger: the two section names), one with CONFIG GET calls a config
+  refresh.  "Without periodic extras" = mean over plain polls.  Window 2 costs Redis three
+  extra INFOs 0.75 s before each poll, so window 1 is the headline figure; the number of
+  commandstats refreshes in window 1 is derived exactly from its request bytes, using the
+  request sizes seen in window 2.
+* redis_exporter queries Redis on each scrape: A, S back-to-back scrapes, B; then P scrapes
+  1 s apart (its own A/B): back-to-back commands find Redis's caches hot and cost it much less
+  than the same commands after a second of idleness, which is what lookout's polls get.
+* Commandstats `usec` is command execution only (no accept/close, no socket I/O), which
+  under-counts redis_exporter's new connection per scrape.
+Process figures: VmRSS (and VmHWM, the peak) from /proc/PID/status; CPU from utime+stime
+(/proc/PID/stat, 10 ms ticks) and from the kernel's per-process CPU clock (ns).
 
-* Commandstats `usec` is only recorded after a command finishes, so a snapshot never contains
-  its own INFO; the delta between snapshots A and B therefore contains exactly ONE INFO of
-  ours (A's).  Its cost is calibrated right before A: several back-to-back snapshots, keeping
-  only pairs whose delta is exactly one call in total, that call being `info` (i.e. nobody
-  else ran anything in between); the median `usec` of those pairs is our INFO cost.  The
-  window's figures are then: total usec - own cost, total calls - 1, and `info` row likewise.
-* Our connection is opened before any window, so total_connections_received deltas contain
-  no connection of ours.
-* redis_exporter: A, then S back-to-back scrapes, then B.  Redis usec per scrape = window
-  usec / S; new connections per scrape = total_connections_received delta / S.
-  Back-to-back commands run with hot CPU caches and cost Redis several times less than the
-  same commands arriving after a second of idleness (on this machine an INFO ALL took ~20 us
-  back-to-back and ~120-140 us when 1 s apart), while lookout's polls always arrive 1 s
-  apart.  So redis_exporter is also scraped W times 1 s apart (its own A/B pair), giving a
-  like-for-like Redis cost per scrape; the table shows the lookout target against both.
-* redis-lookout: it touches Redis only from its poller, never on a scrape.  Poll window:
-  nothing scrapes except two reads of lookout's own /metrics (served from memory).  A, wait
-  W seconds, B.  The poll count is taken from Redis itself: the `latency|latest` call delta
-  (lookout sends exactly one LATENCY LATEST per poll and nobody else sends any), and is
-  cross-checked against the delta of lookout's `redis_lookout_polls_total`.  Redis usec per
-  poll = window usec / polls; this average includes the CONFIG GET refresh lookout does every
-  60 s (amortized); the figure without CONFIG GET is shown too.  New connections per poll =
-  total_connections_received delta / polls (steady state: the first connect is before A).
-* Caveat: commandstats `usec` is command execution time only; accepting/closing a TCP
-  connection, reading and writing sockets are not in it.  That under-counts redis_exporter
-  (one new connection per scrape) more than redis-lookout.
-
-Process figures: RSS is VmRSS from /proc/PID/status right after the back-to-back scrapes.
-CPU is utime+stime from /proc/PID/stat (1/CLK_TCK resolution, normally 10 ms) over the
-back-to-back window divided by scrapes, and the same from the kernel's per-process CPU clock
-(clock_gettime on MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED), ns resolution, all threads).
-For redis-lookout this includes its background polls during that window (1 s interval); a
-separate row gives its CPU per poll from the poll window.
+Multi-target mode
+-----------------
+redis_exporter holds one target per process, so this mode measures redis-lookout alone.
+Starts --servers redis-servers (small keyspace), and for each size N writes a YAML config with
+`poll_interval: 5s` and N targets `tI` spread round-robin over the servers, checks it with
+--check-config, starts lookout, waits (bounded) until the exposition has `redis_up{...} 1` for
+all N targets, then: an idle window of C poll intervals (no scrapes; CPU seconds per poll
+cycle = CPU / C; polls counted by Redis as `latency|latest` calls), then S back-to-back scrapes
+(latency, CPU per scrape, VmRSS after, VmHWM), the curl check, and stop (its connections must
+leave every server's CLIENT LIST).  Redis µs per poll there includes one INFO of ours per
+server, not subtracted (tens of µs against thousands of polls).
 
 Exit status: 0 when every figure was measured (PASS/MISS does not change it); 1 when
 something could not be measured (a process failed to start, a scrape failed, ...).
@@ -75,7 +86,7 @@ something could not be measured (a process failed to start, a scrape failed, ...
 
 import argparse
 import atexit
-import http.client
+import hashlib
 import math
 import os
 import platform
@@ -94,6 +105,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_LOOKOUT = os.path.join(REPO, "target", "release", "redis-lookout")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CS_REPLY_THRESHOLD = 1000  # bytes: a poll reply this much above the median one asked commandstats
+MULTI_INTERVAL = 5.0       # poll_interval in multi-target mode
 
 PROCS = []  # (name, Popen) started by this script
 TMPDIR = None
@@ -152,6 +165,13 @@ def start(name, argv, logname):
     return p
 
 
+def stop_started(name, p):
+    stop_proc(name, p)
+    if (name, p) in PROCS:
+        PROCS.remove((name, p))
+    return p.returncode
+
+
 def read_log(logname, limit=None):
     path = os.path.join(TMPDIR, logname)
     try:
@@ -160,6 +180,12 @@ def read_log(logname, limit=None):
     except OSError:
         return ""
     return text if limit is None else text[-limit:]
+
+
+def log_summary(text):
+    lines = [l for l in text.splitlines() if l.strip()]
+    return f"{len(lines)} line(s)" + (
+        "" if not lines else "; first: `" + lines[0][:300].replace("`", "'") + "`")
 
 
 # ---------------------------------------------------------------- helpers
@@ -178,12 +204,20 @@ def proc_cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-def proc_rss_kb(pid):
+def proc_status_kb(pid, key):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
+    raise BenchError(f"no {key} for pid {pid}")
+
+
+def proc_rss_kb(pid):
+    return proc_status_kb(pid, "VmRSS")
+
+
+def mb(kb):
+    return f"{kb * 1024 / 1e6:.2f}"
 
 
 def cmd_output(argv):
@@ -202,9 +236,25 @@ def exporter_version(path):
     return " ".join(text.split()) + f" ({path})"
 
 
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def pct(sorted_vals, p):
     n = len(sorted_vals)
     return sorted_vals[max(0, math.ceil(p * n) - 1)]
+
+
+def f3(x):
+    return f"{x:.3f}"
+
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
 
 
 # ---------------------------------------------------------------- minimal RESP client
@@ -213,6 +263,9 @@ class Resp:
     def __init__(self, port, timeout=30.0):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.rf = self.sock.makefile("rb")
+        self.last_request_bytes = 0
+        self.last_reply_bytes = 0
+        self._nread = 0
 
     def close(self):
         try:
@@ -226,11 +279,17 @@ class Resp:
         for a in args:
             b = a if isinstance(a, bytes) else str(a).encode()
             parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
-        self.sock.sendall(b"".join(parts))
-        return self._read()
+        req = b"".join(parts)
+        self.sock.sendall(req)
+        self.last_request_bytes = len(req)
+        self._nread = 0
+        value = self._read()
+        self.last_reply_bytes = self._nread
+        return value
 
     def _read(self):
         line = self.rf.readline()
+        self._nread += len(line)
         if not line:
             raise BenchError("Redis closed the bench's connection")
         t, rest = line[:1], line[1:-2]
@@ -245,6 +304,7 @@ class Resp:
             if n < 0:
                 return None
             data = self.rf.read(n + 2)
+            self._nread += len(data)
             return data[:-2].decode(errors="replace")
         if t == b"*":
             n = int(rest)
@@ -272,13 +332,23 @@ def parse_info(text):
 class Snap:
     def __init__(self, r):
         self.fields, self.cmds = parse_info(r.cmd("INFO", "stats", "commandstats", "clients"))
+        self.t = time.monotonic()
+        self.req_bytes = r.last_request_bytes    # counted by Redis in this snapshot
+        self.reply_bytes = r.last_reply_bytes    # counted by Redis only after it
 
     def total(self, key):
         return sum(c.get(key, 0) for c in self.cmds.values())
 
+    def calls(self, name):
+        return self.cmds.get(name, {}).get("calls", 0)
+
+    def field(self, key):
+        return int(self.fields.get(key, 0))
+
 
 class Delta:
-    """B - A, minus the bench's own INFO (exactly one, A's) costing own_usec."""
+    """B - A, minus the bench's own INFO (exactly one, A's) costing own_usec, and minus the
+    bench's own request (B's) and reply (A's) bytes."""
 
     def __init__(self, a, b, own_usec):
         self.per_cmd = {}
@@ -298,10 +368,13 @@ class Delta:
         self.usec = sum(c["usec"] for c in self.per_cmd.values())
         self.failed = sum(c["failed"] for c in self.per_cmd.values())
         self.rejected = sum(c["rejected"] for c in self.per_cmd.values())
-        self.conns = int(b.fields["total_connections_received"]) - int(
-            a.fields["total_connections_received"])
-        self.errors = int(b.fields.get("total_error_replies", 0)) - int(
-            a.fields.get("total_error_replies", 0))
+        self.conns = b.field("total_connections_received") - a.field("total_connections_received")
+        self.errors = b.field("total_error_replies") - a.field("total_error_replies")
+        self.in_bytes = (b.field("total_net_input_bytes") - a.field("total_net_input_bytes")
+                         - b.req_bytes)
+        self.out_bytes = (b.field("total_net_output_bytes") - a.field("total_net_output_bytes")
+                          - a.reply_bytes)
+        self.seconds = b.t - a.t
 
     def calls_of(self, name):
         return self.per_cmd.get(name, {}).get("calls", 0)
@@ -317,7 +390,7 @@ def calibrated_snapshot(r, want=5, tries=20):
     for _ in range(tries):
         cur = Snap(r)
         d_calls = cur.total("calls") - prev.total("calls")
-        d_info = cur.cmds["info"]["calls"] - prev.cmds["info"]["calls"]
+        d_info = cur.calls("info") - prev.calls("info")
         if d_calls == 1 and d_info == 1:
             costs.append(cur.cmds["info"]["usec"] - prev.cmds["info"]["usec"])
         prev = cur
@@ -336,19 +409,23 @@ def client_list(r):
     return rows
 
 
+def named_clients(r, name):
+    return sum(1 for c in client_list(r) if c.get("name") == name)
+
+
 # ---------------------------------------------------------------- Redis setup
 
-def start_redis(port):
-    rdir = os.path.join(TMPDIR, "redis")
+def start_redis(port, tag="redis"):
+    rdir = os.path.join(TMPDIR, tag)
     os.makedirs(rdir)
-    p = start("redis-server", [
+    p = start(f"redis-server {tag}", [
         "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
         "--appendonly", "no", "--dir", rdir, "--daemonize", "no", "--logfile", "",
-    ], "redis.log")
+    ], f"{tag}.log")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if p.poll() is not None:
-            raise BenchError(f"redis-server exited: {read_log('redis.log', 2000)}")
+            raise BenchError(f"redis-server exited: {read_log(tag + '.log', 2000)}")
         try:
             r = Resp(port)
             if r.cmd("PING") == "PONG":
@@ -360,11 +437,11 @@ def start_redis(port):
     raise BenchError("redis-server did not answer PING within 20 s")
 
 
-def load_keys(port, n, r):
-    log(f"loading {n} keys with redis-cli --pipe")
+def load_keys(port, n, r, tag="redis"):
+    log(f"{tag}: loading {n} keys with redis-cli --pipe")
     t0 = time.monotonic()
-    outpath = os.path.join(TMPDIR, "pipe.log")
-    with open(outpath, "wb") as outf:
+    logname = f"pipe-{tag}.log"
+    with open(os.path.join(TMPDIR, logname), "wb") as outf:
         proc = subprocess.Popen(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "--pipe"],
                                 stdin=subprocess.PIPE, stdout=outf, stderr=subprocess.STDOUT)
     PROCS.append(("redis-cli --pipe", proc))
@@ -399,27 +476,138 @@ def load_keys(port, n, r):
         proc.wait(timeout=max(120, n / 5000))
     except (BrokenPipeError, subprocess.TimeoutExpired) as e:
         raise BenchError(f"redis-cli --pipe failed: {e}")
-    text = read_log("pipe.log").strip()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        PROCS.remove(("redis-cli --pipe", proc))
+    text = read_log(logname).strip()
     if proc.returncode != 0 or "errors: 0" not in text:
         raise BenchError(f"redis-cli --pipe failed (rc {proc.returncode}): {text[-500:]}")
     dbsize = r.cmd("DBSIZE")
     if dbsize != n:
         raise BenchError(f"DBSIZE is {dbsize}, expected {n}")
-    log(f"loaded {dbsize} keys in {time.monotonic() - t0:.1f} s; used_memory_human="
+    log(f"{tag}: loaded {dbsize} keys in {time.monotonic() - t0:.1f} s; used_memory_human="
         f"{parse_info(r.cmd('INFO', 'memory'))[0].get('used_memory_human')}")
 
 
 # ---------------------------------------------------------------- HTTP
 
-REDIS_UP = re.compile(r"^redis_up(\{[^}]*\})? 1(\.0)?$", re.M)
+class RawHttp:
+    """GET on one keep-alive HTTP/1.1 connection; the body is read with recv_into() into one
+    reused buffer and chunked framing is parsed in place on bytes (see the module docstring)."""
+
+    def __init__(self, port, path="/metrics", timeout=30.0):
+        self.port, self.timeout = port, timeout
+        self.request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                        "Accept-Encoding: identity\r\n\r\n").encode()
+        self.buf = bytearray(1 << 20)
+        self.mv = memoryview(self.buf)
+        self.sock = None
+        self.connects = 0
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _recv(self, end, eof_ok=False):
+        if end == len(self.buf):
+            self.mv.release()
+            grown = bytearray(2 * len(self.buf))
+            grown[:end] = self.buf
+            self.buf, self.mv = grown, memoryview(grown)
+        n = self.sock.recv_into(self.mv[end:])
+        if n == 0:
+            if eof_ok:
+                return None
+            raise ConnectionError("server closed the connection mid-response")
+        return end + n
+
+    def get(self, keep_body=False):
+        """One GET: (status, body length, body bytes if keep_body else None, seconds)."""
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.connects += 1
+        t0 = time.perf_counter()
+        self.sock.sendall(self.request)
+        end = 0
+        while True:
+            hdr_end = self.buf.find(b"\r\n\r\n", 0, end)
+            if hdr_end >= 0:
+                break
+            end = self._recv(end)
+        head = bytes(self.buf[:hdr_end]).decode("latin-1").split("\r\n")
+        proto, status = head[0].split()[:2]
+        headers = {}
+        for line in head[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip().lower()
+        pos = hdr_end + 4
+        spans = []
+        close = proto == "HTTP/1.0" or headers.get("connection") == "close"
+        if "chunked" in headers.get("transfer-encoding", ""):
+            while True:
+                while True:
+                    eol = self.buf.find(b"\r\n", pos, end)
+                    if eol >= 0:
+                        break
+                    end = self._recv(end)
+                size = int(bytes(self.buf[pos:eol]).split(b";")[0], 16)
+                pos = eol + 2
+                if size == 0:  # optional trailer lines, then an empty line
+                    while True:
+                        eol = self.buf.find(b"\r\n", pos, end)
+                        if eol < 0:
+                            end = self._recv(end)
+                            continue
+                        blank = eol == pos
+                        pos = eol + 2
+                        if blank:
+                            break
+                    break
+                while end < pos + size + 2:
+                    end = self._recv(end)
+                if self.buf[pos + size:pos + size + 2] != b"\r\n":
+                    raise ValueError("bad chunk framing")
+                spans.append((pos, size))
+                pos += size + 2
+        elif "content-length" in headers:
+            n = int(headers["content-length"])
+            while end < pos + n:
+                end = self._recv(end)
+            spans.append((pos, n))
+            pos += n
+        else:
+            close = True
+            while True:
+                new_end = self._recv(end, eof_ok=True)
+                if new_end is None:
+                    break
+                end = new_end
+            spans.append((pos, end - pos))
+            pos = end
+        t1 = time.perf_counter()
+        if end != pos:
+            raise ValueError(f"{end - pos} unexpected bytes after the response")
+        body = b"".join(bytes(self.mv[s:s + n]) for s, n in spans) if keep_body else None
+        if close:
+            self.close()
+        return int(status), sum(n for _, n in spans), body, t1 - t0
 
 
-def http_get(port, path="/metrics", timeout=10):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+REDIS_UP = re.compile(rb"^redis_up(\{[^}]*\})? 1(\.0)?$", re.M)
+REDIS_UP_ANY = re.compile(rb"^redis_up\{([^}]*)\} (\S+)$", re.M)
+TARGET_LABEL = re.compile(rb'target="([^"]*)"')
+
+
+def http_get(port, timeout=30.0):
+    """One GET /metrics on a fresh connection: (status, body bytes)."""
+    c = RawHttp(port, timeout=timeout)
     try:
-        c.request("GET", path)
-        resp = c.getresponse()
-        return resp.status, resp.read().decode(errors="replace")
+        status, _, body, _ = c.get(keep_body=True)
+        return status, body
     finally:
         c.close()
 
@@ -435,62 +623,94 @@ def wait_http(name, proc, port, logname, ready=lambda body: True, limit=30.0):
             if status == 200 and ready(body):
                 return body
             last = f"HTTP {status}"
-        except OSError as e:
+        except (OSError, ValueError) as e:
             last = str(e)
         time.sleep(0.1)
     raise BenchError(f"{name} not ready within {limit:.0f} s ({last}): {read_log(logname, 2000)}")
 
 
 def metric_sum(body, name):
-    total, found = 0.0, False
-    for line in body.splitlines():
-        if line.startswith(name) and (line[len(name):len(name) + 1] in ("{", " ")):
-            total += float(line.rsplit(" ", 1)[1])
-            found = True
-    return total if found else None
+    """Sum of every sample of `name` (any labels) in an exposition (bytes); None if absent."""
+    pat = re.compile(rb"^" + re.escape(name.encode()) + rb"(?:\{[^\n]*\})? (\S+)$", re.M)
+    vals = [float(m.group(1)) for m in pat.finditer(body)]
+    return sum(vals) if vals else None
+
+
+def up_targets(body):
+    """(targets with redis_up 1, all targets with a redis_up sample)"""
+    up, seen = set(), set()
+    for m in REDIS_UP_ANY.finditer(body):
+        t = TARGET_LABEL.search(m.group(1))
+        name = t.group(1).decode() if t else ""
+        seen.add(name)
+        if float(m.group(2)) == 1.0:
+            up.add(name)
+    return up, seen
+
+
+def sample_count(body):
+    return sum(1 for l in body.split(b"\n") if l and not l.startswith(b"#"))
 
 
 def scrape_series(port, n, warmup=5, before=None):
     """n sequential GET /metrics on one keep-alive connection; latencies in ms.
 
     `warmup` requests go first on the same connection; then before() runs (it takes the Redis
-    and CPU baselines), then the n timed requests."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    lat, reconnects, sock, body = [], 0, None, ""
+    and CPU baselines), then the n timed requests.  Returns (latencies, reconnects, last body)."""
+    c = RawHttp(port)
+    lat, body = [], b""
     try:
         for i in range(warmup + n):
             if i == warmup and before is not None:
                 before()
-            t0 = time.perf_counter()
-            conn.request("GET", "/metrics")
-            resp = conn.getresponse()
-            data = resp.read()
-            t1 = time.perf_counter()
-            if resp.status != 200:
-                raise BenchError(f"scrape {i} returned HTTP {resp.status}")
-            if sock is not None and conn.sock is not sock:
-                reconnects += 1
-            sock = conn.sock
+            last = i == warmup + n - 1
+            status, _, data, secs = c.get(keep_body=last)
+            if status != 200:
+                raise BenchError(f"scrape {i} returned HTTP {status}")
             if i >= warmup:
-                lat.append((t1 - t0) * 1000.0)
-            if i == warmup + n - 1:
-                body = data.decode(errors="replace")
-    except (OSError, http.client.HTTPException) as e:
+                lat.append(secs * 1000.0)
+            if last:
+                body = data
+    except (OSError, ValueError) as e:
         raise BenchError(f"scrape failed: {e!r}")
     finally:
-        conn.close()
-    if not REDIS_UP.search(body):
-        raise BenchError("last scrape does not report redis_up 1")
-    return lat, reconnects, body
+        c.close()
+    return lat, c.connects - 1, body
 
 
 def latency_summary(lat):
     s = sorted(lat)
     return {"p50": pct(s, 0.50), "p90": pct(s, 0.90), "p99": pct(s, 0.99), "max": s[-1],
-            "mean": statistics.fmean(s)}
+            "mean": statistics.fmean(s), "n": len(s)}
 
 
-# ---------------------------------------------------------------- phases
+def curl_check(port, n=20):
+    """n scrapes by one curl process (connection reused) and n by RawHttp, back to back."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    argv = ["curl", "-s", "-w", "%{time_total} %{num_connects} %{http_code}\\n"]
+    for _ in range(n):
+        argv += [url, "-o", "/dev/null"]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"curl check failed: {e}"
+    rows = [l.split() for l in out.splitlines() if l.strip()]
+    if len(rows) != n or any(r[2] != "200" for r in rows):
+        return f"curl check failed: {out[-300:]!r}"
+    curl_ms = sorted(float(r[0]) * 1000.0 for r in rows)
+    conns = sum(int(r[1]) for r in rows)
+    try:
+        lat, _, _ = scrape_series(port, n, warmup=2)
+    except BenchError as e:
+        return f"curl check: bench client failed: {e}"
+    mine = sorted(lat)
+    return (f"curl -w %{{time_total}}, {n} scrapes in one process ({conns} connection(s) "
+            f"opened): median {statistics.median(curl_ms):.3f} ms (min {curl_ms[0]:.3f}, max "
+            f"{curl_ms[-1]:.3f}); bench client right after, {n} scrapes: median "
+            f"{statistics.median(mine):.3f} ms (min {mine[0]:.3f}, max {mine[-1]:.3f})")
+
+
+# ---------------------------------------------------------------- CPU
 
 def cpu_clock(pid):
     """Process-wide CPU time (all threads, exited ones included) in seconds, ns resolution:
@@ -503,12 +723,15 @@ class Cpu:
         self.pid = pid
         self.ticks = proc_cpu_ticks(pid)
         self.clock = cpu_clock(pid)
+        self.t = time.monotonic()
 
     def since(self, other):
         """(ms from utime+stime ticks, ms from the CPU clock)"""
         return ((self.ticks - other.ticks) * 1000.0 / CLK_TCK,
                 (self.clock - other.clock) * 1000.0)
 
+
+# ---------------------------------------------------------------- single target: phases
 
 def scrape_window(name, proc, port, r, scrapes):
     log(f"{name}: {scrapes} back-to-back scrapes")
@@ -525,33 +748,96 @@ def scrape_window(name, proc, port, r, scrapes):
     b = Snap(r)
     rss = proc_rss_kb(proc.pid)
     d = Delta(base["snap"], b, base["own"])
-    samples = sum(1 for l in body.splitlines() if l and not l.startswith("#"))
-    return {"lat": latency_summary(lat), "reconnects": reconnects, "bytes": len(body.encode()),
-            "samples": samples, "cpu_ticks_ms": cpu[0], "cpu_ms": cpu[1], "rss_kb": rss,
-            "delta": d, "own_info_usec": base["own"], "wall": wall, "body": body}
+    if not REDIS_UP.search(body):
+        raise BenchError(f"{name}: last scrape does not report redis_up 1")
+    return {"lat": latency_summary(lat), "reconnects": reconnects, "bytes": len(body),
+            "samples": sample_count(body), "cpu_ticks_ms": cpu[0], "cpu_ms": cpu[1],
+            "rss_kb": rss, "hwm_kb": proc_status_kb(proc.pid, "VmHWM"), "delta": d,
+            "own_info_usec": base["own"], "wall": wall, "body": body}
 
 
 def paced_window(name, port, r, count, interval=1.0):
     """count scrapes, one every `interval` s (the cadence of lookout's polls): Redis cost of a
     scrape that finds Redis idle, as lookout's polls do."""
     log(f"{name}: {count} scrapes paced {interval:g} s apart")
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c = RawHttp(port)
     a, own, _ = calibrated_snapshot(r)
     try:
         t0 = time.monotonic()
         for i in range(count):
             time.sleep(max(0.0, t0 + (i + 1) * interval - time.monotonic()))
-            conn.request("GET", "/metrics")
-            resp = conn.getresponse()
-            data = resp.read()
-            if resp.status != 200 or not REDIS_UP.search(data.decode(errors="replace")):
-                raise BenchError(f"paced scrape {i} failed: HTTP {resp.status}")
-    except (OSError, http.client.HTTPException) as e:
+            status, _, body, _ = c.get(keep_body=True)
+            if status != 200 or not REDIS_UP.search(body):
+                raise BenchError(f"paced scrape {i} failed: HTTP {status}")
+    except (OSError, ValueError) as e:
         raise BenchError(f"paced scrape failed: {e!r}")
     finally:
-        conn.close()
+        c.close()
     time.sleep(0.2)
     return {"delta": Delta(a, Snap(r), own), "own_info_usec": own, "count": count}
+
+
+def triple(r):
+    """Three back-to-back snapshots: (first, third, cost of the second's INFO or None if
+    anything else ran between the second and the third)."""
+    s1, s2, s3 = Snap(r), Snap(r), Snap(r)
+    d = Delta(s2, s3, 0)
+    return s1, s3, (d.usec_of("info") if d.calls == 0 else None)
+
+
+def per_poll_window(r, seconds, interval=1.0, offset=0.25):
+    """Window 2: one sample per lookout poll (see the module docstring)."""
+    prev = Snap(r)
+    deadline = time.monotonic() + 3 * interval + 1
+    while True:  # find the poll phase: first snapshot after a poll, 50 ms resolution
+        time.sleep(0.05)
+        cur = Snap(r)
+        if cur.calls("latency|latest") > prev.calls("latency|latest"):
+            t_poll = cur.t
+            break
+        if time.monotonic() > deadline:
+            raise BenchError("window 2: no lookout poll seen within 3 poll intervals")
+        prev = cur
+    count = int(seconds / interval)
+    time.sleep(max(0.0, t_poll + offset - time.monotonic()))
+    _, last, own = triple(r)
+    samples = []
+    for k in range(1, count + 1):
+        time.sleep(max(0.0, t_poll + offset + k * interval - time.monotonic()))
+        s1, s3, own_next = triple(r)
+        d = Delta(last, s1, own if own is not None else 0)
+        polls = d.calls_of("latency|latest")
+        samples.append({"k": k, "delta": d, "polls": polls, "own": own,
+                        "valid": own is not None and polls == 1 and d.calls == d.calls_of(
+                            "info") + d.calls_of("slowlog|len") + d.calls_of("slowlog|get")
+                        + d.calls_of("latency|latest") + d.calls_of("config|get")})
+        last, own = s3, own_next
+    return samples
+
+
+def classify(samples):
+    """Kinds of polls in window 2 and the request sizes needed to count window 1's refreshes."""
+    valid = [s for s in samples if s["valid"]]
+    noncfg = [s for s in valid if s["delta"].calls_of("config|get") == 0]
+    if not noncfg:
+        raise BenchError("window 2: no usable poll sample")
+    ref_out = statistics.median_low([s["delta"].out_bytes for s in noncfg])
+    base_in = statistics.median_low([s["delta"].in_bytes for s in noncfg])
+    for s in valid:
+        d = s["delta"]
+        s["cfg"] = d.calls_of("config|get") > 0
+        s["cs"] = d.out_bytes - ref_out > CS_REPLY_THRESHOLD
+        s["in_extra"] = d.in_bytes - base_in
+        s["kind"] = ("commandstats + CONFIG GET" if s["cs"] and s["cfg"] else
+                     "commandstats refresh" if s["cs"] else
+                     "CONFIG GET refresh" if s["cfg"] else "plain")
+    cs_in = sorted({s["in_extra"] for s in valid if s["cs"] and not s["cfg"]})
+    cfg_in = sorted({s["in_extra"] - (cs_in[0] if s["cs"] and len(cs_in) == 1 else 0)
+                     for s in valid if s["cfg"]})
+    cfg_calls = sorted({s["delta"].calls_of("config|get") for s in valid if s["cfg"]})
+    return {"valid": valid, "ref_out": ref_out, "base_in": base_in, "cs_in": cs_in,
+            "cfg_in": cfg_in, "cfg_calls": cfg_calls,
+            "refresh_ks": [s["k"] for s in valid if s["cs"]]}
 
 
 def lookout_phase(args, redis_port, r):
@@ -566,8 +852,8 @@ def lookout_phase(args, redis_port, r):
               ready=lambda body: (metric_sum(body, "redis_lookout_polls_total") or 0) >= 2
               and REDIS_UP.search(body) is not None)
 
-    # ---- poll window: nothing touches Redis but lookout's poller (and our single INFO)
-    log(f"redis-lookout: poll window of {args.poll_window} s, no scraping")
+    # ---- window 1: nothing touches Redis but lookout's poller (and our single INFO)
+    log(f"redis-lookout: window 1, {args.poll_window} s, no scraping")
     a, own, own_samples = calibrated_snapshot(r)
     m0 = http_get(port)[1]
     cpu0 = Cpu(p.pid)
@@ -577,19 +863,22 @@ def lookout_phase(args, redis_port, r):
     b = Snap(r)
     d = Delta(a, b, own)
     polls_redis = d.calls_of("latency|latest")
-    polls_self = metric_sum(m1, "redis_lookout_polls_total") - metric_sum(
-        m0, "redis_lookout_polls_total")
     if polls_redis <= 0:
-        raise BenchError("redis-lookout made no polls in the poll window (no LATENCY LATEST seen)")
-    names = [c for c in client_list(r) if c.get("name") == "redis-lookout"]
+        raise BenchError("redis-lookout made no polls in window 1 (no LATENCY LATEST seen)")
     res.update({
         "own_info_usec": own, "own_info_samples": own_samples, "poll_delta": d,
-        "polls_redis": polls_redis, "polls_self": polls_self,
+        "polls_redis": polls_redis,
+        "polls_self": metric_sum(m1, "redis_lookout_polls_total")
+        - metric_sum(m0, "redis_lookout_polls_total"),
         "poll_cpu_ticks_ms": cpu[0], "poll_cpu_ms": cpu[1],
         "conn_opened_delta": (metric_sum(m1, "redis_lookout_connections_opened_total") or 0)
         - (metric_sum(m0, "redis_lookout_connections_opened_total") or 0),
-        "lookout_clients": len(names),
+        "lookout_clients": named_clients(r, "redis-lookout"),
     })
+
+    # ---- window 2: one sample per poll
+    log(f"redis-lookout: window 2, {args.poll_window} s, one sample per poll")
+    res["samples"] = per_poll_window(r, args.poll_window)
 
     # ---- scrape window
     polls_before = metric_sum(http_get(port)[1], "redis_lookout_polls_total")
@@ -602,21 +891,16 @@ def lookout_phase(args, redis_port, r):
     cnt = metric_sum(body, "redis_lookout_poll_duration_seconds_count")
     tot = metric_sum(body, "redis_lookout_poll_duration_seconds_sum")
     res["poll_wall_mean_ms"] = tot / cnt * 1000.0 if cnt else None
-    res["lookout_clients_after"] = sum(
-        1 for c in client_list(r) if c.get("name") == "redis-lookout")
-    stop_proc("redis-lookout", p)
-    PROCS.remove(("redis-lookout", p))
-    res["exit_code"] = p.returncode
+    res["lookout_clients_after"] = named_clients(r, "redis-lookout")
+    res["curl"] = curl_check(port)
+    res["exit_code"] = stop_started("redis-lookout", p)
     res["log"] = read_log("lookout.log")
     # its connection must be gone before redis_exporter's window starts
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        left = [c for c in client_list(r) if c.get("name") == "redis-lookout"]
-        if not left:
-            break
+    while named_clients(r, "redis-lookout"):
+        if time.monotonic() > deadline:
+            raise BenchError("redis-lookout's connection still open 10 s after it was stopped")
         time.sleep(0.1)
-    else:
-        raise BenchError("redis-lookout's connection still open 10 s after it was stopped")
     return res
 
 
@@ -630,26 +914,26 @@ def exporter_phase(args, redis_port, r):
     wait_http("redis_exporter", p, port, "exporter.log",
               ready=lambda body: REDIS_UP.search(body) is not None)
     res["scrape"] = scrape_window("redis_exporter", p, port, r, args.scrapes)
-    res["paced"] = paced_window("redis_exporter", port, r, args.poll_window)
+    res["paced"] = paced_window("redis_exporter", port, r, args.paced_scrapes)
     time.sleep(0.5)
-    res["exporter_clients_after"] = sum(
-        1 for c in client_list(r) if c.get("name") == "redis_exporter")
+    res["exporter_clients_after"] = named_clients(r, "redis_exporter")
     res["connected_clients_after"] = int(
         parse_info(r.cmd("INFO", "clients"))[0]["connected_clients"])
-    stop_proc("redis_exporter", p)
-    PROCS.remove(("redis_exporter", p))
+    res["curl"] = curl_check(port)
+    stop_started("redis_exporter", p)
     res["log"] = read_log("exporter.log")
     return res
 
 
-# ---------------------------------------------------------------- report
+# ---------------------------------------------------------------- single target: report
 
-def verdict(ok):
-    return "PASS" if ok else "MISS"
-
-
-def f3(x):
-    return f"{x:.3f}"
+def kind_stats(samples):
+    us = sorted(s["delta"].usec for s in samples)
+    return {"n": len(us), "mean": statistics.fmean(us), "median": statistics.median(us),
+            "min": us[0], "max": us[-1],
+            "info": statistics.fmean(s["delta"].usec_of("info") for s in samples),
+            "in_extra": sorted({s["in_extra"] for s in samples}),
+            "out": statistics.fmean(s["delta"].out_bytes for s in samples)}
 
 
 def print_report(args, machine, lk, ex):
@@ -658,20 +942,46 @@ def print_report(args, machine, lk, ex):
     n = args.scrapes
     pd = lk["poll_delta"]
     polls = lk["polls_redis"]
+    cls = classify(lk["samples"])
+    valid = cls["valid"]
+    kinds = {}
+    for s in valid:
+        kinds.setdefault(s["kind"], []).append(s)
+    plain = kinds.get("plain", [])
+    if not plain:
+        raise BenchError("window 2: no plain poll")
+    plain_mean = statistics.fmean(s["delta"].usec for s in plain)
+    w2_amortized = statistics.fmean(s["delta"].usec for s in valid)
     lk_usec_poll = pd.usec / polls
     lk_usec_poll_nocfg = (pd.usec - pd.usec_of("config|get")) / polls
     ex_b2b = es["delta"].usec / n if es else None
     ex_paced = ep["delta"].usec / ep["count"] if ep else None
+
+    # commandstats refreshes in window 1, from its request bytes (see the module docstring)
+    cfg_calls1 = pd.calls_of("config|get")
+    n_cs1 = None
+    if len(cls["cs_in"]) == 1 and (cfg_calls1 == 0 or (len(cls["cfg_in"]) == 1
+                                                       and len(cls["cfg_calls"]) == 1)):
+        n_cfg1 = cfg_calls1 / cls["cfg_calls"][0] if cfg_calls1 else 0
+        rest = pd.in_bytes - polls * cls["base_in"] - (n_cfg1 * cls["cfg_in"][0] if n_cfg1 else 0)
+        n_cs1 = rest / cls["cs_in"][0]
+    n_cs1_txt = "?" if n_cs1 is None else (f"{n_cs1:.0f}" if n_cs1 == int(n_cs1)
+                                           else f"{n_cs1:.2f} (not a whole number)")
+    n_cfg1_txt = (f"{cfg_calls1 / cls['cfg_calls'][0]:g}" if cfg_calls1 and cls["cfg_calls"]
+                  else f"{cfg_calls1} calls" if cfg_calls1 else "0")
     na = "not run"
 
     def exv(fn):
         return fn() if es else na
 
-    def ratio_target(ex_value):
+    def ratio(lk_value, ex_value, judge):
         if ex_value is None:
-            return "≤ 1/3 of redis_exporter's: not evaluated (redis_exporter not run)"
-        return (f"≤ 1/3 of redis_exporter's ({ex_value / 3:.1f} µs); ratio "
-                f"{lk_usec_poll / ex_value:.3f}: **{verdict(lk_usec_poll * 3 <= ex_value)}**")
+            return "not evaluated (redis_exporter not run)"
+        text = f"ratio {lk_value / ex_value:.3f}"
+        if judge:
+            text = (f"≤ 1/3 of redis_exporter's ({ex_value / 3:.1f} µs); {text}: "
+                    f"**{verdict(lk_value * 3 <= ex_value)}**")
+        return text
 
     rows = []
     for key, target in (("p50", None), ("p90", None), ("p99", "< 1 ms"), ("max", None)):
@@ -682,14 +992,23 @@ def print_report(args, machine, lk, ex):
                  exv(lambda: f3(es["lat"]["mean"])), ""))
     rows.append(("/metrics response size, bytes / samples", f"{ls['bytes']} / {ls['samples']}",
                  exv(lambda: f"{es['bytes']} / {es['samples']}"), ""))
-    rows.append(("Redis time per poll (lookout, 1 s apart) vs per scrape (exporter, "
-                 "back-to-back), µs", f"{lk_usec_poll:.1f}", exv(lambda: f"{ex_b2b:.1f}"),
-                 ratio_target(ex_b2b)))
-    rows.append(("Redis time per poll (lookout) vs per scrape (exporter, 1 s apart like the "
-                 "polls), µs", f"{lk_usec_poll:.1f}",
-                 exv(lambda: f"{ex_paced:.1f} ({ep['count']} scrapes)"), ratio_target(ex_paced)))
-    rows.append(("Redis time per poll, lookout, without the 60 s CONFIG GET refresh, µs",
-                 f"{lk_usec_poll_nocfg:.1f}", "", ""))
+    amort = (f"Redis time per poll, amortized: window 1, {polls} polls incl. {n_cs1_txt} "
+             f"commandstats and {n_cfg1_txt} CONFIG GET refreshes (lookout) vs per scrape")
+    rows.append((amort + " back-to-back (exporter), µs", f"{lk_usec_poll:.1f}",
+                 exv(lambda: f"{ex_b2b:.1f}"), ratio(lk_usec_poll, ex_b2b, True)))
+    rows.append((amort + " 1 s apart like the polls (exporter), µs", f"{lk_usec_poll:.1f}",
+                 exv(lambda: f"{ex_paced:.1f} ({ep['count']} scrapes)"),
+                 ratio(lk_usec_poll, ex_paced, True)))
+    plain_lbl = (f"Redis time per poll without the periodic extras: window 2, mean of "
+                 f"{len(plain)} plain polls (lookout) vs per scrape")
+    rows.append((plain_lbl + " back-to-back (exporter), µs", f"{plain_mean:.1f}",
+                 exv(lambda: f"{ex_b2b:.1f}"), ratio(plain_mean, ex_b2b, False)))
+    rows.append((plain_lbl + " 1 s apart (exporter), µs", f"{plain_mean:.1f}",
+                 exv(lambda: f"{ex_paced:.1f}"), ratio(plain_mean, ex_paced, False)))
+    rows.append(("Redis time per poll, window 1, without CONFIG GET (commandstats refreshes "
+                 "still in), µs", f"{lk_usec_poll_nocfg:.1f}", "", ""))
+    rows.append((f"Redis time per poll, amortized over window 2 ({len(valid)} polls sampled "
+                 "one by one), µs", f"{w2_amortized:.1f}", "", ""))
     rows.append(("Redis commands per poll / per scrape", f"{pd.calls / polls:.2f}",
                  exv(lambda: f"{es['delta'].calls / n:.2f}"), ""))
     rows.append(("New Redis connections per poll / per scrape",
@@ -701,29 +1020,31 @@ def print_report(args, machine, lk, ex):
                  exv(lambda: f"{es['delta'].calls}, {es['delta'].usec} µs"), ""))
     rss_ok = ls["rss_kb"] * 1024 < 10_000_000
     rows.append(("Exporter RSS (VmRSS) after the scrapes, MB (10^6 bytes)",
-                 f"{ls['rss_kb'] * 1024 / 1e6:.2f} ({ls['rss_kb']} kB)",
-                 exv(lambda: f"{es['rss_kb'] * 1024 / 1e6:.2f} ({es['rss_kb']} kB)"),
+                 f"{mb(ls['rss_kb'])} ({ls['rss_kb']} kB)",
+                 exv(lambda: f"{mb(es['rss_kb'])} ({es['rss_kb']} kB)"),
                  f"< 10 MB: **{verdict(rss_ok)}**"))
+    rows.append(("Exporter peak RSS (VmHWM), MB", f"{mb(ls['hwm_kb'])} ({ls['hwm_kb']} kB)",
+                 exv(lambda: f"{mb(es['hwm_kb'])} ({es['hwm_kb']} kB)"), ""))
     rows.append(("Exporter CPU per scrape, ms (utime+stime ticks, 10 ms resolution)",
                  f"{ls['cpu_ticks_ms'] / n:.3f}", exv(lambda: f"{es['cpu_ticks_ms'] / n:.3f}"),
                  ""))
     rows.append(("Exporter CPU per scrape, ms (process CPU clock, ns resolution)",
                  f"{ls['cpu_ms'] / n:.3f}", exv(lambda: f"{es['cpu_ms'] / n:.3f}"), ""))
-    rows.append(("Exporter CPU per poll, ms, poll window without scrapes (ticks / CPU clock)",
+    rows.append(("Exporter CPU per poll, ms, window 1 (ticks / CPU clock)",
                  f"{lk['poll_cpu_ticks_ms'] / polls:.3f} / {lk['poll_cpu_ms'] / polls:.3f}",
                  "", ""))
 
-    print("## redis-lookout vs redis_exporter\n")
+    print("## redis-lookout vs redis_exporter (one target)\n")
     print("Command: `" + machine["command"] + "`\n")
     print("Machine:")
-    for k in ("nproc", "cpu", "kernel", "redis-server", "redis-lookout", "redis_exporter",
-              "python", "loadavg at start", "loadavg at end"):
+    for k in ("nproc", "cpu", "kernel", "redis-server", "redis-lookout", "redis-lookout sha256",
+              "redis_exporter", "curl", "python", "loadavg at start", "loadavg at end"):
         print(f"- {k}: {machine.get(k, '?')}")
     print()
     print(f"Setup: {args.keys} keys; {n} back-to-back keep-alive scrapes per exporter; "
-          f"redis-lookout `--poll-interval 1s`, poll window {args.poll_window} s "
-          f"({polls} polls counted by Redis, {lk['polls_self']:.0f} by "
-          f"redis_lookout_polls_total)"
+          f"redis-lookout `--poll-interval 1s` (defaults: commandstats every 30 s, CONFIG GET "
+          f"every 60 s), windows 1 and 2 of {args.poll_window} s each (window 1: {polls} polls "
+          f"counted by Redis, {lk['polls_self']:.0f} by redis_lookout_polls_total)"
           + (f"; redis_exporter also scraped {ep['count']} times 1 s apart" if ep else "")
           + ".\n")
     print("| metric | redis-lookout | redis_exporter | target |")
@@ -732,79 +1053,324 @@ def print_report(args, machine, lk, ex):
         print("| " + " | ".join(row) + " |")
     print()
 
-    print("Redis commands per poll (redis-lookout, poll window) and per scrape (redis_exporter, "
-          "back-to-back and 1 s apart), from INFO commandstats deltas:\n")
+    cs_polls = kinds.get("commandstats refresh", [])
+    print("Redis commands per poll (redis-lookout: window 1 amortized; window 2 plain polls "
+          "and commandstats-refresh polls) and per scrape (redis_exporter), from INFO "
+          "commandstats deltas, µs:\n")
     sets = [pd.per_cmd] + ([es["delta"].per_cmd, ep["delta"].per_cmd] if es else [])
     names = sorted(set().union(*sets))
-    print("| command | lookout calls/poll | lookout µs/poll | exporter calls/scrape "
+    print("| command | lookout calls/poll | lookout µs/poll, amortized | lookout µs, plain poll "
+          "| lookout µs, commandstats poll | exporter calls/scrape "
           "| exporter µs/scrape back-to-back | exporter µs/scrape 1 s apart |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def kmean(group, c):
+        return f"{statistics.fmean(s['delta'].usec_of(c) for s in group):.2f}" if group else "–"
+
     for c in names:
         a = pd.per_cmd.get(c)
         b = es["delta"].per_cmd.get(c) if es else None
         q = ep["delta"].per_cmd.get(c) if ep else None
         cell = c.replace("|", "\\|")  # Markdown: a bare | would split the cell
         print(f"| {cell} | "
-              + (f"{a['calls'] / polls:.3f} | {a['usec'] / polls:.2f}" if a else "– | –")
+              + (f"{a['calls'] / polls:.3f} | {a['usec'] / polls:.2f} | {kmean(plain, c)} | "
+                 f"{kmean(cs_polls, c)}" if a else "– | – | – | –")
               + " | " + (f"{b['calls'] / n:.3f} | {b['usec'] / n:.2f}" if b else "– | –")
               + " | " + (f"{q['usec'] / ep['count']:.2f}" if q else "–") + " |")
     print()
 
+    print(f"redis-lookout polls one by one (window 2, {len(lk['samples'])} samples, "
+          f"{len(valid)} usable), Redis µs per poll:\n")
+    print("| poll kind | polls | mean | median | min | max | INFO µs (mean) | request bytes "
+          "above a plain poll | reply bytes (mean) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind in ("plain", "commandstats refresh", "CONFIG GET refresh",
+                 "commandstats + CONFIG GET"):
+        if kind not in kinds:
+            continue
+        st = kind_stats(kinds[kind])
+        print(f"| {kind} | {st['n']} | {st['mean']:.1f} | {st['median']:.1f} | {st['min']} | "
+              f"{st['max']} | {st['info']:.1f} | {', '.join(str(x) for x in st['in_extra'])} | "
+              f"{st['out']:.0f} |")
+    print()
+
+    ks = cls["refresh_ks"]
+    gaps = [f"{(b - a) * 1.0:g}" for a, b in zip(ks, ks[1:])]
+    unusable = [s for s in lk["samples"] if not s["valid"]]
     print("Notes:")
-    print(f"- bench's own INFO, subtracted once per window: lookout poll window "
-          f"{lk['own_info_usec']} µs (calibration samples {lk['own_info_samples']}), "
-          f"lookout scrape window {ls['own_info_usec']} µs"
+    print(f"- commandstats refreshes seen in window 2 at sample {', '.join(map(str, ks))} "
+          f"(1 s apart); seconds between refreshes: {', '.join(gaps) or '–'}; window 1's count "
+          f"({n_cs1_txt}) is (request bytes - polls x {cls['base_in']} - CONFIG GET refreshes x "
+          f"{', '.join(map(str, cls['cfg_in'])) or '?'}) / "
+          f"{', '.join(map(str, cls['cs_in'])) or '?'}")
+    print(f"- window 2: {len(unusable)} unusable sample(s) (not exactly one poll, or something "
+          f"else ran between our snapshots); our own INFO subtracted per sample: median "
+          f"{statistics.median([s['own'] for s in valid]):g} µs")
+    print(f"- bench's own INFO, subtracted once per window: window 1 {lk['own_info_usec']} µs "
+          f"(calibration samples {lk['own_info_samples']}), lookout scrape window "
+          f"{ls['own_info_usec']} µs"
           + (f", redis_exporter windows {es['own_info_usec']} / {ep['own_info_usec']} µs"
              if es else "")
           + "; a small negative µs total means the window held nothing but that INFO and the "
           "estimate was a few µs high")
     print(f"- redis-lookout: {lk['polls_during_scrapes']:.0f} background poll(s) ran during its "
           f"{n} scrapes ({ls['wall']:.2f} s); its CPU per scrape includes them")
-    print(f"- redis-lookout: connections_opened_total delta in poll window "
+    print(f"- redis-lookout: connections_opened_total delta in window 1 "
           f"{lk['conn_opened_delta']:.0f}, total at end {lk['connections_opened_total']:.0f}; "
           f"polls_total {lk['polls_total']:.0f}; poll_errors_total {lk['poll_errors_total']:.0f}; "
-          f"CLIENT LIST connections named redis-lookout: {lk['lookout_clients']} (poll window), "
+          f"CLIENT LIST connections named redis-lookout: {lk['lookout_clients']} (window 1), "
           f"{lk['lookout_clients_after']} (after scrapes); mean poll wall time "
           + (f"{lk['poll_wall_mean_ms']:.3f} ms" if lk["poll_wall_mean_ms"] is not None else "?")
-          + f"; failed/rejected Redis calls in poll window {pd.failed}/{pd.rejected}; "
-          f"CONFIG GET calls in poll window {pd.calls_of('config|get')}; "
+          + f"; failed/rejected Redis calls in window 1 {pd.failed}/{pd.rejected}; "
           f"exit code on SIGTERM {lk['exit_code']}")
     print(f"- HTTP reconnections during scrapes: lookout {ls['reconnects']}"
           + (f", redis_exporter {es['reconnects']}" if es else ""))
+    print(f"- client check, redis-lookout: {lk['curl']}")
     if es:
+        print(f"- client check, redis_exporter: {ex['curl']}")
         print(f"- redis_exporter: failed/rejected Redis calls {es['delta'].failed}/"
               f"{es['delta'].rejected} in {n} scrapes; new connections 1 s apart "
               f"{ep['delta'].conns} in {ep['count']}; connections named redis_exporter "
               f"open 0.5 s after the last scrape: {ex['exporter_clients_after']}; "
               f"connected_clients then: {ex['connected_clients_after']}")
     for name, res in (("redis-lookout", lk), ("redis_exporter", ex)):
-        if not res:
-            continue
-        lines = [l for l in res["log"].splitlines() if l.strip()]
-        print(f"- {name} log: {len(lines)} line(s)"
-              + ("" if not lines else "; first: `" + lines[0][:300].replace("`", "'") + "`"))
+        if res:
+            print(f"- {name} log: {log_summary(res['log'])}")
     print("- one run on a shared 2-core machine; other work may run at the same time, so "
           "every figure is noisy")
 
 
+# ---------------------------------------------------------------- multi-target mode
+
+def multi_size(args, servers, n):
+    port = free_port()
+    cfg = os.path.join(TMPDIR, f"targets-{n}.yaml")
+    with open(cfg, "w") as f:
+        f.write(f'listen: "127.0.0.1:{port}"\npoll_interval: {MULTI_INTERVAL:g}s\n'
+                "log_level: warn\ntargets:\n")
+        for i in range(n):
+            f.write(f"  - name: t{i}\n    url: redis://127.0.0.1:{servers[i % len(servers)][0]}\n")
+    try:
+        chk = subprocess.run([args.lookout_bin, "--config", cfg, "--check-config"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BenchError(f"--check-config failed: {e}")
+    if chk.returncode != 0:
+        raise BenchError(f"--check-config rejected the {n}-target file: {chk.stdout}{chk.stderr}")
+    res = {"n": n, "check": (chk.stdout.strip().splitlines() or ["?"])[0]}
+    logname = f"lookout-{n}.log"
+    name = f"redis-lookout ({n} targets)"
+    log(f"starting {name}")
+    t0 = time.monotonic()
+    p = start(name, [args.lookout_bin, "--config", cfg], logname)
+    want = {f"t{i}" for i in range(n)}
+    limit = 60.0 + 0.06 * n
+    deadline = t0 + limit
+    up = set()
+    while True:  # bounded wait for redis_up 1 on every target
+        if p.poll() is not None:
+            raise BenchError(f"{name} exited with {p.returncode}: {read_log(logname, 2000)}")
+        try:
+            status, body = http_get(port, timeout=10)
+            if status == 200:
+                up = up_targets(body)[0]
+                if up >= want:
+                    break
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError(f"{name}: {len(up & want)} of {n} targets up after {limit:.0f} s")
+        time.sleep(1.0)
+    res["t_up"] = time.monotonic() - t0
+    res["rss_up_kb"] = proc_rss_kb(p.pid)
+    log(f"{name}: all {n} up after {res['t_up']:.1f} s; idle window of {args.cycles} x "
+        f"{MULTI_INTERVAL:g} s")
+
+    # ---- idle window: no scrapes
+    s0 = [Snap(r) for _, r in servers]
+    cpu0 = Cpu(p.pid)
+    time.sleep(args.cycles * MULTI_INTERVAL)
+    cpu1 = Cpu(p.pid)
+    s1 = [Snap(r) for _, r in servers]
+    cpu = cpu1.since(cpu0)
+    cycles = (cpu1.t - cpu0.t) / MULTI_INTERVAL
+    deltas = [Delta(a, b, 0) for a, b in zip(s0, s1)]
+    res["idle_cycles"] = cycles
+    res["cpu_cycle_s"] = cpu[1] / 1000.0 / cycles
+    res["cpu_cycle_ticks_s"] = cpu[0] / 1000.0 / cycles
+    res["polls_redis"] = sum(d.calls_of("latency|latest") for d in deltas)
+    res["redis_usec"] = sum(d.usec for d in deltas)
+    res["new_conns"] = sum(d.conns for d in deltas)
+    res["failed_calls"] = sum(d.failed + d.rejected for d in deltas)
+    res["rss_idle_kb"] = proc_rss_kb(p.pid)
+
+    # ---- scrapes
+    scrapes = args.scrapes or ((300 if args.quick else 500) if n >= 1000
+                               else (100 if args.quick else 1000))
+    log(f"{name}: {scrapes} back-to-back scrapes")
+    base = {}
+
+    def before():
+        base["cpu"] = Cpu(p.pid)
+
+    lat, reconnects, body = scrape_series(port, scrapes, before=before)
+    cpu_s = Cpu(p.pid).since(base["cpu"])
+    res["rss_after_kb"] = proc_rss_kb(p.pid)
+    res["hwm_kb"] = proc_status_kb(p.pid, "VmHWM")
+    res.update({"scrapes": scrapes, "lat": latency_summary(lat), "reconnects": reconnects,
+                "bytes": len(body), "samples": sample_count(body),
+                "cpu_scrape_ms": cpu_s[1] / scrapes, "cpu_scrape_ticks_ms": cpu_s[0] / scrapes})
+    up, seen = up_targets(body)
+    res["up_last"] = len(up & want)
+    res["seen_last"] = len(seen)
+    res["poll_errors"] = metric_sum(body, "redis_lookout_poll_errors_total") or 0
+    res["polls_total"] = metric_sum(body, "redis_lookout_polls_total")
+    res["opened_total"] = metric_sum(body, "redis_lookout_connections_opened_total")
+    cnt = metric_sum(body, "redis_lookout_poll_duration_seconds_count")
+    tot = metric_sum(body, "redis_lookout_poll_duration_seconds_sum")
+    res["poll_wall_mean_ms"] = tot / cnt * 1000.0 if cnt else None
+    res["clients"] = sum(named_clients(r, "redis-lookout") for _, r in servers)
+    res["curl"] = curl_check(port)
+    res["exit_code"] = stop_started(name, p)
+    res["log"] = read_log(logname)
+    deadline = time.monotonic() + 20
+    while sum(named_clients(r, "redis-lookout") for _, r in servers):
+        if time.monotonic() > deadline:
+            raise BenchError(f"{name}: connections still open 20 s after it was stopped")
+        time.sleep(0.2)
+    return res
+
+
+def print_multi_report(args, machine, results):
+    print("## redis-lookout, many targets (lookout only)\n")
+    print("redis_exporter holds one Redis per process (its multi-target mode queries the target "
+          "on every /scrape), so there is nothing to compare with here.\n")
+    print("Command: `" + machine["command"] + "`\n")
+    print("Machine:")
+    for k in ("nproc", "cpu", "kernel", "redis-server", "redis-lookout", "redis-lookout sha256",
+              "curl", "python", "loadavg at start", "loadavg at end"):
+        print(f"- {k}: {machine.get(k, '?')}")
+    print()
+    print(f"Setup: {args.servers} redis-servers of {args.keys} keys each; N targets `t0`…`tN-1` "
+          f"spread round-robin over them in a generated YAML file, `poll_interval: "
+          f"{MULTI_INTERVAL:g}s` (other settings default: commandstats every 30 s, CONFIG GET "
+          f"every 60 s); idle window of {args.cycles} poll intervals, then back-to-back "
+          "keep-alive scrapes.\n")
+    print("| targets | scrapes | p50 ms | p90 ms | p99 ms | max ms | mean ms | body bytes / "
+          "samples | RSS all up / after idle / after scrapes, MB | peak RSS (VmHWM), MB | "
+          "CPU per poll cycle, s (of 5 s; % of one core) | CPU per scrape, ms | polls per "
+          "cycle (Redis count) | Redis µs per poll |")
+    print("|" + "---|" * 14)
+    for r in results:
+        lt = r["lat"]
+        print(f"| {r['n']} | {r['scrapes']} | {f3(lt['p50'])} | {f3(lt['p90'])} | "
+              f"{f3(lt['p99'])} | {f3(lt['max'])} | {f3(lt['mean'])} | {r['bytes']} / "
+              f"{r['samples']} | {mb(r['rss_up_kb'])} / {mb(r['rss_idle_kb'])} / "
+              f"{mb(r['rss_after_kb'])} | {mb(r['hwm_kb'])} ({r['hwm_kb']} kB) | "
+              f"{r['cpu_cycle_s']:.4f} ({r['cpu_cycle_s'] / MULTI_INTERVAL * 100:.2f} %) | "
+              f"{r['cpu_scrape_ms']:.3f} | {r['polls_redis'] / r['idle_cycles']:.1f} | "
+              + (f"{r['redis_usec'] / r['polls_redis']:.1f}" if r["polls_redis"] else "–")
+              + " |")
+    print()
+    print("Targets (they apply at 1000 targets):\n")
+    print("| targets | /metrics p99 < 20 ms | RSS < 100 MB (judged on the peak, VmHWM) |")
+    print("|---|---|---|")
+    for r in results:
+        if r["n"] < 1000:
+            continue
+        print(f"| {r['n']} | {f3(r['lat']['p99'])} ms: **{verdict(r['lat']['p99'] < 20.0)}** | "
+              f"{mb(r['hwm_kb'])} MB: **{verdict(r['hwm_kb'] * 1024 < 100e6)}** |")
+    if not any(r["n"] >= 1000 for r in results):
+        print("| (1000 targets not in this run) | – | – |")
+    print()
+    print("Notes:")
+    for r in results:
+        print(f"- {r['n']} targets: all `redis_up` 1 after {r['t_up']:.1f} s; last scrape: "
+              f"{r['up_last']} of {r['n']} up ({r['seen_last']} redis_up series); "
+              f"poll_errors_total {r['poll_errors']:.0f}; polls_total {r['polls_total']:.0f}; "
+              f"connections_opened_total {r['opened_total']:.0f}; connections named "
+              f"redis-lookout on the servers {r['clients']}; new Redis connections in the idle "
+              f"window {r['new_conns']}; failed/rejected Redis calls there {r['failed_calls']}; "
+              f"idle window {r['idle_cycles']:.2f} cycles, CPU per cycle from ticks "
+              f"{r['cpu_cycle_ticks_s']:.4f} s; CPU per scrape from ticks "
+              f"{r['cpu_scrape_ticks_ms']:.3f} ms; mean poll wall time "
+              + (f"{r['poll_wall_mean_ms']:.3f} ms" if r["poll_wall_mean_ms"] is not None
+                 else "?")
+              + f"; HTTP reconnections {r['reconnects']}; exit code on SIGTERM "
+              f"{r['exit_code']}; log: {log_summary(r['log'])}")
+        print(f"- {r['n']} targets, client check: {r['curl']}")
+    print(f"- --check-config said: `{results[-1]['check']}`" if results else "")
+    print("- Redis µs per poll includes one INFO of ours per server per window (not "
+          "subtracted); one run on a shared 2-core machine, so every figure is noisy")
+
+
+# ---------------------------------------------------------------- main
+
+def machine_info(args, lookout_src):
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "command": shlex.join([os.environ.get("BENCH_ARGV0", sys.argv[0])] + sys.argv[1:]),
+        "nproc": cmd_output(["nproc"]),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "redis-server": cmd_output(["redis-server", "--version"]),
+        "redis-lookout": cmd_output([args.lookout_bin, "--version"]) + f" ({lookout_src}, "
+        f"modified {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(os.path.getmtime(lookout_src)))})",
+        "redis-lookout sha256": sha256(args.lookout_bin),
+        "redis_exporter": exporter_version(args.exporter_bin),
+        "curl": (cmd_output(["curl", "--version"]).splitlines() or ["?"])[0],
+        "python": platform.python_version(),
+        "loadavg at start": open("/proc/loadavg").read().strip(),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--keys", type=int)
+    ap.add_argument("--keys", type=int, help="keys (per server with --targets)")
     ap.add_argument("--scrapes", type=int)
-    ap.add_argument("--quick", action="store_true", help="100k keys, 300 scrapes, 30 s window")
-    ap.add_argument("--poll-window", type=int, help="seconds of lookout polling measured")
+    ap.add_argument("--quick", action="store_true", help="smaller run (see the docstring)")
+    ap.add_argument("--poll-window", type=int, help="seconds of each lookout poll window")
+    ap.add_argument("--paced-scrapes", type=int, help="redis_exporter scrapes 1 s apart")
+    ap.add_argument("--targets", help="multi-target mode: comma-separated target counts")
+    ap.add_argument("--servers", type=int, default=4, help="redis-servers behind --targets")
+    ap.add_argument("--cycles", type=int, help="poll intervals in the --targets idle window")
     ap.add_argument("--lookout-bin", default=DEFAULT_LOOKOUT)
     ap.add_argument("--exporter-bin", default=shutil.which("prometheus-redis-exporter")
                     or shutil.which("redis_exporter"))
     args = ap.parse_args()
-    if args.keys is None:
-        args.keys = 100_000 if args.quick else 1_000_000
-    if args.scrapes is None:
-        args.scrapes = 300 if args.quick else 1000
-    if args.poll_window is None:
-        args.poll_window = 30 if args.quick else 60
-    if args.keys < 0 or args.scrapes < 1 or args.poll_window < 3:
-        ap.error("need --keys >= 0, --scrapes >= 1, --poll-window >= 3")
+    sizes = None
+    if args.targets:
+        try:
+            sizes = [int(x) for x in args.targets.split(",") if x.strip()]
+        except ValueError:
+            ap.error("--targets takes comma-separated integers, e.g. 1,100,1000")
+        if not sizes or min(sizes) < 1 or max(sizes) > 5000 or args.servers < 1:
+            ap.error("--targets counts must be 1..5000, --servers >= 1")
+        if args.keys is None:
+            args.keys = 1000
+        if args.cycles is None:
+            args.cycles = 6 if args.quick else 12
+        if args.cycles < 1 or (args.scrapes is not None and args.scrapes < 1):
+            ap.error("need --cycles >= 1, --scrapes >= 1")
+    else:
+        if args.keys is None:
+            args.keys = 100_000 if args.quick else 1_000_000
+        if args.scrapes is None:
+            args.scrapes = 300 if args.quick else 1000
+        if args.poll_window is None:
+            args.poll_window = 60 if args.quick else 120
+        if args.paced_scrapes is None:
+            args.paced_scrapes = args.poll_window
+        if args.keys < 0 or args.scrapes < 1 or args.poll_window < 3 or args.paced_scrapes < 1:
+            ap.error("need --keys >= 0, --scrapes >= 1, --poll-window >= 3, --paced-scrapes >= 1")
 
     global TMPDIR
     atexit.register(cleanup)
@@ -812,37 +1378,37 @@ def main():
         signal.signal(s, on_signal)
 
     try:
-        for tool in ("redis-server", "redis-cli"):
+        for tool in ("redis-server", "redis-cli", "curl"):
             if not shutil.which(tool):
                 raise BenchError(f"{tool} not found on PATH")
         if not (os.path.isfile(args.lookout_bin) and os.access(args.lookout_bin, os.X_OK)):
             raise BenchError(f"redis-lookout binary not found: {args.lookout_bin}")
-        cpu = "?"
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        cpu = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-        machine = {
-            "command": shlex.join([os.environ.get("BENCH_ARGV0", sys.argv[0])] + sys.argv[1:]),
-            "nproc": cmd_output(["nproc"]),
-            "cpu": cpu,
-            "kernel": platform.release(),
-            "redis-server": cmd_output(["redis-server", "--version"]),
-            "redis-lookout": cmd_output([args.lookout_bin, "--version"]) + f" ({args.lookout_bin})",
-            "redis_exporter": exporter_version(args.exporter_bin),
-            "python": platform.python_version(),
-            "loadavg at start": open("/proc/loadavg").read().strip(),
-        }
         TMPDIR = tempfile.mkdtemp(prefix="redis-lookout-bench.")
+        src = os.path.abspath(args.lookout_bin)
+        args.lookout_bin = os.path.join(TMPDIR, "redis-lookout")
+        shutil.copy2(src, args.lookout_bin)
+        machine = machine_info(args, src)
+        log(f"temp dir {TMPDIR}; redis-lookout {machine['redis-lookout sha256'][:16]}… from {src}")
+
+        if sizes:
+            servers = []
+            for i in range(args.servers):
+                port = free_port()
+                tag = f"redis{i}"
+                _, r = start_redis(port, tag)
+                load_keys(port, args.keys, r, tag)
+                servers.append((port, r))
+            results = [multi_size(args, servers, n) for n in sizes]
+            machine["loadavg at end"] = open("/proc/loadavg").read().strip()
+            for _, r in servers:
+                r.close()
+            print_multi_report(args, machine, results)
+            return 0
+
         redis_port = free_port()
-        log(f"redis-server on 127.0.0.1:{redis_port}, temp dir {TMPDIR}")
+        log(f"redis-server on 127.0.0.1:{redis_port}")
         _, r = start_redis(redis_port)
         load_keys(redis_port, args.keys, r)
-
         lk = lookout_phase(args, redis_port, r)
         ex = None
         if args.exporter_bin:

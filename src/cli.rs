@@ -12,25 +12,29 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "redis-lookout", version, about)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// YAML configuration file (see config.example.yaml).
-    #[arg(long, env = "REDIS_LOOKOUT_CONFIG")]
+    #[arg(long, global = true, env = "REDIS_LOOKOUT_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// Validate the configuration, print a summary and exit (0 valid, 2 invalid).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub check_config: bool,
 
     /// Address of the Redis to watch: redis://host:port, rediss://host:port, unix:///path or host:port.
-    #[arg(long = "redis.addr", env = "REDIS_ADDR")]
+    #[arg(global = true, long = "redis.addr", env = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
 
     /// ACL user name for targets that set no credentials of their own.
-    #[arg(long = "redis.user", env = "REDIS_USER")]
+    #[arg(global = true, long = "redis.user", env = "REDIS_USER")]
     pub redis_user: Option<String>,
 
     /// Password for targets that set no credentials of their own. Prefer --redis.password-file:
     /// a flag is visible in the process list.
     #[arg(
+        global = true,
         long = "redis.password",
         env = "REDIS_PASSWORD",
         hide_env_values = true
@@ -38,32 +42,70 @@ pub struct Cli {
     pub redis_password: Option<String>,
 
     /// File holding the password (or redis_exporter's JSON map of URL to password).
-    #[arg(long = "redis.password-file", env = "REDIS_PASSWORD_FILE")]
+    #[arg(
+        global = true,
+        long = "redis.password-file",
+        env = "REDIS_PASSWORD_FILE"
+    )]
     pub redis_password_file: Option<PathBuf>,
 
     /// Address to serve HTTP on (default 0.0.0.0:9121; ":9121" also works).
-    #[arg(long = "web.listen-address", env = "REDIS_EXPORTER_WEB_LISTEN_ADDRESS")]
+    #[arg(
+        global = true,
+        long = "web.listen-address",
+        env = "REDIS_EXPORTER_WEB_LISTEN_ADDRESS"
+    )]
     pub listen: Option<String>,
 
     /// Path of the metrics endpoint (default /metrics).
-    #[arg(long = "web.telemetry-path", env = "REDIS_EXPORTER_WEB_TELEMETRY_PATH")]
+    #[arg(
+        global = true,
+        long = "web.telemetry-path",
+        env = "REDIS_EXPORTER_WEB_TELEMETRY_PATH"
+    )]
     pub telemetry_path: Option<String>,
 
     /// Log format: txt or json.
-    #[arg(long = "log-format", env = "REDIS_EXPORTER_LOG_FORMAT", value_enum)]
+    #[arg(
+        global = true,
+        long = "log-format",
+        env = "REDIS_EXPORTER_LOG_FORMAT",
+        value_enum
+    )]
     pub log_format: Option<LogFormat>,
 
     /// Log level: error, warn, info, debug, trace.
-    #[arg(long = "log-level", env = "REDIS_EXPORTER_LOG_LEVEL")]
+    #[arg(global = true, long = "log-level", env = "REDIS_EXPORTER_LOG_LEVEL")]
     pub log_level: Option<String>,
 
     /// How often each node is polled (default 5s).
-    #[arg(long = "poll-interval", env = "REDIS_LOOKOUT_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long = "poll-interval", env = "REDIS_LOOKOUT_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     pub poll_interval: Option<Duration>,
 
     /// Deadline for one whole poll (default 3s, at most the interval).
-    #[arg(long = "poll-timeout", env = "REDIS_LOOKOUT_POLL_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long = "poll-timeout", env = "REDIS_LOOKOUT_POLL_TIMEOUT", value_parser = humantime::parse_duration)]
     pub poll_timeout: Option<Duration>,
+}
+
+/// What to do instead of running the daemon.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the Prometheus rule file of the alert pack (thresholds from --config).
+    Rules,
+    /// Poll every target once, judge the alerts one poll can judge, print a report; exit 0 when
+    /// all is well, 1 on a warning, 2 on a critical finding (or a target that cannot be polled).
+    Check {
+        /// Report format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
+    },
+}
+
+/// How `check` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
 }
 
 impl Cli {
@@ -96,7 +138,7 @@ fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let longs: Vec<String> = command
         .get_arguments()
         .filter_map(|a| a.get_long().map(str::to_owned))
-        .chain(["help".to_owned(), "version".to_owned()])
+        .chain(["help".to_owned(), "version".to_owned(), "format".to_owned()])
         .collect();
     args.into_iter()
         .map(|arg| {

@@ -329,6 +329,33 @@ struct FileConfig {
     scrape_allow: Vec<AllowFile>,
     #[serde(default, with = "humantime_serde")]
     scrape_idle: Option<Duration>,
+    alerting: Option<AlertingFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertingFile {
+    /// One Alertmanager (the DESIGN sketch's spelling) …
+    alertmanager: Option<String>,
+    /// … or several.
+    #[serde(default)]
+    alertmanagers: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    resend_interval: Option<Duration>,
+    runbook_base_url: Option<String>,
+    #[serde(default)]
+    thresholds: std::collections::BTreeMap<String, crate::alerts::ThresholdOverride>,
+}
+
+/// The in-process alerting daemon's settings (present when the file has `alerting:`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alerting {
+    /// Base URLs of Alertmanagers to push to (API v2); none means evaluate only (`/alerts`).
+    pub alertmanagers: Vec<String>,
+    pub resend_interval: Duration,
+    pub runbook_base_url: String,
+    /// The pack with the configured thresholds.
+    pub rules: Vec<crate::alerts::AlertRule>,
 }
 
 /// Log line format: `txt` (logfmt-like text) or `json`, as redis_exporter names them.
@@ -390,6 +417,7 @@ pub struct Config {
     pub scrape_allow: Vec<AllowRule>,
     /// An on-demand poller not scraped for this long is stopped.
     pub scrape_idle: Duration,
+    pub alerting: Option<Alerting>,
 }
 
 /// Values given by flags or their environment variables (clap fills both; flags win).
@@ -676,7 +704,34 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         });
     }
 
+    let alerting = match f.alerting {
+        None => None,
+        Some(a) => {
+            let mut urls: Vec<String> = a.alertmanager.into_iter().collect();
+            urls.extend(a.alertmanagers);
+            for u in &urls {
+                let parsed = url::Url::parse(u)
+                    .map_err(|e| where_(format!("alerting: Alertmanager URL {u:?}: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(where_(format!(
+                        "alerting: Alertmanager URL {u:?} must be http or https"
+                    )));
+                }
+            }
+            let rules = crate::alerts::pack_with(&a.thresholds).map_err(where_)?;
+            Some(Alerting {
+                alertmanagers: urls,
+                resend_interval: a.resend_interval.unwrap_or(Duration::from_secs(60)),
+                runbook_base_url: a
+                    .runbook_base_url
+                    .unwrap_or_else(|| crate::alerts::DEFAULT_RUNBOOK_BASE.to_owned()),
+                rules,
+            })
+        }
+    };
+
     Ok(Config {
+        alerting,
         scrape_allow,
         scrape_idle: f.scrape_idle.unwrap_or(Duration::from_secs(600)),
         listen,
@@ -958,9 +1013,29 @@ mod properties {
     fn the_shipped_example_parses() {
         let text = include_str!("../config.example.yaml");
         let c = Config::from_yaml(Path::new("config.example.yaml"), text).expect("example parses");
-        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.targets.len(), 3);
         assert_eq!(c.targets[0].name, "sessions");
         assert_eq!(c.targets[0].poll_timeout, Duration::from_secs(2));
         assert_eq!(c.targets[1].poll_timeout, Duration::from_secs(3));
+        assert!(c.targets[1].follow_replicas && c.targets[2].cluster);
+        assert_eq!(c.targets[2].seeds.len(), 2);
+        assert_eq!(
+            c.scrape_allow[0].ports,
+            PortRange {
+                low: 6379,
+                high: 6380
+            }
+        );
+        let alerting = c.alerting.expect("alerting section");
+        assert_eq!(
+            alerting.alertmanagers,
+            vec!["http://127.0.0.1:9093".to_owned()]
+        );
+        let lag = alerting
+            .rules
+            .iter()
+            .find(|r| r.name == "RedisReplicaLagHigh")
+            .unwrap();
+        assert_eq!(lag.levels[0].threshold, 30.0);
     }
 }

@@ -2,6 +2,7 @@
 //! `/-/ready`. Connections are served concurrently; on shutdown the listener closes and
 //! in-flight requests get a few seconds to finish.
 
+use crate::alerts::eval::Evaluator;
 use crate::metrics::Merger;
 use crate::scrape::{OnDemand, ScrapeAnswer};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub telemetry: Telemetry,
     pub telemetry_path: String,
     pub on_demand: Arc<OnDemand>,
+    /// The in-process evaluator, when alerting is configured.
+    pub alerts: Option<Arc<std::sync::Mutex<Evaluator>>>,
 }
 
 /// Accepts connections until `shutdown` turns true, then drains.
@@ -145,6 +148,8 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
             "/-/ready" => "ready",
             "/scrape" => "scrape",
             "/discovery" => "discovery",
+            "/alerts" => "alerts",
+            p if p.starts_with("/runbooks/") => "runbooks",
             _ => {
                 return (
                     "other",
@@ -181,6 +186,30 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
         ),
         "scrape" => scrape(state, req).await,
         "discovery" => response(StatusCode::OK, "application/json", discovery(state)),
+        "alerts" => match &state.alerts {
+            Some(e) => {
+                let active = e.lock().unwrap_or_else(|p| p.into_inner()).active();
+                response(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_string(&active).unwrap_or_default(),
+                )
+            }
+            None => response(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "alerting is off: add an alerting: section to the config\n",
+            ),
+        },
+        "runbooks" => {
+            let name = path
+                .trim_start_matches("/runbooks/")
+                .trim_end_matches(".md");
+            match crate::alerts::runbook_text(name) {
+                Some(text) => response(StatusCode::OK, "text/markdown; charset=utf-8", text),
+                None => response(StatusCode::NOT_FOUND, "text/plain", "no such runbook\n"),
+            }
+        }
         _ => response(
             StatusCode::OK,
             "text/html; charset=utf-8",

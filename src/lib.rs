@@ -4,28 +4,41 @@
 //! # Layout
 //!
 //! ```text
-//! cli ─► config ─► daemon ─┬─► poller (one task per node) ──► snapshot::SnapshotStore ─┬─► http (/metrics, /, /-/ready)
-//!                          │     │ one pipelined round trip per poll                   │
-//!                          │     └─ collector::{info, config, slowlog, latency}         │
-//!                          └─► telemetry (the exporter's own metrics) ──────────────────┘
+//! cli ─► config ─► daemon ─► topology ─┬─► poller (one task per node) ─► snapshot::SnapshotStore ─┬─► http: /metrics (streamed),
+//!                            (targets, │    one pipelined round trip     (latest facts, rendered) │   /, /-/ready, /discovery
+//!                             replicas,│    per poll; collector::*                                 ├─► scrape (/scrape, on demand)
+//!                             clusters)│         │ facts of each poll                              │
+//!                                      │         └──────────► alerts::eval ─► alerts::alertmanager ├─► /alerts
+//!                                      └─ telemetry (process self-metrics) ────────────────────────┘
+//! check (one-shot): config ─► poller::poll_facts ─► alerts (instant signals) ─► report, exit 0/1/2
 //! ```
 //!
-//! - [`cli`]: flags and env vars (redis_exporter's names accepted) → [`config::Overrides`].
+//! - [`cli`]: flags and env vars (redis_exporter's names accepted) → [`config::Overrides`];
+//!   subcommands `rules` and `check`.
 //! - [`config`]: the YAML file merged with overrides into [`config::Config`]; errors carry
 //!   file:line:column; passwords are [`config::Secret`]s that cannot be printed.
-//! - [`daemon`]: starts one [`poller::NodePoller`] per target and the HTTP server; stops them.
-//! - [`poller`]: persistent connection, deadline per poll, reconnect backoff; runs every
-//!   collector's commands in one pipeline, renders a [`snapshot::Snapshot`] and swaps it in.
-//! - [`collector`]: one file per source (INFO, CONFIG, SLOWLOG, LATENCY): the commands it wants
-//!   and a pure parser from replies to [`metrics::FamilySet`].
-//! - [`metrics`]: the family/sample model, text rendering and the merge of many snapshots.
-//! - [`snapshot`]: the shared map of latest snapshots; readiness.
-//! - [`telemetry`]: self-metrics on one `prometheus` registry (polls, errors, connections, process).
+//! - [`daemon`]: starts the targets, the HTTP server and the alerting tasks; stops them.
+//! - [`topology`]: per target, which nodes to poll: the configured one, the replicas a master
+//!   lists (`follow_replicas`), or every node of a Redis Cluster (`cluster`) with its roll-up.
+//! - [`poller`]: one persistent connection per node, a deadline per poll, reconnect backoff;
+//!   runs every collector's commands in one pipeline, renders a [`snapshot::Snapshot`], swaps it
+//!   in, and hands the facts to the evaluator.
+//! - [`collector`]: one file per source (INFO, CONFIG, SLOWLOG, LATENCY, CLUSTER): the commands
+//!   it wants and a pure parser from replies to [`metrics::FamilySet`].
+//! - [`metrics`]: the family/sample model, text rendering, interning, the merge of snapshots.
+//! - [`snapshot`]: the shared map of nodes and their latest snapshots; readiness, discovery.
+//! - [`scrape`]: `/scrape?target=` with its allow-list and on-demand pollers.
+//! - [`alerts`]: the alert pack (one definition per alert → rule file and evaluator),
+//!   [`alerts::eval`] (pending/firing/resolved), [`alerts::alertmanager`] (API v2 push).
+//! - [`check`]: the one-shot `check` command.
+//! - [`telemetry`]: process self-metrics on one `prometheus` registry (HTTP, alerts, process).
 //! - [`http`]: hyper 1 server and the handlers.
 //! - [`error`]: [`error::PollError`] with a bounded `label()` for metrics.
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
+pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod config;

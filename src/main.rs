@@ -1,6 +1,8 @@
 //! The `redis-lookout` binary: parse flags, load config, start logging, run the daemon.
 
-use redis_lookout::cli::Cli;
+use redis_lookout::alerts::{pack, render_rules, DEFAULT_RUNBOOK_BASE};
+use redis_lookout::check::{check, render_text, worst};
+use redis_lookout::cli::{Cli, Command, ReportFormat};
 use redis_lookout::config::{Config, LogFormat};
 use redis_lookout::daemon;
 use std::process::ExitCode;
@@ -23,6 +25,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match &cli.command {
+        Some(Command::Rules) => {
+            let (rules, base) = alert_rules(&config);
+            print!("{}", render_rules(&rules, &base));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Check { format }) => return run_check(&config, *format),
+        None => {}
+    }
     if cli.check_config {
         println!(
             "configuration is valid: listen {}, {} target(s): {}",
@@ -69,6 +80,37 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// The pack with the config's thresholds and runbook base, or the defaults.
+fn alert_rules(config: &Config) -> (Vec<redis_lookout::alerts::AlertRule>, String) {
+    match &config.alerting {
+        Some(a) => (a.rules.clone(), a.runbook_base_url.clone()),
+        None => (pack(), DEFAULT_RUNBOOK_BASE.to_owned()),
+    }
+}
+
+fn run_check(config: &Config, format: ReportFormat) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("redis-lookout: cannot start the runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let (rules, base) = alert_rules(config);
+    let findings = runtime.block_on(check(config, &rules, &base));
+    match format {
+        ReportFormat::Text => print!("{}", render_text(&findings)),
+        ReportFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&findings).unwrap_or_default()
+        ),
+    }
+    ExitCode::from(worst(&findings).exit_code())
 }
 
 fn init_logging(config: &Config) -> Result<(), String> {

@@ -6,6 +6,7 @@
 //! connection between polls with capped exponential backoff and jitter, and polls as soon as a
 //! retry succeeds, so a restarted Redis shows `redis_up 1` without waiting for the next tick.
 
+use crate::alerts::eval::Observation;
 use crate::collector::{standard_set, Collector, Outcome, Refresh};
 use crate::config::{read_password, Target};
 use crate::error::PollError;
@@ -16,7 +17,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisResult, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::{sleep_until, timeout};
 
 /// The client name redis-lookout's connections carry in `CLIENT LIST`.
@@ -36,6 +37,8 @@ pub struct PollContext {
     pub store: Arc<SnapshotStore>,
     pub refresh: Refresh,
     pub interner: Arc<Interner>,
+    /// Where each poll's facts go for the alert evaluator (None: alerting is off).
+    pub observations: Option<mpsc::Sender<Observation>>,
     pub connects: Arc<Semaphore>,
     pub polls: Arc<Semaphore>,
 }
@@ -51,6 +54,7 @@ impl PollContext {
             store,
             refresh,
             interner: Arc::new(Interner::default()),
+            observations: None,
             connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)),
             polls: Arc::new(Semaphore::new(MAX_CONCURRENT_POLLS)),
         }
@@ -64,6 +68,7 @@ pub struct NodePoller {
 
     store: Arc<SnapshotStore>,
     interner: Arc<Interner>,
+    observations: Option<mpsc::Sender<Observation>>,
     connects: Arc<Semaphore>,
     polls: Arc<Semaphore>,
     collectors: Vec<Box<dyn Collector>>,
@@ -91,6 +96,7 @@ impl NodePoller {
 
             store: ctx.store.clone(),
             interner: ctx.interner.clone(),
+            observations: ctx.observations.clone(),
 
             connects: ctx.connects.clone(),
             polls: ctx.polls.clone(),
@@ -173,10 +179,17 @@ impl NodePoller {
         capped.mul_f64(jitter)
     }
 
+    /// Polls once within the deadline, for a one-shot caller (`check`): the facts, or why not.
+    pub async fn poll_facts(&mut self) -> Result<FamilySet, PollError> {
+        match timeout(self.target.poll_timeout, self.poll_once()).await {
+            Ok(result) => result.map(|(set, _)| set),
+            Err(_) => Err(PollError::Timeout),
+        }
+    }
+
     /// Polls once within the deadline and publishes the snapshot.
     pub async fn poll_and_publish(&mut self) {
         let started = Instant::now();
-        let target = self.target.name.clone();
         self.polls_total += 1;
         let polls = self.polls.clone();
         let _permit = polls.acquire().await;
@@ -190,8 +203,8 @@ impl NodePoller {
         };
         let duration = started.elapsed();
         self.durations.observe(duration.as_secs_f64());
-        let snapshot = match result {
-            Ok((mut set, ping)) => {
+        let (mut set, ping, error) = match result {
+            Ok((set, ping)) => {
                 self.failures = 0;
                 if let Some(tx) = &self.replicas_out {
                     let replicas = replica_addresses(&set);
@@ -202,20 +215,7 @@ impl NodePoller {
                     });
                 }
                 self.log_transition(true, None);
-                let role = label_of(&set, "redis_instance_info", "role");
-                let version = label_of(&set, "redis_instance_info", "redis_version");
-                self.add_poll_facts(&mut set, duration, Some(ping), None);
-                Snapshot {
-                    target: target.clone(),
-                    node: self.node.clone(),
-                    families: set.render(&self.base_labels(), &self.interner),
-                    up: true,
-                    error: None,
-                    polled_at: SystemTime::now(),
-                    duration,
-                    role,
-                    version,
-                }
+                (set, Some(ping), None)
             }
             Err(err) => {
                 self.failures = self.failures.saturating_add(1);
@@ -223,22 +223,30 @@ impl NodePoller {
                     self.errors_total[i] += 1;
                 }
                 self.log_transition(false, Some(&err));
-                let mut set = FamilySet::new();
-                self.add_poll_facts(&mut set, duration, None, Some(&err));
-                Snapshot {
-                    target: target.clone(),
-                    node: self.node.clone(),
-                    families: set.render(&self.base_labels(), &self.interner),
-                    up: false,
-                    error: Some(err),
-                    polled_at: SystemTime::now(),
-                    duration,
-                    role: None,
-                    version: None,
-                }
+                (FamilySet::new(), None, Some(err))
             }
         };
+        self.add_poll_facts(&mut set, duration, ping, error.as_ref());
+        let snapshot = Snapshot {
+            target: self.target.name.clone(),
+            node: self.node.clone(),
+            families: set.render(&self.base_labels(), &self.interner),
+            up: error.is_none(),
+            role: label_of(&set, "redis_instance_info", "role"),
+            version: label_of(&set, "redis_instance_info", "redis_version"),
+            error,
+            polled_at: SystemTime::now(),
+            duration,
+        };
         self.store.publish(snapshot);
+        if let Some(tx) = &self.observations {
+            // Never wait on the evaluator: a full queue drops this poll's facts for alerting.
+            let _ = tx.try_send(Observation {
+                key: (self.target.name.clone(), self.node.clone()),
+                at: Instant::now(),
+                facts: Arc::new(set),
+            });
+        }
     }
 
     fn base_labels(&self) -> Vec<(&'static str, String)> {

@@ -10,6 +10,8 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 pub struct Telemetry {
     registry: Registry,
     pub scrapes: IntCounterVec,
+    /// Alerts of the in-process evaluator by name, severity and state.
+    pub alerts: IntGaugeVec,
 }
 
 impl Telemetry {
@@ -22,6 +24,14 @@ impl Telemetry {
             ),
             &["handler", "code"],
         )?;
+        let alerts = IntGaugeVec::new(
+            Opts::new(
+                "redis_lookout_alerts",
+                "Alerts the in-process evaluator holds, by name, severity and state (pending, firing)",
+            ),
+            &["alertname", "severity", "state"],
+        )?;
+        registry.register(Box::new(alerts.clone()))?;
         let build = IntGaugeVec::new(
             Opts::new("redis_lookout_build_info", "Build information; always 1"),
             &["version"],
@@ -34,7 +44,11 @@ impl Telemetry {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        Ok(Self { registry, scrapes })
+        Ok(Self {
+            registry,
+            scrapes,
+            alerts,
+        })
     }
 
     /// Appends the self-metrics in text format.

@@ -124,19 +124,28 @@ async fn run_with_replicas(
 /// The roll-up facts of one `CLUSTER NODES` view, with failovers counted across views.
 #[derive(Debug, Default)]
 pub struct ClusterFacts {
-    /// Node id → was a master in the previous view.
-    roles: HashMap<String, bool>,
+    /// Node id → (master in the previous view, highest config epoch seen while master).
+    roles: HashMap<String, (bool, u64)>,
     pub failovers: u64,
 }
 
 impl ClusterFacts {
-    /// Counts promotions (a node seen as a replica, now a master) and returns the roll-up.
+    /// Counts promotions and returns the roll-up. A promotion is a node seen as a replica, then
+    /// as a master with a config epoch above any it had as master before: views from different
+    /// nodes can disagree for a moment, and a stale one must not make one failover count twice.
     pub fn observe(&mut self, nodes: &[ClusterNode]) -> FamilySet {
         for node in nodes.iter().filter(|n| !n.unusable) {
-            if self.roles.get(&node.id) == Some(&false) && node.master {
+            let entry = self
+                .roles
+                .entry(node.id.clone())
+                .or_insert((node.master, 0));
+            if node.master && !entry.0 && node.config_epoch > entry.1 {
                 self.failovers += 1;
             }
-            self.roles.insert(node.id.clone(), node.master);
+            entry.0 = node.master;
+            if node.master {
+                entry.1 = entry.1.max(node.config_epoch);
+            }
         }
         self.roles.retain(|id, _| nodes.iter().any(|n| &n.id == id));
 
@@ -396,6 +405,7 @@ mod tests {
 
         let mut after = vec![node("a", 1, true, None), node("b", 2, true, None)];
         after[0].fail = true;
+        after[1].config_epoch = 7;
         let set = facts.observe(&after);
         assert_eq!(facts.failovers, 1);
         assert_eq!(
@@ -408,6 +418,16 @@ mod tests {
         // Seeing the same roles again is not another failover.
         facts.observe(&after);
         assert_eq!(facts.failovers, 1);
+        // A stale view from another node shows b as a replica again, then a fresh one as
+        // master with the same epoch: still one failover.
+        facts.observe(&before);
+        facts.observe(&after);
+        assert_eq!(facts.failovers, 1);
+        // A real second failover gives b a new epoch.
+        facts.observe(&before);
+        after[1].config_epoch = 9;
+        facts.observe(&after);
+        assert_eq!(facts.failovers, 2);
     }
 
     #[test]

@@ -169,6 +169,16 @@ impl RedisServer {
             .unwrap_or_default()
     }
 
+    /// The id of a client blocked in a command (`flags=b` in CLIENT LIST), or "" when none is.
+    pub fn blocked_client_id(&self) -> String {
+        let list: String = self.cmd(&["CLIENT", "LIST"]);
+        list.lines()
+            .find(|l| l.split(' ').any(|f| f == "flags=b"))
+            .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// The server's own log (for a failing test's message).
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();

@@ -1,0 +1,165 @@
+//! Pushing alerts to Alertmanager (API v2, `POST /api/v2/alerts`).
+//!
+//! Every push carries all firing alerts, with `endsAt` a few resend intervals ahead (so that
+//! Alertmanager resolves them by itself if redis-lookout dies), and the resolved alerts not yet
+//! delivered, with `endsAt` at their resolution. Pushes happen on every change, every resend
+//! interval, and after a failure with capped exponential backoff; they run in their own task,
+//! so a slow or dead Alertmanager never delays polling or evaluation.
+
+use super::eval::{ActiveAlert, Evaluator};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{watch, Notify};
+
+/// One alert as Alertmanager's API v2 takes it.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostableAlert {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    #[serde(with = "humantime_serde")]
+    pub starts_at: SystemTime,
+    #[serde(with = "humantime_serde")]
+    pub ends_at: SystemTime,
+    #[serde(rename = "generatorURL", skip_serializing_if = "String::is_empty")]
+    pub generator_url: String,
+}
+
+/// The body of one push: firing alerts ending `resend * 4` from now, resolved ones ended.
+pub fn payload(
+    firing: &[ActiveAlert],
+    resolved: &[(ActiveAlert, SystemTime)],
+    resend: Duration,
+    now: SystemTime,
+) -> Vec<PostableAlert> {
+    let mut out: Vec<PostableAlert> = firing
+        .iter()
+        .map(|a| PostableAlert {
+            labels: a.labels.clone(),
+            annotations: a.annotations.clone(),
+            starts_at: a.active_since,
+            ends_at: now + resend * 4,
+            generator_url: String::new(),
+        })
+        .collect();
+    out.extend(resolved.iter().map(|(a, at)| PostableAlert {
+        labels: a.labels.clone(),
+        annotations: a.annotations.clone(),
+        starts_at: a.active_since,
+        ends_at: *at,
+        generator_url: String::new(),
+    }));
+    out
+}
+
+/// Pushes to every configured Alertmanager until shutdown.
+pub async fn push_loop(
+    evaluator: Arc<Mutex<Evaluator>>,
+    urls: Vec<String>,
+    resend: Duration,
+    changed: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot build the Alertmanager client; alerts will not be pushed");
+            return;
+        }
+    };
+    let mut failures = 0u32;
+    let mut healthy = true;
+    loop {
+        let wait = if failures == 0 {
+            resend
+        } else {
+            (Duration::from_secs(1) * 2u32.saturating_pow(failures.min(6))).min(resend)
+        };
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+        }
+        let (firing, resolved) = {
+            let e = evaluator.lock().unwrap_or_else(|p| p.into_inner());
+            (e.firing(), e.resolved_backlog())
+        };
+        if firing.is_empty() && resolved.is_empty() {
+            continue;
+        }
+        let body = payload(&firing, &resolved, resend, SystemTime::now());
+        let mut all_ok = true;
+        for url in &urls {
+            let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
+            let result = client.post(&endpoint).json(&body).send().await;
+            let ok = matches!(&result, Ok(r) if r.status().is_success());
+            if !ok {
+                all_ok = false;
+                if healthy {
+                    let why = match &result {
+                        Ok(r) => format!("HTTP {}", r.status()),
+                        Err(e) if e.is_timeout() => "timeout".to_owned(),
+                        Err(e) if e.is_connect() => "connection failed".to_owned(),
+                        Err(_) => "request failed".to_owned(),
+                    };
+                    tracing::warn!(alertmanager = %url, problem = %why, "cannot push alerts; retrying with backoff");
+                }
+            }
+        }
+        if all_ok {
+            if !healthy {
+                tracing::info!("alerts pushed again");
+            }
+            healthy = true;
+            failures = 0;
+            let mut e = evaluator.lock().unwrap_or_else(|p| p.into_inner());
+            e.delivered(&resolved);
+        } else {
+            healthy = false;
+            failures = failures.saturating_add(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::eval::State;
+    use std::time::Instant;
+
+    #[test]
+    fn firing_alerts_end_in_the_future_and_resolved_ones_at_resolution() {
+        let alert = ActiveAlert {
+            labels: BTreeMap::from([("alertname".to_owned(), "RedisDown".to_owned())]),
+            annotations: BTreeMap::new(),
+            state: State::Firing,
+            value: 0.0,
+            active_since: SystemTime::UNIX_EPOCH,
+            since: Instant::now(),
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let body = payload(
+            std::slice::from_ref(&alert),
+            &[(alert.clone(), now)],
+            Duration::from_secs(60),
+            now,
+        );
+        assert_eq!(body[0].ends_at, now + Duration::from_secs(240));
+        assert_eq!(body[1].ends_at, now);
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json[0]["labels"]["alertname"], "RedisDown");
+        assert!(json[0]["startsAt"]
+            .as_str()
+            .unwrap()
+            .starts_with("1970-01-01T00:00:00"));
+        assert!(json[0].get("generatorURL").is_none());
+    }
+}

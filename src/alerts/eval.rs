@@ -1,0 +1,616 @@
+//! The in-process evaluator: the pack's signals computed from each poll's facts, and the
+//! pending → firing → resolved state of every alert, as Prometheus would hold it.
+//!
+//! Windowed signals (rates, increases, maxima) need past values; each node keeps, per series of
+//! the families those signals read, only the points where the value changed (plus the last one
+//! before the window), so an idle counter costs one point however long the window.
+
+use super::{AlertRule, Level, Severity, Signal};
+use crate::metrics::FamilySet;
+use crate::snapshot::NodeKey;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// One poll's facts about one node, as the evaluator receives them.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub key: NodeKey,
+    pub at: Instant,
+    pub facts: Arc<FamilySet>,
+}
+
+/// A label set, sorted, as alert identity and Alertmanager labels.
+pub type Labels = BTreeMap<String, String>;
+
+/// Where an alert stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Firing,
+}
+
+/// An alert that is pending or firing, or was just resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActiveAlert {
+    pub labels: Labels,
+    pub annotations: BTreeMap<String, String>,
+    pub state: State,
+    pub value: f64,
+    #[serde(with = "humantime_serde")]
+    pub active_since: SystemTime,
+    #[serde(skip)]
+    pub since: Instant,
+}
+
+/// The value of one signal for one series of a node: its extra labels and its number.
+type Reading = (Labels, f64);
+
+/// Past values a node's windowed signals need.
+#[derive(Debug, Default)]
+pub struct NodeHistory {
+    /// (family, series labels) → points where the value changed, oldest first.
+    series: HashMap<(String, Labels), VecDeque<(Instant, f64)>>,
+    last_seen: Option<Instant>,
+}
+
+impl NodeHistory {
+    fn record(&mut self, family: &str, facts: &FamilySet, at: Instant, keep: Duration) {
+        let Some(f) = facts.get(family) else { return };
+        for sample in f.samples.iter().filter(|s| s.suffix.is_empty()) {
+            let labels: Labels = sample
+                .labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect();
+            let points = self.series.entry((family.to_owned(), labels)).or_default();
+            if points.back().is_none_or(|(_, v)| *v != sample.value) {
+                points.push_back((at, sample.value));
+            }
+            // Keep the newest point at or before the window start, drop older ones.
+            while points.len() > 2 && points[1].0 + keep <= at {
+                points.pop_front();
+            }
+        }
+    }
+
+    /// A series' value at `when` (the last point at or before it), and whether the history
+    /// reaches back that far.
+    fn value_at(points: &VecDeque<(Instant, f64)>, when: Instant) -> Option<f64> {
+        points
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= when)
+            .map(|(_, v)| *v)
+    }
+
+    fn summed_change(
+        &self,
+        family: &str,
+        now: Instant,
+        window: Duration,
+        label: &str,
+        values: &[&str],
+    ) -> Option<f64> {
+        let start = now.checked_sub(window)?;
+        let mut total = None;
+        for ((f, labels), points) in &self.series {
+            if f != family {
+                continue;
+            }
+            if !values.is_empty()
+                && !labels
+                    .get(label)
+                    .is_some_and(|v| values.contains(&v.as_str()))
+            {
+                continue;
+            }
+            let (Some(last), first) = (points.back().map(|p| p.1), Self::value_at(points, start))
+            else {
+                continue;
+            };
+            // A series born inside the window counts from zero, as Prometheus' increase would
+            // count it from its first sample; a counter reset counts from zero too.
+            let from = first.unwrap_or(0.0);
+            let change = if last >= from { last - from } else { last };
+            *total.get_or_insert(0.0) += change;
+        }
+        total
+    }
+}
+
+/// Computes a signal's readings for one node.
+pub fn readings(
+    signal: &Signal,
+    facts: &FamilySet,
+    history: &NodeHistory,
+    now: Instant,
+) -> Vec<Reading> {
+    let value_of =
+        |family: &str| -> Option<f64> { facts.get(family)?.samples.first().map(|s| s.value) };
+    let sum_of = |family: &str| -> Option<f64> {
+        facts
+            .get(family)
+            .map(|f| f.samples.iter().map(|s| s.value).sum())
+    };
+    match *signal {
+        Signal::Series(family) => facts
+            .get(family)
+            .map(|f| {
+                f.samples
+                    .iter()
+                    .filter(|s| s.suffix.is_empty())
+                    .map(|s| {
+                        (
+                            s.labels
+                                .iter()
+                                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                                .collect(),
+                            s.value,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Signal::Ratio(a, b) => match (value_of(a), value_of(b)) {
+            (Some(a), Some(b)) if b > 0.0 => vec![(Labels::new(), a / b)],
+            _ => Vec::new(),
+        },
+        Signal::Rate(family, window) => history
+            .summed_change(family, now, window, "", &[])
+            .map(|c| vec![(Labels::new(), c / window.as_secs_f64())])
+            .unwrap_or_default(),
+        Signal::Increase(family, window, label, values) => history
+            .summed_change(family, now, window, label, values)
+            .map(|c| vec![(Labels::new(), c)])
+            .unwrap_or_default(),
+        Signal::HitRatio(window, min_rate) => {
+            let hits = history.summed_change("redis_keyspace_hits_total", now, window, "", &[]);
+            let misses = history.summed_change("redis_keyspace_misses_total", now, window, "", &[]);
+            match (hits, misses) {
+                (Some(h), Some(m)) if (h + m) / window.as_secs_f64() >= min_rate => {
+                    vec![(Labels::new(), h / (h + m))]
+                }
+                _ => Vec::new(),
+            }
+        }
+        Signal::DropFromMax(family, _window) => {
+            let max = history
+                .series
+                .iter()
+                .filter(|((f, _), _)| f == family)
+                .flat_map(|(_, points)| points.iter().map(|p| p.1))
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            match (max, sum_of(family)) {
+                (Some(max), Some(now_v)) => vec![(Labels::new(), max - now_v)],
+                _ => Vec::new(),
+            }
+        }
+        Signal::ShareOfEarlier(family, window, min_before) => {
+            let Some(start) = now.checked_sub(window) else {
+                return Vec::new();
+            };
+            let before: Option<f64> = history
+                .series
+                .iter()
+                .filter(|((f, _), _)| f == family)
+                .map(|(_, points)| NodeHistory::value_at(points, start))
+                .sum();
+            match (before, sum_of(family)) {
+                (Some(before), Some(now_v)) if before > min_before => {
+                    vec![(Labels::new(), now_v / before)]
+                }
+                _ => Vec::new(),
+            }
+        }
+    }
+}
+
+/// True when the rule's guard (AOF enabled, enough wasted memory, …) lets the node be judged.
+pub fn guard_passes(rule: &AlertRule, facts: &FamilySet) -> bool {
+    rule.guard.is_none_or(|(family, min)| {
+        facts
+            .get(family)
+            .and_then(|f| f.samples.first())
+            .is_some_and(|s| s.value > min)
+    })
+}
+
+/// The families a signal needs remembered across polls, with how long.
+fn remembered(signal: &Signal) -> Vec<(&'static str, Duration)> {
+    match *signal {
+        Signal::Series(_) | Signal::Ratio(..) => Vec::new(),
+        Signal::Rate(f, w)
+        | Signal::Increase(f, w, ..)
+        | Signal::DropFromMax(f, w)
+        | Signal::ShareOfEarlier(f, w, _) => {
+            vec![(f, w)]
+        }
+        Signal::HitRatio(w, _) => vec![
+            ("redis_keyspace_hits_total", w),
+            ("redis_keyspace_misses_total", w),
+        ],
+    }
+}
+
+/// Fills the Prometheus template bits the pack uses: `{{ $value }}` (with `humanize`,
+/// `humanizePercentage`, `humanizeDuration`) and `{{ $labels.NAME }}`.
+pub fn fill_template(text: &str, labels: &Labels, value: f64) -> String {
+    let mut out = text
+        .replace(
+            "{{ $value | humanizePercentage }}",
+            &format!("{:.1}%", value * 100.0),
+        )
+        .replace(
+            "{{ $value | humanizeDuration }}",
+            &format!(
+                "{}",
+                humantime::format_duration(Duration::from_secs_f64(value.max(0.0)))
+            ),
+        )
+        .replace("{{ $value | humanize }}", &format!("{value:.3}"))
+        .replace("{{ $value }}", &format!("{value}"));
+    while let Some(start) = out.find("{{ $labels.") {
+        let Some(len) = out[start..].find("}}") else {
+            break;
+        };
+        let name = out[start + 11..start + len].trim();
+        let replacement = labels.get(name).cloned().unwrap_or_default();
+        out.replace_range(start..start + len + 2, &replacement);
+    }
+    out
+}
+
+/// Alert state for every node, updated as observations arrive.
+pub struct Evaluator {
+    rules: Vec<AlertRule>,
+    runbook_base: String,
+    nodes: HashMap<NodeKey, NodeHistory>,
+    /// (alertname, severity, full labels) → state.
+    active: BTreeMap<(String, Severity, Labels), ActiveAlert>,
+    /// Resolved alerts not yet delivered to Alertmanager, with when they resolved.
+    backlog: Vec<(ActiveAlert, SystemTime)>,
+}
+
+/// Resolved alerts kept for delivery at most (the oldest are dropped past this).
+const MAX_BACKLOG: usize = 10_000;
+
+/// What changed in one evaluation, for the notifier.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    pub fired: Vec<ActiveAlert>,
+    pub resolved: Vec<ActiveAlert>,
+}
+
+impl Evaluator {
+    pub fn new(rules: Vec<AlertRule>, runbook_base: String) -> Self {
+        Self {
+            rules,
+            runbook_base,
+            nodes: HashMap::new(),
+            active: BTreeMap::new(),
+            backlog: Vec::new(),
+        }
+    }
+
+    /// Takes one node's poll and updates every alert of that node.
+    pub fn observe(&mut self, obs: &Observation) -> Changes {
+        let now = obs.at;
+        let history = self.nodes.entry(obs.key.clone()).or_default();
+        history.last_seen = Some(now);
+        for rule in &self.rules {
+            for (family, window) in remembered(&rule.signal) {
+                history.record(family, &obs.facts, now, window);
+            }
+        }
+        let mut base = Labels::new();
+        base.insert("target".into(), obs.key.0.clone());
+        if let Some(node) = &obs.key.1 {
+            base.insert("node".into(), node.clone());
+        }
+
+        let mut changes = Changes::default();
+        let mut seen: Vec<(String, Severity, Labels)> = Vec::new();
+        for rule in &self.rules {
+            let readings = if guard_passes(rule, &obs.facts) {
+                readings(&rule.signal, &obs.facts, history, now)
+            } else {
+                Vec::new()
+            };
+            for (series, value) in readings {
+                for level in &rule.levels {
+                    if !rule.op.holds(value, level.threshold) {
+                        continue;
+                    }
+                    let mut labels = base.clone();
+                    labels.extend(series.clone());
+                    labels.insert("alertname".into(), rule.name.into());
+                    labels.insert("severity".into(), level.severity.as_str().into());
+                    let id = (rule.name.to_owned(), level.severity, labels.clone());
+                    seen.push(id.clone());
+                    let entry = self.active.entry(id).or_insert_with(|| ActiveAlert {
+                        annotations: BTreeMap::new(),
+                        labels: labels.clone(),
+                        state: State::Pending,
+                        value,
+                        active_since: SystemTime::now(),
+                        since: now,
+                    });
+                    entry.value = value;
+                    entry.annotations =
+                        annotations(rule, level, &labels, value, &self.runbook_base);
+                    if entry.state == State::Pending
+                        && now.duration_since(entry.since) >= level.for_
+                    {
+                        entry.state = State::Firing;
+                        changes.fired.push(entry.clone());
+                    }
+                }
+            }
+        }
+        // Alerts of this node whose condition no longer holds: firing ones resolve.
+        let gone: Vec<(String, Severity, Labels)> = self
+            .active
+            .keys()
+            .filter(|(_, _, labels)| same_node(labels, &obs.key))
+            .filter(|id| !seen.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(alert) = self.active.remove(&id) {
+                if alert.state == State::Firing {
+                    changes.resolved.push(alert);
+                }
+            }
+        }
+        self.remember_resolved(&changes);
+        changes
+    }
+
+    /// Resolves the alerts of nodes not observed for `stale` (a node that left, a target
+    /// removed), and forgets their history.
+    pub fn expire(&mut self, now: Instant, stale: Duration) -> Changes {
+        let gone: Vec<NodeKey> = self
+            .nodes
+            .iter()
+            .filter(|(_, h)| h.last_seen.is_none_or(|t| t + stale <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut changes = Changes::default();
+        for key in gone {
+            self.nodes.remove(&key);
+            let ids: Vec<_> = self
+                .active
+                .keys()
+                .filter(|(_, _, l)| same_node(l, &key))
+                .cloned()
+                .collect();
+            for id in ids {
+                if let Some(alert) = self.active.remove(&id) {
+                    if alert.state == State::Firing {
+                        changes.resolved.push(alert);
+                    }
+                }
+            }
+        }
+        self.remember_resolved(&changes);
+        changes
+    }
+
+    fn remember_resolved(&mut self, changes: &Changes) {
+        let now = SystemTime::now();
+        self.backlog
+            .extend(changes.resolved.iter().map(|a| (a.clone(), now)));
+        if self.backlog.len() > MAX_BACKLOG {
+            let excess = self.backlog.len() - MAX_BACKLOG;
+            self.backlog.drain(..excess);
+        }
+    }
+
+    /// Resolved alerts Alertmanager has not yet been told about.
+    pub fn resolved_backlog(&self) -> Vec<(ActiveAlert, SystemTime)> {
+        self.backlog.clone()
+    }
+
+    /// Forgets resolved alerts once delivered.
+    pub fn delivered(&mut self, sent: &[(ActiveAlert, SystemTime)]) {
+        self.backlog.retain(|item| !sent.contains(item));
+    }
+
+    /// Every pending or firing alert.
+    pub fn active(&self) -> Vec<ActiveAlert> {
+        self.active.values().cloned().collect()
+    }
+
+    pub fn firing(&self) -> Vec<ActiveAlert> {
+        self.active
+            .values()
+            .filter(|a| a.state == State::Firing)
+            .cloned()
+            .collect()
+    }
+}
+
+fn same_node(labels: &Labels, key: &NodeKey) -> bool {
+    labels.get("target") == Some(&key.0) && labels.get("node") == key.1.as_ref()
+}
+
+fn annotations(
+    rule: &AlertRule,
+    level: &Level,
+    labels: &Labels,
+    value: f64,
+    runbook_base: &str,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("summary".to_owned(), rule.summary_for(level)),
+        (
+            "description".to_owned(),
+            fill_template(rule.description, labels, value),
+        ),
+        ("runbook_url".to_owned(), rule.runbook_url(runbook_base)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::pack;
+    use crate::metrics::Kind;
+
+    fn facts(pairs: &[(&str, f64)]) -> Arc<FamilySet> {
+        let mut set = FamilySet::new();
+        for (name, value) in pairs {
+            set.add(name, "h", Kind::Gauge, Vec::new(), *value);
+        }
+        Arc::new(set)
+    }
+
+    fn obs(at: Instant, pairs: &[(&str, f64)]) -> Observation {
+        Observation {
+            key: ("r".into(), None),
+            at,
+            facts: facts(pairs),
+        }
+    }
+
+    fn evaluator() -> Evaluator {
+        Evaluator::new(pack(), "docs/runbooks".into())
+    }
+
+    #[test]
+    fn down_is_pending_then_fires_after_for_and_resolves_when_back() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let changes = e.observe(&obs(t0, &[("redis_up", 0.0)]));
+        assert!(changes.fired.is_empty());
+        let down = e
+            .active()
+            .into_iter()
+            .find(|a| a.labels["alertname"] == "RedisDown")
+            .unwrap();
+        assert_eq!(down.state, State::Pending);
+        // 59 s: still pending (for: 1m).
+        assert!(e
+            .observe(&obs(t0 + Duration::from_secs(59), &[("redis_up", 0.0)]))
+            .fired
+            .is_empty());
+        let fired = e
+            .observe(&obs(t0 + Duration::from_secs(60), &[("redis_up", 0.0)]))
+            .fired;
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].labels["severity"], "critical");
+        assert_eq!(fired[0].labels["target"], "r");
+        assert!(fired[0].annotations["runbook_url"].ends_with("RedisDown.md"));
+        let resolved = e
+            .observe(&obs(t0 + Duration::from_secs(65), &[("redis_up", 1.0)]))
+            .resolved;
+        assert_eq!(resolved.len(), 1);
+        assert!(e.firing().is_empty());
+        let backlog = e.resolved_backlog();
+        assert_eq!(backlog.len(), 1);
+        e.delivered(&backlog);
+        assert!(e.resolved_backlog().is_empty());
+    }
+
+    #[test]
+    fn a_condition_that_clears_before_for_never_fires() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        e.observe(&obs(t0, &[("redis_up", 0.0)]));
+        let changes = e.observe(&obs(t0 + Duration::from_secs(30), &[("redis_up", 1.0)]));
+        assert_eq!(changes, Changes::default());
+        assert!(
+            e.resolved_backlog().is_empty(),
+            "a pending alert that clears is not sent"
+        );
+        assert!(e
+            .active()
+            .iter()
+            .all(|a| a.labels["alertname"] != "RedisDown"));
+    }
+
+    #[test]
+    fn memory_ratio_ignores_no_limit_and_levels_fire_separately() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        e.observe(&obs(
+            t0,
+            &[
+                ("redis_up", 1.0),
+                ("redis_memory_used_bytes", 95.0),
+                ("redis_memory_max_bytes", 0.0),
+            ],
+        ));
+        assert!(e
+            .active()
+            .iter()
+            .all(|a| !a.labels["alertname"].starts_with("RedisMemory")));
+        let pairs = [
+            ("redis_up", 1.0),
+            ("redis_memory_used_bytes", 90.0),
+            ("redis_memory_max_bytes", 100.0),
+        ];
+        e.observe(&obs(t0, &pairs));
+        let fired = e.observe(&obs(t0 + Duration::from_secs(901), &pairs)).fired;
+        let names: Vec<&str> = fired
+            .iter()
+            .map(|a| a.labels["alertname"].as_str())
+            .collect();
+        assert!(
+            names.contains(&"RedisMemoryHigh") && names.contains(&"RedisMemoryWarning"),
+            "{names:?}"
+        );
+        let high = fired
+            .iter()
+            .find(|a| a.labels["alertname"] == "RedisMemoryHigh")
+            .unwrap();
+        assert!(
+            high.annotations["description"].contains("90.0%"),
+            "{}",
+            high.annotations["description"]
+        );
+    }
+
+    #[test]
+    fn rates_come_from_the_history_of_changes() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let at = |s: u64, evicted: f64| {
+            obs(
+                t0 + Duration::from_secs(s),
+                &[("redis_up", 1.0), ("redis_evicted_keys_total", evicted)],
+            )
+        };
+        for s in (0..=300).step_by(5) {
+            e.observe(&at(s, 0.0));
+        }
+        // 6000 evictions in the last 300 s: 20/s, above 10/s.
+        for s in (305..=600).step_by(5) {
+            e.observe(&at(s, (s - 300) as f64 * 20.0));
+        }
+        let spike = e
+            .active()
+            .into_iter()
+            .find(|a| a.labels["alertname"] == "RedisEvictionSpike")
+            .unwrap();
+        assert!((spike.value - 20.0).abs() < 0.5, "{}", spike.value);
+        assert_eq!(spike.state, State::Firing);
+    }
+
+    #[test]
+    fn templates_fill_values_and_labels() {
+        let labels = Labels::from([("target".to_owned(), "cache".to_owned())]);
+        assert_eq!(
+            fill_template(
+                "{{ $labels.target }} at {{ $value | humanizePercentage }}",
+                &labels,
+                0.5
+            ),
+            "cache at 50.0%"
+        );
+        assert_eq!(fill_template("{{ $labels.missing }}x", &labels, 1.0), "x");
+    }
+}

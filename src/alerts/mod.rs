@@ -1,0 +1,744 @@
+//! The alert pack: one definition per alert, from which both the Prometheus rule file
+//! (`redis-lookout rules`, `alerts/redis.rules.yml`) and the in-process evaluator are made.
+//!
+//! Each [`AlertRule`] carries its levels (severity, default threshold, `for`), the PromQL it
+//! renders to (with the threshold put in), and the [`Signal`] the in-process evaluator and the
+//! `check` command compute from snapshots. Thresholds can be overridden in the config
+//! (`alerting.thresholds`); the committed rule file is the rendering of the defaults.
+
+pub mod alertmanager;
+pub mod eval;
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Where `runbook_url` points by default: the runbooks' path in this repository. Set
+/// `alerting.runbook_base_url` to where you host them (redis-lookout serves its copies under
+/// `/runbooks/`, so `http://<exporter>:9121/runbooks` works too).
+pub const DEFAULT_RUNBOOK_BASE: &str = "docs/runbooks";
+
+/// The runbook texts, served under `/runbooks/<AlertName>.md`.
+pub fn runbook_text(name: &str) -> Option<&'static str> {
+    RUNBOOKS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
+}
+
+macro_rules! runbooks {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../docs/runbooks/", $name, ".md")))),*]
+    };
+}
+
+const RUNBOOKS: &[(&str, &str)] = runbooks!(
+    "RedisDown",
+    "RedisMemoryHigh",
+    "RedisMemoryWarning",
+    "RedisNoMaxmemory",
+    "RedisEvictionSpike",
+    "RedisOutOfMemoryErrors",
+    "RedisReplicaLagHigh",
+    "RedisReplicationBroken",
+    "RedisReplicaLost",
+    "RedisClusterStateNotOk",
+    "RedisClusterSlotsFailing",
+    "RedisClusterMastersLow",
+    "RedisClusterFailoverLoop",
+    "RedisRdbSaveFailing",
+    "RedisWritesRefusedMisconf",
+    "RedisAofWriteFailing",
+    "RedisAofRewriteFailing",
+    "RedisDatabaseFlushed",
+    "RedisUnauthorizedAccess",
+    "RedisTooManyConnections",
+    "RedisConnectionsNearMaxclients",
+    "RedisRejectedConnections",
+    "RedisBlockedClients",
+    "RedisHitRatioLow",
+    "RedisLatencyHigh",
+    "RedisFragmentationHigh",
+    "RedisSlowlogGrowing",
+    "RedisExporterCollectorFailing",
+);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Which side of the threshold is bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Above,
+    Below,
+}
+
+impl Op {
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Op::Above => value > threshold,
+            Op::Below => value < threshold,
+        }
+    }
+
+    fn promql(self) -> &'static str {
+        match self {
+            Op::Above => ">",
+            Op::Below => "<",
+        }
+    }
+}
+
+/// One severity of an alert.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Level {
+    pub severity: Severity,
+    pub threshold: f64,
+    pub for_: Duration,
+}
+
+/// What the in-process evaluator computes, per node (or per series of the family where the
+/// signal keeps series apart), from the facts of successive polls.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Signal {
+    /// The value of each series of a family.
+    Series(&'static str),
+    /// `a / b` per node, only where `b > 0`.
+    Ratio(&'static str, &'static str),
+    /// Per-second rate of a counter (summed per node) over a window.
+    Rate(&'static str, Duration),
+    /// Increase of a counter over a window, summed per node over the series whose `label` is
+    /// one of `values` (all series when `values` is empty).
+    Increase(
+        &'static str,
+        Duration,
+        &'static str,
+        &'static [&'static str],
+    ),
+    /// keyspace hits / (hits + misses) over a window, where lookups/s are at least the value.
+    HitRatio(Duration, f64),
+    /// The highest value of a gauge over a window minus its value now (how many were lost).
+    DropFromMax(&'static str, Duration),
+    /// The summed gauge now divided by its sum a window ago, where that was above the value.
+    ShareOfEarlier(&'static str, Duration, f64),
+}
+
+impl Signal {
+    /// True when one poll is enough to judge it (the `check` command judges only these).
+    pub fn instant(&self) -> bool {
+        matches!(self, Signal::Series(_) | Signal::Ratio(..))
+    }
+}
+
+/// One alert of the pack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRule {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Prometheus template text; `{{ $value }}` and `{{ $labels.* }}` are filled by Prometheus
+    /// (and by the in-process evaluator, which fills the same two).
+    pub description: &'static str,
+    /// PromQL the comparison with the threshold is appended to, or put at `{cmp}` where the
+    /// expression goes on after it (a guard joined with `and`, which binds looser).
+    pub expr: &'static str,
+    pub op: Op,
+    pub signal: Signal,
+    /// A node passes only where this family's value is above this number (AOF enabled, …).
+    pub guard: Option<(&'static str, f64)>,
+    pub levels: Vec<Level>,
+    /// How the value reads in reports: "ratio", "seconds", "per second", "count".
+    pub unit: &'static str,
+}
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn level(severity: Severity, threshold: f64, for_secs: u64) -> Level {
+    Level {
+        severity,
+        threshold,
+        for_: secs(for_secs),
+    }
+}
+
+use Severity::{Critical, Warning};
+
+/// The whole pack with default thresholds.
+pub fn pack() -> Vec<AlertRule> {
+    let rule = |name, summary, description, expr, op, signal, levels, unit| AlertRule {
+        name,
+        summary,
+        description,
+        expr,
+        op,
+        signal,
+        guard: None,
+        levels,
+        unit,
+    };
+    vec![
+        rule(
+            "RedisDown",
+            "Redis is unreachable",
+            "redis-lookout cannot poll {{ $labels.target }} {{ $labels.node }}: connection refused, timed out or authentication failed (see redis_exporter_last_scrape_error).",
+            "redis_up",
+            Op::Below,
+            Signal::Series("redis_up"),
+            vec![level(Critical, 1.0, 60)],
+            "up",
+        ),
+        rule(
+            "RedisMemoryHigh",
+            "Redis memory above {t_pct} of maxmemory",
+            "{{ $labels.target }} {{ $labels.node }} uses {{ $value | humanizePercentage }} of maxmemory: evictions or OOM errors are next.",
+            "redis_memory_used_bytes / (redis_memory_max_bytes > 0)",
+            Op::Above,
+            Signal::Ratio("redis_memory_used_bytes", "redis_memory_max_bytes"),
+            vec![level(Critical, 0.85, 300)],
+            "ratio",
+        ),
+        rule(
+            "RedisMemoryWarning",
+            "Redis memory above {t_pct} of maxmemory",
+            "{{ $labels.target }} {{ $labels.node }} uses {{ $value | humanizePercentage }} of maxmemory.",
+            "redis_memory_used_bytes / (redis_memory_max_bytes > 0)",
+            Op::Above,
+            Signal::Ratio("redis_memory_used_bytes", "redis_memory_max_bytes"),
+            vec![level(Warning, 0.70, 900)],
+            "ratio",
+        ),
+        rule(
+            "RedisNoMaxmemory",
+            "Redis has no maxmemory limit",
+            "{{ $labels.target }} {{ $labels.node }} runs without maxmemory: it can grow until the host runs out of memory, and the memory alerts cannot fire.",
+            "redis_memory_max_bytes",
+            Op::Below,
+            Signal::Series("redis_memory_max_bytes"),
+            vec![level(Warning, 1.0, 3600)],
+            "bytes",
+        ),
+        rule(
+            "RedisEvictionSpike",
+            "Redis is evicting keys",
+            "{{ $labels.target }} {{ $labels.node }} evicts {{ $value | humanize }} keys/s: it is at maxmemory and dropping data.",
+            "sum by (target, node) (rate(redis_evicted_keys_total[5m]))",
+            Op::Above,
+            Signal::Rate("redis_evicted_keys_total", secs(300)),
+            vec![level(Critical, 10.0, 120)],
+            "per second",
+        ),
+        rule(
+            "RedisOutOfMemoryErrors",
+            "Redis refuses writes with OOM",
+            "{{ $labels.target }} {{ $labels.node }} answered {{ $value | humanize }} commands with OOM in 5 minutes: writes are failing.",
+            "sum by (target, node) (increase(redis_errors_total{err=\"OOM\"}[5m]))",
+            Op::Above,
+            Signal::Increase("redis_errors_total", secs(300), "err", &["OOM"]),
+            vec![level(Critical, 0.0, 0)],
+            "count",
+        ),
+        rule(
+            "RedisReplicaLagHigh",
+            "Replica more than {t} s behind its master",
+            "Replica {{ $labels.slave_ip }}:{{ $labels.slave_port }} of {{ $labels.target }} {{ $labels.node }} is {{ $value | humanizeDuration }} behind.",
+            "redis_replica_lag_seconds",
+            Op::Above,
+            Signal::Series("redis_replica_lag_seconds"),
+            vec![level(Critical, 30.0, 60)],
+            "seconds",
+        ),
+        rule(
+            "RedisReplicationBroken",
+            "Replica lost its link to the master",
+            "{{ $labels.target }} {{ $labels.node }} has no link to its master {{ $labels.master_host }}:{{ $labels.master_port }}: it serves stale data and cannot take over.",
+            "redis_master_link_up",
+            Op::Below,
+            Signal::Series("redis_master_link_up"),
+            vec![level(Critical, 1.0, 120)],
+            "up",
+        ),
+        rule(
+            "RedisReplicaLost",
+            "A master has fewer replicas than an hour ago",
+            "{{ $labels.target }} {{ $labels.node }} lost {{ $value }} replica(s) compared with its maximum over the last hour.",
+            "max_over_time(redis_connected_slaves[1h]) - redis_connected_slaves",
+            Op::Above,
+            Signal::DropFromMax("redis_connected_slaves", secs(3600)),
+            vec![level(Warning, 0.0, 300)],
+            "count",
+        ),
+        rule(
+            "RedisClusterStateNotOk",
+            "Redis Cluster state is not ok",
+            "{{ $labels.target }} {{ $labels.node }} reports cluster_state fail: some slots are not served.",
+            "redis_cluster_state",
+            Op::Below,
+            Signal::Series("redis_cluster_state"),
+            vec![level(Critical, 1.0, 60)],
+            "ok",
+        ),
+        rule(
+            "RedisClusterSlotsFailing",
+            "Redis Cluster has failing slots",
+            "{{ $labels.target }} {{ $labels.node }} sees {{ $value }} slots in fail state.",
+            "redis_cluster_slots_fail",
+            Op::Above,
+            Signal::Series("redis_cluster_slots_fail"),
+            vec![level(Critical, 0.0, 60)],
+            "count",
+        ),
+        rule(
+            "RedisClusterMastersLow",
+            "Redis Cluster has fewer than {t} masters online",
+            "{{ $labels.target }} has {{ $value }} masters serving slots: a further loss takes the cluster down.",
+            "redis_cluster_masters_online",
+            Op::Below,
+            Signal::Series("redis_cluster_masters_online"),
+            vec![level(Critical, 2.0, 60)],
+            "count",
+        ),
+        rule(
+            "RedisClusterFailoverLoop",
+            "Redis Cluster keeps failing over",
+            "{{ $labels.target }} had {{ $value }} failovers in the last hour (a rolling upgrade makes one per shard).",
+            "increase(redis_cluster_failovers_total[1h])",
+            Op::Above,
+            Signal::Increase("redis_cluster_failovers_total", secs(3600), "", &[]),
+            vec![level(Critical, 3.0, 0)],
+            "count",
+        ),
+        rule(
+            "RedisRdbSaveFailing",
+            "Redis RDB snapshots are failing",
+            "The last BGSAVE of {{ $labels.target }} {{ $labels.node }} failed; with stop-writes-on-bgsave-error writes are refused (MISCONF).",
+            "redis_rdb_last_bgsave_status",
+            Op::Below,
+            Signal::Series("redis_rdb_last_bgsave_status"),
+            vec![level(Critical, 1.0, 300)],
+            "ok",
+        ),
+        rule(
+            "RedisWritesRefusedMisconf",
+            "Redis refuses writes: MISCONF",
+            "{{ $labels.target }} {{ $labels.node }} answered {{ $value | humanize }} commands with MISCONF in 2 minutes: persistence failed and writes are refused.",
+            "sum by (target, node) (increase(redis_errors_total{err=\"MISCONF\"}[2m]))",
+            Op::Above,
+            Signal::Increase("redis_errors_total", secs(120), "err", &["MISCONF"]),
+            vec![level(Critical, 0.0, 0)],
+            "count",
+        ),
+        AlertRule {
+            guard: Some(("redis_aof_enabled", 0.5)),
+            ..rule(
+                "RedisAofWriteFailing",
+                "Redis cannot write its AOF",
+                "{{ $labels.target }} {{ $labels.node }} failed its last AOF write: writes are refused until the disk recovers.",
+                "redis_aof_last_write_status {cmp} and on (target, node) redis_aof_enabled == 1",
+                Op::Below,
+                Signal::Series("redis_aof_last_write_status"),
+                vec![level(Critical, 1.0, 60)],
+                "ok",
+            )
+        },
+        AlertRule {
+            guard: Some(("redis_aof_enabled", 0.5)),
+            ..rule(
+                "RedisAofRewriteFailing",
+                "Redis AOF rewrite failed",
+                "The last AOF rewrite of {{ $labels.target }} {{ $labels.node }} failed: the AOF keeps growing.",
+                "redis_aof_last_bgrewrite_status {cmp} and on (target, node) redis_aof_enabled == 1",
+                Op::Below,
+                Signal::Series("redis_aof_last_bgrewrite_status"),
+                vec![level(Warning, 1.0, 300)],
+                "ok",
+            )
+        },
+        rule(
+            "RedisDatabaseFlushed",
+            "Redis lost most of its keys",
+            "{{ $labels.target }} {{ $labels.node }} holds {{ $value | humanizePercentage }} of the keys it held 10 minutes ago (FLUSHALL/FLUSHDB, mass deletion, or a restart without persistence).",
+            "sum by (target, node) (redis_db_keys) / (sum by (target, node) (redis_db_keys offset 10m) > 100)",
+            Op::Below,
+            Signal::ShareOfEarlier("redis_db_keys", secs(600), 100.0),
+            vec![level(Critical, 0.5, 0)],
+            "ratio",
+        ),
+        rule(
+            "RedisUnauthorizedAccess",
+            "Failed authentication attempts on Redis",
+            "{{ $labels.target }} {{ $labels.node }} refused {{ $value | humanize }} authentications (WRONGPASS/NOAUTH) in 5 minutes.",
+            "sum by (target, node) (increase(redis_errors_total{err=~\"WRONGPASS|NOAUTH\"}[5m]))",
+            Op::Above,
+            Signal::Increase("redis_errors_total", secs(300), "err", &["WRONGPASS", "NOAUTH"]),
+            vec![level(Warning, 5.0, 0)],
+            "count",
+        ),
+        rule(
+            "RedisTooManyConnections",
+            "Redis has more than {t} clients",
+            "{{ $labels.target }} {{ $labels.node }} has {{ $value }} connected clients.",
+            "redis_connected_clients",
+            Op::Above,
+            Signal::Series("redis_connected_clients"),
+            vec![level(Warning, 100.0, 300), level(Critical, 500.0, 300)],
+            "count",
+        ),
+        rule(
+            "RedisConnectionsNearMaxclients",
+            "Redis clients near maxclients",
+            "{{ $labels.target }} {{ $labels.node }} uses {{ $value | humanizePercentage }} of maxclients; new connections will be refused.",
+            "redis_connected_clients / (redis_max_clients > 0)",
+            Op::Above,
+            Signal::Ratio("redis_connected_clients", "redis_max_clients"),
+            vec![level(Warning, 0.9, 300)],
+            "ratio",
+        ),
+        rule(
+            "RedisRejectedConnections",
+            "Redis rejects connections",
+            "{{ $labels.target }} {{ $labels.node }} rejected {{ $value | humanize }} connections in 5 minutes (maxclients reached).",
+            "sum by (target, node) (increase(redis_rejected_connections_total[5m]))",
+            Op::Above,
+            Signal::Increase("redis_rejected_connections_total", secs(300), "", &[]),
+            vec![level(Critical, 0.0, 0)],
+            "count",
+        ),
+        rule(
+            "RedisBlockedClients",
+            "Redis has blocked clients",
+            "{{ $labels.target }} {{ $labels.node }} has {{ $value }} clients blocked (BLPOP/BRPOP/XREAD BLOCK/WAIT or CLIENT PAUSE); normal for idle queue consumers.",
+            "redis_blocked_clients",
+            Op::Above,
+            Signal::Series("redis_blocked_clients"),
+            vec![level(Warning, 0.0, 600), level(Critical, 10.0, 300)],
+            "count",
+        ),
+        rule(
+            "RedisHitRatioLow",
+            "Redis keyspace hit ratio below {t_pct}",
+            "{{ $labels.target }} {{ $labels.node }} finds {{ $value | humanizePercentage }} of looked-up keys (over 5 minutes, at 10 lookups/s or more).",
+            "sum by (target, node) (rate(redis_keyspace_hits_total[5m])) / (sum by (target, node) (rate(redis_keyspace_hits_total[5m]) + rate(redis_keyspace_misses_total[5m])) >= 10)",
+            Op::Below,
+            Signal::HitRatio(secs(300), 10.0),
+            vec![level(Warning, 0.9, 900), level(Critical, 0.7, 900)],
+            "ratio",
+        ),
+        rule(
+            "RedisLatencyHigh",
+            "Redis answers slowly",
+            "The poll round trip to {{ $labels.target }} {{ $labels.node }} takes {{ $value | humanizeDuration }} (measured by redis-lookout, network included).",
+            "redis_exporter_last_scrape_ping_time_seconds",
+            Op::Above,
+            Signal::Series("redis_exporter_last_scrape_ping_time_seconds"),
+            vec![level(Warning, 0.005, 300), level(Critical, 0.020, 300)],
+            "seconds",
+        ),
+        AlertRule {
+            guard: Some(("redis_mem_fragmentation_bytes", 100.0 * 1024.0 * 1024.0)),
+            ..rule(
+                "RedisFragmentationHigh",
+                "Redis memory is fragmented",
+                "{{ $labels.target }} {{ $labels.node }} has a fragmentation ratio of {{ $value }} with over 100 MiB wasted.",
+                "redis_mem_fragmentation_ratio {cmp} and on (target, node) redis_mem_fragmentation_bytes > 104857600",
+                Op::Above,
+                Signal::Series("redis_mem_fragmentation_ratio"),
+                vec![level(Warning, 1.5, 1800)],
+                "ratio",
+            )
+        },
+        rule(
+            "RedisSlowlogGrowing",
+            "Redis logs many slow commands",
+            "{{ $labels.target }} {{ $labels.node }} logged {{ $value | humanize }} slow commands in 5 minutes (see redis_slowlog_entries_total by cmd).",
+            "sum by (target, node) (increase(redis_slowlog_entries_total[5m]))",
+            Op::Above,
+            Signal::Increase("redis_slowlog_entries_total", secs(300), "", &[]),
+            vec![level(Warning, 10.0, 0)],
+            "count",
+        ),
+        rule(
+            "RedisExporterCollectorFailing",
+            "redis-lookout cannot read part of Redis' answers",
+            "The {{ $labels.collector }} collector failed on {{ $labels.target }} {{ $labels.node }}; its metrics are missing.",
+            "redis_lookout_collector_success",
+            Op::Below,
+            Signal::Series("redis_lookout_collector_success"),
+            vec![level(Warning, 1.0, 900)],
+            "ok",
+        ),
+    ]
+}
+
+/// The pack with thresholds from the config (`name` → value, or `name` → severity → value).
+pub fn pack_with(
+    thresholds: &BTreeMap<String, ThresholdOverride>,
+) -> Result<Vec<AlertRule>, String> {
+    let mut rules = pack();
+    for (name, value) in thresholds {
+        // The short names DESIGN.md's sketch uses.
+        let name = match name.as_str() {
+            "memory_ratio" => "RedisMemoryHigh",
+            "replica_lag" => "RedisReplicaLagHigh",
+            other => other,
+        };
+        let Some(rule) = rules.iter_mut().find(|r| r.name == name) else {
+            let known: Vec<&str> = pack().iter().map(|r| r.name).collect::<Vec<_>>();
+            return Err(format!(
+                "alerting.thresholds: no alert named {name:?} (alerts: {})",
+                known.join(", ")
+            ));
+        };
+        match value {
+            ThresholdOverride::One(v) => {
+                if rule.levels.len() != 1 {
+                    return Err(format!(
+                        "alerting.thresholds.{name}: this alert has warning and critical levels; give {{warning: …, critical: …}}"
+                    ));
+                }
+                rule.levels[0].threshold = *v;
+            }
+            ThresholdOverride::PerSeverity(map) => {
+                for (key, v) in map {
+                    if key == "for" {
+                        // `for` (a duration) applies to every level of the alert.
+                        for level in &mut rule.levels {
+                            level.for_ = Duration::from_secs_f64(v.max(0.0));
+                        }
+                        continue;
+                    }
+                    let Some(level) = rule.levels.iter_mut().find(|l| l.severity.as_str() == key)
+                    else {
+                        return Err(format!(
+                            "alerting.thresholds.{name}: {key:?} is not one of its levels ({}) or for",
+                            rule.levels.iter().map(|l| l.severity.as_str()).collect::<Vec<_>>().join(", ")
+                        ));
+                    };
+                    level.threshold = *v;
+                }
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// A threshold from the config: a number (durations like `30s` become seconds).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ThresholdOverride {
+    One(f64),
+    PerSeverity(BTreeMap<String, f64>),
+}
+
+impl<'de> serde::Deserialize<'de> for ThresholdOverride {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+            Map(BTreeMap<String, Raw>),
+        }
+        fn number(raw: Raw) -> Result<f64, String> {
+            match raw {
+                Raw::Number(v) => Ok(v),
+                Raw::Text(t) => humantime::parse_duration(&t)
+                    .map(|d| d.as_secs_f64())
+                    .map_err(|_| format!("threshold {t:?} is neither a number nor a duration")),
+                Raw::Map(_) => Err("a threshold is a number or a duration".into()),
+            }
+        }
+        match Raw::deserialize(d)? {
+            Raw::Map(map) => map
+                .into_iter()
+                .map(|(k, v)| number(v).map(|n| (k, n)))
+                .collect::<Result<_, _>>()
+                .map(ThresholdOverride::PerSeverity)
+                .map_err(serde::de::Error::custom),
+            other => number(other)
+                .map(ThresholdOverride::One)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn format_threshold(v: f64) -> String {
+    let mut out = String::new();
+    crate::metrics::write_value(&mut out, v);
+    out
+}
+
+impl AlertRule {
+    /// The PromQL of one level: the expression compared with the level's threshold.
+    pub fn promql(&self, level: &Level) -> String {
+        let cmp = format!("{} {}", self.op.promql(), format_threshold(level.threshold));
+        if self.expr.contains("{cmp}") {
+            self.expr.replace("{cmp}", &cmp)
+        } else {
+            format!("{} {cmp}", self.expr)
+        }
+    }
+
+    /// The summary with the threshold written in (`{t}`, `{t_pct}`).
+    pub fn summary_for(&self, level: &Level) -> String {
+        self.summary
+            .replace(
+                "{t_pct}",
+                &format!("{}%", format_threshold(level.threshold * 100.0)),
+            )
+            .replace("{t}", &format_threshold(level.threshold))
+    }
+
+    pub fn runbook_url(&self, base: &str) -> String {
+        format!("{}/{}.md", base.trim_end_matches('/'), self.name)
+    }
+}
+
+#[derive(Serialize)]
+struct RuleFile {
+    groups: Vec<RuleGroup>,
+}
+
+#[derive(Serialize)]
+struct RuleGroup {
+    name: &'static str,
+    rules: Vec<PromRule>,
+}
+
+#[derive(Serialize)]
+struct PromRule {
+    alert: &'static str,
+    expr: String,
+    #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
+    for_: Option<String>,
+    labels: BTreeMap<&'static str, &'static str>,
+    annotations: BTreeMap<&'static str, String>,
+}
+
+/// The Prometheus rule file for `rules` (one rule per alert level).
+pub fn render_rules(rules: &[AlertRule], runbook_base: &str) -> String {
+    let file = RuleFile {
+        groups: vec![RuleGroup {
+            name: "redis-lookout",
+            rules: rules
+                .iter()
+                .flat_map(|rule| {
+                    rule.levels.iter().map(move |level| PromRule {
+                        alert: rule.name,
+                        expr: rule.promql(level),
+                        for_: (!level.for_.is_zero())
+                            .then(|| humantime::format_duration(level.for_).to_string()),
+                        labels: BTreeMap::from([("severity", level.severity.as_str())]),
+                        annotations: BTreeMap::from([
+                            ("summary", rule.summary_for(level)),
+                            ("description", rule.description.to_owned()),
+                            ("runbook_url", rule.runbook_url(runbook_base)),
+                        ]),
+                    })
+                })
+                .collect(),
+        }],
+    };
+    let body = serde_yaml::to_string(&file).unwrap_or_default();
+    format!(
+        "# Generated by `redis-lookout rules` from the alert definitions in src/alerts/mod.rs.\n\
+         # Do not edit: change the definitions (or thresholds in the config) and render again.\n{body}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_alert_has_a_unique_name_levels_and_a_runbook() {
+        let rules = pack();
+        let mut names: Vec<&str> = rules.iter().map(|r| r.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), rules.len());
+        for rule in &rules {
+            assert!(!rule.levels.is_empty(), "{}", rule.name);
+            let text =
+                runbook_text(rule.name).unwrap_or_else(|| panic!("runbook for {}", rule.name));
+            assert!(
+                text.starts_with(&format!("# {}", rule.name)),
+                "{} runbook title",
+                rule.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_committed_rule_file_is_the_rendering_of_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/alerts/redis.rules.yml");
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        let rendered = render_rules(&pack(), DEFAULT_RUNBOOK_BASE);
+        if std::env::var_os("UPDATE_RULES").is_some() {
+            std::fs::write(path, &rendered).expect("write rules");
+            return;
+        }
+        assert!(
+            committed == rendered,
+            "alerts/redis.rules.yml is stale: run `cargo run -- rules > alerts/redis.rules.yml`"
+        );
+    }
+
+    #[test]
+    fn thresholds_from_config_replace_the_defaults() {
+        let overrides = BTreeMap::from([
+            ("RedisMemoryHigh".to_owned(), ThresholdOverride::One(0.9)),
+            (
+                "RedisTooManyConnections".to_owned(),
+                ThresholdOverride::PerSeverity(BTreeMap::from([("critical".to_owned(), 900.0)])),
+            ),
+        ]);
+        let rules = pack_with(&overrides).unwrap();
+        let memory = rules.iter().find(|r| r.name == "RedisMemoryHigh").unwrap();
+        assert_eq!(
+            memory.promql(&memory.levels[0]),
+            "redis_memory_used_bytes / (redis_memory_max_bytes > 0) > 0.9"
+        );
+        assert_eq!(
+            memory.summary_for(&memory.levels[0]),
+            "Redis memory above 90% of maxmemory"
+        );
+        let conns = rules
+            .iter()
+            .find(|r| r.name == "RedisTooManyConnections")
+            .unwrap();
+        assert_eq!(conns.levels[1].threshold, 900.0);
+        let quick = BTreeMap::from([(
+            "RedisDown".to_owned(),
+            ThresholdOverride::PerSeverity(BTreeMap::from([("for".to_owned(), 2.0)])),
+        )]);
+        let down = pack_with(&quick)
+            .unwrap()
+            .into_iter()
+            .find(|r| r.name == "RedisDown")
+            .unwrap();
+        assert_eq!(down.levels[0].for_, Duration::from_secs(2));
+        assert!(pack_with(&BTreeMap::from([(
+            "Nope".to_owned(),
+            ThresholdOverride::One(1.0)
+        )]))
+        .is_err());
+        let two_levels = BTreeMap::from([(
+            "RedisTooManyConnections".to_owned(),
+            ThresholdOverride::One(1.0),
+        )]);
+        assert!(pack_with(&two_levels).is_err());
+    }
+}

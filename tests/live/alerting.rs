@@ -1,0 +1,285 @@
+//! The alert pack end to end: promtool on the rule file, a real Alertmanager receiving the
+//! in-process alerts, and the `check` command's report and exit codes.
+
+use crate::support::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn repo(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_rule_file_passes_promtool_check_and_its_unit_tests() {
+    let check = Command::new("promtool")
+        .args(["check", "rules", &repo("alerts/redis.rules.yml")])
+        .output()
+        .expect("promtool (apt-get install prometheus)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let test = Command::new("promtool")
+        .args(["test", "rules", "redis.rules.test.yml"])
+        .current_dir(repo("alerts/tests"))
+        .output()
+        .expect("promtool");
+    let out =
+        String::from_utf8_lossy(&test.stdout).into_owned() + &String::from_utf8_lossy(&test.stderr);
+    assert!(test.status.success(), "{out}");
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+#[test]
+fn the_rule_tests_cover_every_alert_firing_and_not_firing() {
+    let rules = redis_lookout::alerts::pack();
+    let tests =
+        std::fs::read_to_string(repo("alerts/tests/redis.rules.test.yml")).expect("rule tests");
+    for rule in rules {
+        let fired = format!("alertname: {}", rule.name);
+        assert!(
+            tests.contains(&fired),
+            "{} has a case in which it fires",
+            rule.name
+        );
+    }
+    assert!(
+        tests.contains("exp_alerts: []"),
+        "cases in which alerts must not fire"
+    );
+}
+
+struct Alertmanager {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Alertmanager {
+    async fn start() -> Alertmanager {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("am.yml");
+        std::fs::write(
+            &config,
+            "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.path().display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // No gossip: a test Alertmanager listens on loopback only.
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager (apt-get install prometheus-alertmanager)");
+        let am = Alertmanager {
+            child,
+            port,
+            _dir: dir,
+        };
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_for("alertmanager ready", WAIT, || async move {
+            tokio::net::TcpStream::connect(addr).await.ok()?;
+            (http_get(addr, "/-/ready").await.0 == 200).then_some(())
+        })
+        .await;
+        am
+    }
+
+    /// Alerts Alertmanager holds, as (alertname, target, still active).
+    async fn alerts(&self) -> Vec<(String, String, bool)> {
+        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        let (status, body) = http_get(addr, "/api/v2/alerts").await;
+        assert_eq!(status, 200, "{body}");
+        let alerts: serde_json::Value = serde_json::from_str(&body).expect("Alertmanager JSON");
+        alerts
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|a| {
+                let label = |k: &str| a["labels"][k].as_str().unwrap_or_default().to_owned();
+                (
+                    label("alertname"),
+                    label("target"),
+                    a["status"]["state"] == "active",
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_redis_reaches_alertmanager_and_its_recovery_resolves_it() {
+    let am = Alertmanager::start().await;
+    let mut redis = RedisServer::start(&["--maxmemory", "100mb"]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ntargets:\n  - name: sessions\n    url: {}\nalerting:\n  alertmanager: http://127.0.0.1:{}\n  resend_interval: 1s\n  thresholds:\n    RedisDown: {{for: 2s}}\n",
+        redis.url(),
+        am.port
+    ))
+    .await;
+    d.wait_up("sessions").await;
+
+    redis.kill();
+    let firing = ("RedisDown".to_owned(), "sessions".to_owned(), true);
+    wait_for("RedisDown active in Alertmanager", WAIT, || async {
+        am.alerts().await.contains(&firing).then_some(())
+    })
+    .await;
+    let (status, body) = http_get(d.addr, "/alerts").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"alertname\":\"RedisDown\"") && body.contains("\"state\":\"firing\""),
+        "{body}"
+    );
+    let m = d.metrics().await;
+    assert_eq!(
+        m.value(
+            "redis_lookout_alerts",
+            &[("alertname", "RedisDown"), ("state", "firing")]
+        ),
+        Some(1.0)
+    );
+
+    redis.restart();
+    wait_for("RedisDown resolved in Alertmanager", WAIT, || async {
+        let alerts = am.alerts().await;
+        (!alerts.contains(&firing)).then_some(())
+    })
+    .await;
+    let (_, body) = http_get(d.addr, "/alerts").await;
+    assert!(!body.contains("RedisDown"), "{body}");
+    d.stop().await;
+}
+
+fn run_check(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(binary())
+        .arg("check")
+        .args(args)
+        .env_remove("REDIS_ADDR")
+        .output()
+        .expect("run check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Thresholds that keep `check` deterministic on a busy test machine (latency is measured).
+const CALM: &str = "alerting:\n  thresholds:\n    RedisLatencyHigh: {warning: 5, critical: 10}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_what_is_wrong_and_exits_by_the_worst_finding() {
+    let healthy = RedisServer::start(&["--maxmemory", "100mb"]);
+    let sick = RedisServer::start(&[]);
+    // Memory at ~95% of maxmemory, and a client blocked on an empty list.
+    let used: f64 = sick.info_field("memory", "used_memory").parse().unwrap();
+    let _: () = sick.cmd(&[
+        "CONFIG",
+        "SET",
+        "maxmemory",
+        &((used / 0.95) as u64).to_string(),
+    ]);
+    let blocker = sick.client();
+    let blocked = std::thread::spawn(move || {
+        let mut c = blocker.get_connection().unwrap();
+        let _: redis::RedisResult<redis::Value> =
+            redis::cmd("BLPOP").arg("queue:empty").arg(20).query(&mut c);
+    });
+    wait_for("the client is blocked", WAIT, || async {
+        (sick.info_field("clients", "blocked_clients") == "1").then_some(())
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, url: String| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("targets:\n  - name: {name}\n    url: {url}\n{CALM}"),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (code, report) = run_check(&["--config", &write("ok", healthy.url())]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.starts_with("OK: "), "{report}");
+
+    let (code, report) = run_check(&["--config", &write("sick", sick.url())]);
+    assert_eq!(code, Some(2), "{report}");
+    assert!(report.contains("CRIT sick RedisMemoryHigh"), "{report}");
+    assert!(report.contains("WARN sick RedisBlockedClients"), "{report}");
+    assert!(
+        report.contains("runbook: docs/runbooks/RedisMemoryHigh.md"),
+        "{report}"
+    );
+
+    let (code, json) = run_check(&["--config", &write("sick", sick.url()), "--format", "json"]);
+    assert_eq!(code, Some(2));
+    let findings: serde_json::Value = serde_json::from_str(&json).expect("JSON report");
+    let memory = findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["alert"] == "RedisMemoryHigh")
+        .expect("memory finding");
+    assert_eq!(memory["status"], "CRIT");
+    assert!(memory["value"].as_f64().unwrap() > 0.85);
+
+    let closed = free_port();
+    let (code, report) = run_check(&["--redis.addr", &format!("redis://127.0.0.1:{closed}")]);
+    assert_eq!(code, Some(2), "{report}");
+    assert!(
+        report.contains("CRIT") && report.contains("RedisDown"),
+        "{report}"
+    );
+
+    let _: () = sick.cmd(&["CLIENT", "UNBLOCK", &sick.blocked_client_id()]);
+    blocked.join().unwrap();
+}
+
+#[test]
+fn the_documented_prometheus_configs_pass_promtool() {
+    for file in [
+        "single-target.yml",
+        "multi-target.yml",
+        "sharded-discovery.yml",
+    ] {
+        let out = Command::new("promtool")
+            .args(["check", "config", &repo(&format!("docs/prometheus/{file}"))])
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "{file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_readme_lists_every_alert() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    for rule in redis_lookout::alerts::pack() {
+        assert!(
+            readme.contains(&format!("`{}`", rule.name)),
+            "README lists {}",
+            rule.name
+        );
+    }
+}
