@@ -351,22 +351,28 @@ impl Evaluator {
             }
         }
         // Alerts of this node whose condition no longer holds: firing ones resolve.
+        changes.resolved = self.drop_node_alerts(&obs.key, &seen);
+        self.remember_resolved(&changes);
+        changes
+    }
+
+    /// Removes the node's alerts not in `keep`; returns the firing ones among them.
+    fn drop_node_alerts(
+        &mut self,
+        key: &NodeKey,
+        keep: &[(String, Severity, Labels)],
+    ) -> Vec<ActiveAlert> {
         let gone: Vec<(String, Severity, Labels)> = self
             .active
             .keys()
-            .filter(|(_, _, labels)| same_node(labels, &obs.key))
-            .filter(|id| !seen.contains(id))
+            .filter(|(_, _, labels)| same_node(labels, key))
+            .filter(|id| !keep.contains(id))
             .cloned()
             .collect();
-        for id in gone {
-            if let Some(alert) = self.active.remove(&id) {
-                if alert.state == State::Firing {
-                    changes.resolved.push(alert);
-                }
-            }
-        }
-        self.remember_resolved(&changes);
-        changes
+        gone.into_iter()
+            .filter_map(|id| self.active.remove(&id))
+            .filter(|alert| alert.state == State::Firing)
+            .collect()
     }
 
     /// Resolves the alerts of nodes not observed for `stale` (a node that left, a target
@@ -381,19 +387,8 @@ impl Evaluator {
         let mut changes = Changes::default();
         for key in gone {
             self.nodes.remove(&key);
-            let ids: Vec<_> = self
-                .active
-                .keys()
-                .filter(|(_, _, l)| same_node(l, &key))
-                .cloned()
-                .collect();
-            for id in ids {
-                if let Some(alert) = self.active.remove(&id) {
-                    if alert.state == State::Firing {
-                        changes.resolved.push(alert);
-                    }
-                }
-            }
+            let resolved = self.drop_node_alerts(&key, &[]);
+            changes.resolved.extend(resolved);
         }
         self.remember_resolved(&changes);
         changes
