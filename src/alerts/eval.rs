@@ -53,6 +53,8 @@ type Reading = (Labels, f64);
 pub struct NodeHistory {
     /// (family, series labels) → points where the value changed, oldest first.
     series: HashMap<(String, Labels), VecDeque<(Instant, f64)>>,
+    /// The first poll of this node the evaluator saw.
+    first_seen: Option<Instant>,
     last_seen: Option<Instant>,
 }
 
@@ -111,9 +113,17 @@ impl NodeHistory {
             else {
                 continue;
             };
-            // A series born inside the window counts from zero, as Prometheus' increase would
-            // count it from its first sample; a counter reset counts from zero too.
-            let from = first.unwrap_or(0.0);
+            // History younger than the window: a series present at the node's first poll counts
+            // from its first value (its lifetime total is not news); one that appeared later
+            // counts from zero (Redis lists an errorstat or a command only after its first use).
+            let from = match first {
+                Some(v) => v,
+                None => match (points.front(), self.first_seen) {
+                    (Some((born, v)), Some(first_poll)) if *born <= first_poll => *v,
+                    _ => 0.0,
+                },
+            };
+            // A counter that went down was reset (Redis restarted): count from zero.
             let change = if last >= from { last - from } else { last };
             *total.get_or_insert(0.0) += change;
         }
@@ -299,6 +309,7 @@ impl Evaluator {
     pub fn observe(&mut self, obs: &Observation) -> Changes {
         let now = obs.at;
         let history = self.nodes.entry(obs.key.clone()).or_default();
+        history.first_seen.get_or_insert(now);
         history.last_seen = Some(now);
         for rule in &self.rules {
             for (family, window) in remembered(&rule.signal) {
@@ -593,6 +604,56 @@ mod tests {
             .unwrap();
         assert!((spike.value - 20.0).abs() < 0.5, "{}", spike.value);
         assert_eq!(spike.state, State::Firing);
+    }
+
+    #[test]
+    fn lifetime_totals_at_start_are_not_news_but_a_new_error_type_is() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let errors = |oom: Option<f64>| {
+            let mut set = FamilySet::new();
+            set.gauge("redis_up", "h", 1.0);
+            set.add(
+                "redis_errors_total",
+                "h",
+                Kind::Counter,
+                vec![("err", "ERR".into())],
+                3.0,
+            );
+            if let Some(v) = oom {
+                set.add(
+                    "redis_errors_total",
+                    "h",
+                    Kind::Counter,
+                    vec![("err", "OOM".into())],
+                    v,
+                );
+            }
+            Arc::new(set)
+        };
+        let at = |s: u64, oom| Observation {
+            key: ("r".into(), None),
+            at: t0 + Duration::from_secs(s),
+            facts: errors(oom),
+        };
+        // 40 OOM errors happened before redis-lookout started: nothing fires.
+        e.observe(&at(0, Some(40.0)));
+        e.observe(&at(5, Some(40.0)));
+        assert!(e
+            .active()
+            .iter()
+            .all(|a| a.labels["alertname"] != "RedisOutOfMemoryErrors"));
+
+        // On another node, OOM errors begin while we watch: the first one counts.
+        let mut e = evaluator();
+        e.observe(&at(0, None));
+        let fired = e.observe(&at(5, Some(1.0))).fired;
+        assert!(
+            fired
+                .iter()
+                .any(|a| a.labels["alertname"] == "RedisOutOfMemoryErrors"),
+            "{fired:?}"
+        );
     }
 
     #[test]
