@@ -77,8 +77,8 @@ Starts --servers redis-servers (small keyspace), and for each size N writes a YA
 all N targets, then: an idle window of C poll intervals (no scrapes; CPU seconds per poll
 cycle = CPU / C; polls counted by Redis as `latency|latest` calls), then S back-to-back scrapes
 (latency, CPU per scrape, VmRSS after, VmHWM), the curl check, and stop (its connections must
-leave every server's CLIENT LIST).  Redis µs per poll there includes one INFO of ours per
-server, not subtracted (tens of µs against thousands of polls).
+leave every server's CLIENT LIST).  Redis µs per poll: our one INFO per server per window is
+calibrated and subtracted as in single-target mode.
 
 Exit status: 0 when every figure was measured (PASS/MISS does not change it); 1 when
 something could not be measured (a process failed to start, a scrape failed, ...).
@@ -1165,7 +1165,8 @@ def multi_size(args, servers, n):
         raise BenchError(f"--check-config failed: {e}")
     if chk.returncode != 0:
         raise BenchError(f"--check-config rejected the {n}-target file: {chk.stdout}{chk.stderr}")
-    res = {"n": n, "check": (chk.stdout.strip().splitlines() or ["?"])[0]}
+    summary = (chk.stdout.strip().splitlines() or ["?"])[0]
+    res = {"n": n, "check": summary[:120] + ("…" if len(summary) > 120 else "")}
     logname = f"lookout-{n}.log"
     name = f"redis-lookout ({n} targets)"
     log(f"starting {name}")
@@ -1195,14 +1196,22 @@ def multi_size(args, servers, n):
         f"{MULTI_INTERVAL:g} s")
 
     # ---- idle window: no scrapes
-    s0 = [Snap(r) for _, r in servers]
+    s0, own = [], []
+    for _, r in servers:
+        try:
+            snap, cost, _ = calibrated_snapshot(r)
+        except BenchError:  # never idle between two snapshots: leave our INFO in
+            snap, cost = Snap(r), 0
+        s0.append(snap)
+        own.append(cost)
     cpu0 = Cpu(p.pid)
     time.sleep(args.cycles * MULTI_INTERVAL)
     cpu1 = Cpu(p.pid)
     s1 = [Snap(r) for _, r in servers]
     cpu = cpu1.since(cpu0)
     cycles = (cpu1.t - cpu0.t) / MULTI_INTERVAL
-    deltas = [Delta(a, b, 0) for a, b in zip(s0, s1)]
+    deltas = [Delta(a, b, c) for a, b, c in zip(s0, s1, own)]
+    res["own_usec"] = own
     res["idle_cycles"] = cycles
     res["cpu_cycle_s"] = cpu[1] / 1000.0 / cycles
     res["cpu_cycle_ticks_s"] = cpu[0] / 1000.0 / cycles
@@ -1308,8 +1317,11 @@ def print_multi_report(args, machine, results):
               f"{r['exit_code']}; log: {log_summary(r['log'])}")
         print(f"- {r['n']} targets, client check: {r['curl']}")
     print(f"- --check-config said: `{results[-1]['check']}`" if results else "")
-    print("- Redis µs per poll includes one INFO of ours per server per window (not "
-          "subtracted); one run on a shared 2-core machine, so every figure is noisy")
+    print("- Redis µs per poll: our own INFO (one per server per idle window) subtracted with "
+          "the calibrated cost per server (µs): "
+          + "; ".join(f"{r['n']} targets {r['own_usec']}" for r in results)
+          + " (0 = calibration failed, our INFO left in)")
+    print("- one run on a shared 2-core machine, so every figure is noisy")
 
 
 # ---------------------------------------------------------------- main

@@ -129,6 +129,8 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let (handler, resp) = route(&state, &req).await;
+    // The path only: a query string can carry a caller's URL with credentials in it.
+    tracing::debug!(method = %req.method(), path = req.uri().path(), status = resp.status().as_u16(), "request");
     state
         .telemetry
         .scrapes

@@ -226,6 +226,14 @@ impl NodePoller {
                 (FamilySet::new(), None, Some(err))
             }
         };
+        tracing::debug!(
+            target_name = %self.target.name,
+            node = self.node.as_deref().unwrap_or(""),
+            took_ms = duration.as_secs_f64() * 1000.0,
+            families = set.len(),
+            error = error.as_ref().map_or("", |e| e.label()),
+            "polled"
+        );
         self.add_poll_facts(&mut set, duration, ping, error.as_ref());
         let snapshot = Snapshot {
             target: self.target.name.clone(),
@@ -353,6 +361,7 @@ impl NodePoller {
         let _permit = connects.acquire().await;
         let started = Instant::now();
         self.connections_total += 1;
+        tracing::debug!(target_name = %self.target.name, url = %self.target.url, "connecting");
         let conn = open_connection(&self.target, &self.target.url).await?;
         self.last_connect_seconds = started.elapsed().as_secs_f64();
         for collector in &mut self.collectors {

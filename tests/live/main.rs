@@ -7,5 +7,6 @@ mod compat;
 mod exposition;
 mod faults;
 mod process;
+mod secrets;
 mod support;
 mod topology;

@@ -1,0 +1,89 @@
+//! No secret ever appears in a log line, a metric, a page or an error: every output of the
+//! process is searched for a known password.
+
+use crate::support::*;
+use std::process::Command;
+use std::time::Duration;
+
+const PASSWORD: &str = "Kn0wn-Pa55word-xyzzy";
+
+fn assert_clean(what: &str, text: &str) {
+    assert!(
+        !text.contains(PASSWORD),
+        "the password leaked into {what}:\n{text}"
+    );
+    // Also percent-encoded or in a URL's userinfo.
+    assert!(
+        !text.contains("Kn0wn-Pa55"),
+        "part of the password leaked into {what}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_appears_in_no_output_at_debug_level() {
+    let redis = RedisServer::start(&["--requirepass", PASSWORD]);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let config = dir.path().join("c.yaml");
+    let closed = free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "poll_interval: 200ms\ntargets:\n  - name: good\n    url: {}\n    password_file: {}\n  - name: wrong-port\n    url: redis://:{PASSWORD}@127.0.0.1:{closed}\n  - name: in-url\n    url: redis://:{PASSWORD}@127.0.0.1:{}\nscrape_allow:\n  - hosts: [\"127.0.0.1\"]\n    ports: {}\n    password_file: {}\nalerting: {{}}\n",
+            redis.url(),
+            pw.display(),
+            redis.port,
+            redis.port,
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let p = Running::start(&["--config", config.to_str().unwrap(), "--log-level", "debug"]);
+    let addr = p.addr;
+    let m = wait_for(
+        "both real targets up",
+        Duration::from_secs(20),
+        || async move {
+            tokio::net::TcpStream::connect(addr).await.ok()?;
+            let (_, body) = http_get(addr, "/metrics").await;
+            let m = Exposition::parse(&body);
+            let up = |t: &str| m.value("redis_up", &[("target", t)]) == Some(1.0);
+            (up("good") && up("in-url")).then_some(body)
+        },
+    )
+    .await;
+    assert_clean("/metrics", &m);
+    for path in [
+        "/",
+        "/alerts",
+        "/discovery",
+        "/-/ready",
+        &format!("/scrape?target=127.0.0.1:{}", redis.port),
+    ] {
+        let (_, body) = http_get(addr, path).await;
+        assert_clean(path, &body);
+    }
+    let (_, body) = http_get(
+        addr,
+        &format!("/scrape?target=redis://:{PASSWORD}@127.0.0.1:{closed}"),
+    )
+    .await;
+    assert_clean("a refused /scrape", &body);
+
+    let check = Command::new(binary())
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_clean("check output", &String::from_utf8_lossy(&check.stdout));
+    assert_clean("check errors", &String::from_utf8_lossy(&check.stderr));
+    let valid = Command::new(binary())
+        .args(["--config", config.to_str().unwrap(), "--check-config"])
+        .output()
+        .unwrap();
+    assert_clean("--check-config", &String::from_utf8_lossy(&valid.stdout));
+
+    let log = p.log_text();
+    assert!(log.contains("DEBUG"), "debug logging was on:\n{log}");
+    assert_clean("the log", &log);
+}
