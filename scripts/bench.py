@@ -52,8 +52,9 @@ exactly for our own request (B's) and reply (A's).
   periodic extras included.  Poll count = `latency|latest` calls (one per poll, nobody else
   sends it), cross-checked with `redis_lookout_polls_total`.
   Window 2 (W s): one sample after every poll (three back-to-back snapshots 0.25 s after it;
-  the first delta holds that poll plus our previous third snapshot, whose cost is the measured
-  cost of the second), giving each poll's usec per command and request/reply bytes.  A poll
+  the delta from the previous third one to the first holds that poll plus the third's INFO,
+  whose cost is taken as the median over the window of the second's, measured in place),
+  giving each poll's usec per command and request/reply bytes.  A poll
   whose reply is > 1000 bytes larger than the median poll's is a commandstats refresh (its
   request is 38 bytes larger: the two section names), one with CONFIG GET calls a config
   refresh.  "Without periodic extras" = mean over plain polls.  Window 2 costs Redis three
@@ -801,17 +802,24 @@ def per_poll_window(r, seconds, interval=1.0, offset=0.25):
     count = int(seconds / interval)
     time.sleep(max(0.0, t_poll + offset - time.monotonic()))
     _, last, own = triple(r)
-    samples = []
+    pairs = []
     for k in range(1, count + 1):
         time.sleep(max(0.0, t_poll + offset + k * interval - time.monotonic()))
         s1, s3, own_next = triple(r)
-        d = Delta(last, s1, own if own is not None else 0)
+        pairs.append((k, last, s1, own))
+        last, own = s3, own_next
+    costs = [c for *_, c in pairs if c is not None]
+    if not costs:
+        raise BenchError("window 2: our own INFO cost could not be measured once")
+    own_median = statistics.median(costs)
+    samples = []
+    for k, a, b, own in pairs:
+        d = Delta(a, b, own_median)
         polls = d.calls_of("latency|latest")
-        samples.append({"k": k, "delta": d, "polls": polls, "own": own,
+        samples.append({"k": k, "delta": d, "polls": polls, "own": own, "own_used": own_median,
                         "valid": own is not None and polls == 1 and d.calls == d.calls_of(
                             "info") + d.calls_of("slowlog|len") + d.calls_of("slowlog|get")
                         + d.calls_of("latency|latest") + d.calls_of("config|get")})
-        last, own = s3, own_next
     return samples
 
 
@@ -1111,9 +1119,11 @@ def print_report(args, machine, lk, ex):
           f"({n_cs1_txt}) is (request bytes - polls x {cls['base_in']} - CONFIG GET refreshes x "
           f"{', '.join(map(str, cls['cfg_in'])) or '?'}) / "
           f"{', '.join(map(str, cls['cs_in'])) or '?'}")
+    owns = sorted(s["own"] for s in lk["samples"] if s["own"] is not None)
     print(f"- window 2: {len(unusable)} unusable sample(s) (not exactly one poll, or something "
-          f"else ran between our snapshots); our own INFO subtracted per sample: median "
-          f"{statistics.median([s['own'] for s in valid]):g} µs")
+          f"else ran between our snapshots); our own INFO subtracted from every sample: "
+          f"{valid[0]['own_used']:g} µs, the median of its {len(owns)} in-place measurements "
+          f"(min {owns[0]}, max {owns[-1]})")
     print(f"- bench's own INFO, subtracted once per window: window 1 {lk['own_info_usec']} µs "
           f"(calibration samples {lk['own_info_samples']}), lookout scrape window "
           f"{ls['own_info_usec']} µs"

@@ -194,6 +194,25 @@ struct TargetFile {
     cluster: bool,
     #[serde(default)]
     seeds: Vec<RedisUrl>,
+    keyspace: Option<KeyspaceFile>,
+}
+
+/// `keyspace:` of a target: the prefix sampler's settings (see `config.example.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyspaceFile {
+    #[serde(default)]
+    prefixes: Vec<String>,
+    #[serde(default)]
+    must_expire: Vec<String>,
+    auto: Option<bool>,
+    delimiter: Option<char>,
+    max_groups: Option<usize>,
+    budget: Option<f64>,
+    #[serde(default)]
+    export_key_names: bool,
+    top_keys: Option<usize>,
+    memory_samples: Option<u32>,
 }
 
 /// Ports an allow-list entry accepts: `6379`, or `"6379-6380"`.
@@ -385,6 +404,8 @@ pub struct Target {
     pub cluster: bool,
     /// More addresses to ask for CLUSTER NODES when `url` does not answer.
     pub seeds: Vec<RedisUrl>,
+    /// The keyspace prefix sampler, when configured.
+    pub keyspace: Option<crate::keyspace::KeyspaceConfig>,
 }
 
 impl Target {
@@ -395,6 +416,7 @@ impl Target {
             follow_replicas: false,
             cluster: false,
             seeds: Vec::new(),
+            keyspace: None,
             ..self.clone()
         })
     }
@@ -560,6 +582,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 follow_replicas: false,
                 cluster: false,
                 seeds: Vec::new(),
+                keyspace: None,
             }),
             1 => file_targets[0].url = url,
             n => {
@@ -583,6 +606,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             follow_replicas: false,
             cluster: false,
             seeds: Vec::new(),
+            keyspace: None,
         });
     }
 
@@ -665,7 +689,36 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 "target {name:?}: seeds are only for cluster: true"
             )));
         }
+        let keyspace = match t.keyspace {
+            None => None,
+            Some(k) => {
+                let defaults = crate::keyspace::KeyspaceConfig::default();
+                let budget = k.budget.unwrap_or(defaults.budget);
+                if !(budget > 0.0 && budget <= 0.5) {
+                    return Err(where_(format!(
+                        "target {name:?}: keyspace.budget must be in (0, 0.5], got {budget}"
+                    )));
+                }
+                if t.cluster {
+                    return Err(where_(format!(
+                        "target {name:?}: the keyspace sampler does not run on cluster targets yet; add the nodes as targets of their own"
+                    )));
+                }
+                Some(crate::keyspace::KeyspaceConfig {
+                    prefixes: k.prefixes,
+                    must_expire: k.must_expire,
+                    auto: k.auto.unwrap_or(defaults.auto),
+                    delimiter: k.delimiter.unwrap_or(defaults.delimiter),
+                    max_groups: k.max_groups.unwrap_or(defaults.max_groups).clamp(1, 1000),
+                    budget,
+                    export_key_names: k.export_key_names,
+                    top_keys: k.top_keys.unwrap_or(defaults.top_keys).min(100),
+                    memory_samples: k.memory_samples.unwrap_or(defaults.memory_samples),
+                })
+            }
+        };
         targets.push(Target {
+            keyspace,
             name,
             url: t.url,
             username,

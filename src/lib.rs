@@ -45,6 +45,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod http;
+pub mod keyspace;
 pub mod metrics;
 pub mod poller;
 pub mod scrape;

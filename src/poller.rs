@@ -84,6 +84,9 @@ pub struct NodePoller {
     durations: Histogram,
     /// Where the replicas this node lists are reported (set when the target follows replicas).
     replicas_out: Option<watch::Sender<Vec<String>>>,
+    /// Figures another task keeps for this node (the keyspace sampler), merged into each
+    /// successful poll's snapshot.
+    extra_facts: Option<crate::keyspace::SharedFacts>,
 }
 
 impl NodePoller {
@@ -110,7 +113,14 @@ impl NodePoller {
             connections_total: 0,
             durations: Histogram::new(POLL_BUCKETS),
             replicas_out: None,
+            extra_facts: None,
         }
+    }
+
+    /// Merges `facts` (kept up to date elsewhere) into every successful poll's snapshot.
+    pub fn with_extra_facts(mut self, facts: crate::keyspace::SharedFacts) -> Self {
+        self.extra_facts = Some(facts);
+        self
     }
 
     /// Reports the replicas listed in each successful poll's INFO to `tx`.
@@ -215,6 +225,10 @@ impl NodePoller {
                     });
                 }
                 self.log_transition(true, None);
+                let mut set = set;
+                if let Some(extra) = &self.extra_facts {
+                    set.merge(extra.lock().unwrap_or_else(|p| p.into_inner()).clone());
+                }
                 (set, Some(ping), None)
             }
             Err(err) => {

@@ -137,6 +137,7 @@ impl OnDemand {
             follow_replicas: false,
             cluster: false,
             seeds: Vec::new(),
+            keyspace: None,
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();

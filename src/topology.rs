@@ -29,8 +29,32 @@ pub async fn run_target(target: Arc<Target>, ctx: PollContext, shutdown: watch::
     } else if target.follow_replicas {
         run_with_replicas(target, ctx, shutdown).await;
     } else {
-        NodePoller::new(target, None, &ctx).run(shutdown).await;
+        let poller = with_sampler(
+            NodePoller::new(target.clone(), None, &ctx),
+            &target,
+            &shutdown,
+        );
+        poller.run(shutdown).await;
     }
+}
+
+/// Starts the keyspace sampler of a target that configures one, feeding the node's snapshots.
+fn with_sampler(
+    poller: NodePoller,
+    target: &Arc<Target>,
+    shutdown: &watch::Receiver<bool>,
+) -> NodePoller {
+    let Some(config) = target.keyspace.clone() else {
+        return poller;
+    };
+    let facts = Arc::new(std::sync::Mutex::new(FamilySet::new()));
+    tokio::spawn(crate::keyspace::run_sampler(
+        target.clone(),
+        config,
+        facts.clone(),
+        shutdown.clone(),
+    ));
+    poller.with_extra_facts(facts)
 }
 
 /// The pollers of the nodes discovery found, by address.
@@ -102,7 +126,12 @@ async fn run_with_replicas(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (tx, mut replicas) = watch::channel(Vec::new());
-    let master = NodePoller::new(target.clone(), None, &ctx).report_replicas(tx);
+    let master = with_sampler(
+        NodePoller::new(target.clone(), None, &ctx),
+        &target,
+        &shutdown,
+    )
+    .report_replicas(tx);
     let master_task = tokio::spawn(master.run(shutdown.clone()));
     let mut children = Children::new(target, ctx);
     loop {

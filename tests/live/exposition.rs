@@ -28,6 +28,7 @@ const LEGACY_NAMES: &[&str] = &[
     "redis_unexpected_error_replies",
     "redis_cluster_messages_received_total",
     "redis_cluster_messages_sent_total",
+    "redis_key_group_count",
 ];
 const NAMING_LINTS: &[&str] = &[
     "metric names should not contain abbreviated units",

@@ -6,6 +6,7 @@ mod alerting;
 mod compat;
 mod exposition;
 mod faults;
+mod keyspace;
 mod process;
 mod secrets;
 mod support;

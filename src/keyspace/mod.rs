@@ -1,0 +1,843 @@
+//! The keyspace sampler: where the memory goes by key prefix, and which keys will never expire,
+//! without ever blocking Redis.
+//!
+//! One task per target, on its own connection, walks each database with `SCAN` and inspects the
+//! keys it returns with pipelined `TYPE`, `PTTL` and `MEMORY USAGE … SAMPLES n`.
+//!
+//! - **Estimates while a pass runs.** SCAN visits hash-table buckets, and keys land in buckets by
+//!   the hash of their name, so the keys seen so far in a pass are close to a uniform random
+//!   sample of the database. A group's total is estimated as `dbsize × (its share of the keys
+//!   seen)`, and its standard error as `dbsize × sqrt(p(1-p)/n × (1-n/N))` (a proportion
+//!   sampled without replacement). Memory is scaled the same way.
+//! - **A census when a pass completes.** The counts of a finished pass are exact for keys that
+//!   did not change during it; they are published, with their age, until the next pass
+//!   completes.
+//! - **A budget, in Redis' own accounting.** Every few seconds the sampler reads `INFO
+//!   commandstats` and takes the time Redis spent in the commands it uses (SCAN, SELECT, TYPE,
+//!   PTTL, MEMORY USAGE) per key it inspected; each batch is charged its keys at that rate, and
+//!   the sampler rests so that the charged time stays under `budget` (default 1%) of wall time.
+//!   Other clients' use of those commands is charged to the sampler too, which only slows it.
+//!   Until the first reading (or where commandstats is unavailable) round trips are charged in
+//!   full. `SCAN COUNT` follows Redis' time per SCAN so no command it sends runs long.
+
+pub mod generate;
+pub mod grouping;
+
+use crate::config::Target;
+use crate::metrics::{FamilySet, Kind};
+use crate::poller::open_connection;
+use grouping::{must_expire, Grouper};
+use redis::aio::MultiplexedConnection;
+use redis::{RedisResult, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The sampler's settings for one target (`keyspace:` in the config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyspaceConfig {
+    pub prefixes: Vec<String>,
+    pub must_expire: Vec<String>,
+    pub auto: bool,
+    pub delimiter: char,
+    pub max_groups: usize,
+    /// Share of wall time the sampler may keep Redis busy (0.01 = 1%).
+    pub budget: f64,
+    /// Publish the names of the largest keys (they can carry personal data).
+    pub export_key_names: bool,
+    pub top_keys: usize,
+    /// `MEMORY USAGE … SAMPLES n` for aggregates.
+    pub memory_samples: u32,
+}
+
+impl Default for KeyspaceConfig {
+    fn default() -> Self {
+        Self {
+            prefixes: Vec::new(),
+            must_expire: Vec::new(),
+            auto: true,
+            delimiter: ':',
+            max_groups: 100,
+            budget: 0.01,
+            export_key_names: false,
+            top_keys: 10,
+            memory_samples: 5,
+        }
+    }
+}
+
+/// TTL histogram bounds (seconds): a minute, ten, an hour, six, a day, a week.
+pub const TTL_BUCKETS: &[f64] = &[60.0, 600.0, 3600.0, 21600.0, 86400.0, 604800.0];
+
+/// What one key is, as inspected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyFacts {
+    pub name: Vec<u8>,
+    pub kind: String,
+    /// Remaining TTL; None when the key never expires.
+    pub ttl_seconds: Option<f64>,
+    pub memory: u64,
+}
+
+/// Reads the replies to `[TYPE, PTTL, MEMORY USAGE]` for one key. None when the key vanished
+/// between SCAN and the inspection (expired or deleted), which must not count.
+pub fn key_facts(name: Vec<u8>, replies: &[RedisResult<Value>]) -> Option<KeyFacts> {
+    let text = |v: &Value| crate::collector::value_text(v);
+    let kind = match replies.first()? {
+        Ok(v) => text(v)?,
+        Err(_) => return None,
+    };
+    if kind == "none" {
+        return None;
+    }
+    let ttl = match replies.get(1)? {
+        Ok(v) => crate::collector::value_int(v)?,
+        Err(_) => return None,
+    };
+    let ttl_seconds = match ttl {
+        -2 => return None,
+        t if t < 0 => None,
+        t => Some(t as f64 / 1000.0),
+    };
+    let memory = match replies.get(2) {
+        Some(Ok(v)) => crate::collector::value_int(v).unwrap_or(0).max(0) as u64,
+        _ => 0,
+    };
+    Some(KeyFacts {
+        name,
+        kind,
+        ttl_seconds,
+        memory,
+    })
+}
+
+#[derive(Debug, Clone, Default)]
+struct GroupStats {
+    keys: u64,
+    memory: u64,
+    without_ttl: u64,
+    ttl_counts: [u64; 6],
+    ttl_sum: f64,
+    with_ttl: u64,
+    by_type: BTreeMap<String, u64>,
+}
+
+/// One walk over one database: counts so far, and how far it got.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    pub db: u32,
+    /// Keys in the database when the pass started (INFO keyspace).
+    pub dbsize: u64,
+    pub visited: u64,
+    pub started: Instant,
+    groups: HashMap<String, GroupStats>,
+    must_expire: BTreeMap<String, u64>,
+    largest: Vec<(u64, Vec<u8>, String)>,
+}
+
+impl Pass {
+    pub fn new(db: u32, dbsize: u64, now: Instant) -> Self {
+        Self {
+            db,
+            dbsize,
+            visited: 0,
+            started: now,
+            groups: HashMap::new(),
+            must_expire: BTreeMap::new(),
+            largest: Vec::new(),
+        }
+    }
+
+    /// Counts one inspected key.
+    pub fn absorb(&mut self, key: &KeyFacts, grouper: &mut Grouper, config: &KeyspaceConfig) {
+        self.visited += 1;
+        let group = grouper.group(&key.name);
+        let stats = self.groups.entry(group.clone()).or_default();
+        stats.keys += 1;
+        stats.memory += key.memory;
+        *stats.by_type.entry(key.kind.clone()).or_default() += 1;
+        match key.ttl_seconds {
+            None => {
+                stats.without_ttl += 1;
+                if let Some(prefix) = must_expire(&key.name, &config.must_expire) {
+                    *self.must_expire.entry(prefix.to_owned()).or_default() += 1;
+                }
+            }
+            Some(ttl) => {
+                stats.with_ttl += 1;
+                stats.ttl_sum += ttl;
+                for (bound, count) in TTL_BUCKETS.iter().zip(stats.ttl_counts.iter_mut()) {
+                    if ttl <= *bound {
+                        *count += 1;
+                    }
+                }
+            }
+        }
+        if config.top_keys > 0 {
+            self.largest.push((key.memory, key.name.clone(), group));
+            if self.largest.len() > config.top_keys * 4 {
+                self.trim_largest(config.top_keys);
+            }
+        }
+    }
+
+    fn trim_largest(&mut self, k: usize) {
+        self.largest.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        self.largest.truncate(k);
+    }
+
+    /// The factor from counts seen to the database's total (1 for a finished pass).
+    fn scale(&self, exact: bool) -> f64 {
+        if exact || self.visited == 0 {
+            1.0
+        } else {
+            self.dbsize.max(self.visited) as f64 / self.visited as f64
+        }
+    }
+
+    /// Standard error of a group's estimated key count (0 for a census).
+    pub fn key_count_error(&self, keys_seen: u64, exact: bool) -> f64 {
+        if exact || self.visited == 0 {
+            return 0.0;
+        }
+        let (n, total) = (self.visited as f64, self.dbsize.max(self.visited) as f64);
+        let p = keys_seen as f64 / n;
+        total * (p * (1.0 - p) / n * (1.0 - n / total)).max(0.0).sqrt()
+    }
+
+    /// Publishes this pass's groups (estimates unless `exact`).
+    pub fn publish(&mut self, out: &mut FamilySet, config: &KeyspaceConfig, exact: bool) {
+        let scale = self.scale(exact);
+        let db = format!("db{}", self.db);
+        let mut groups: Vec<(&String, &GroupStats)> = self.groups.iter().collect();
+        groups.sort_by(|a, b| a.0.cmp(b.0));
+        for (prefix, s) in &groups {
+            let labels = || vec![("db", db.clone()), ("prefix", (*prefix).clone())];
+            let add = |out: &mut FamilySet, name: &str, help: &str, v: f64| {
+                out.add(name, help, Kind::Gauge, labels(), v);
+            };
+            add(
+                out,
+                "redis_keyspace_prefix_keys",
+                "Keys in the group (estimated until a pass completes; see redis_keyspace_estimate)",
+                s.keys as f64 * scale,
+            );
+            add(
+                out,
+                "redis_keyspace_prefix_keys_error",
+                "Standard error of redis_keyspace_prefix_keys (0 for a completed census)",
+                self.key_count_error(s.keys, exact),
+            );
+            add(
+                out,
+                "redis_keyspace_prefix_memory_bytes",
+                "Memory of the group's keys per MEMORY USAGE (estimated until a pass completes)",
+                s.memory as f64 * scale,
+            );
+            add(
+                out,
+                "redis_keyspace_prefix_keys_without_ttl",
+                "Keys of the group that never expire",
+                s.without_ttl as f64 * scale,
+            );
+            for (kind, count) in &s.by_type {
+                let mut l = labels();
+                l.push(("type", kind.clone()));
+                out.add(
+                    "redis_keyspace_prefix_keys_by_type",
+                    "Keys of the group by type",
+                    Kind::Gauge,
+                    l,
+                    *count as f64 * scale,
+                );
+            }
+            let help = "Remaining TTL of the group's keys that expire";
+            for (bound, count) in TTL_BUCKETS.iter().zip(s.ttl_counts) {
+                let mut l = labels();
+                l.push(("le", bound.to_string()));
+                out.add_suffixed(
+                    "redis_keyspace_prefix_ttl_seconds",
+                    "_bucket",
+                    help,
+                    Kind::Histogram,
+                    l,
+                    count as f64 * scale,
+                );
+            }
+            let mut l = labels();
+            l.push(("le", "+Inf".into()));
+            out.add_suffixed(
+                "redis_keyspace_prefix_ttl_seconds",
+                "_bucket",
+                help,
+                Kind::Histogram,
+                l,
+                s.with_ttl as f64 * scale,
+            );
+            out.add_suffixed(
+                "redis_keyspace_prefix_ttl_seconds",
+                "_sum",
+                help,
+                Kind::Histogram,
+                labels(),
+                s.ttl_sum * scale,
+            );
+            out.add_suffixed(
+                "redis_keyspace_prefix_ttl_seconds",
+                "_count",
+                help,
+                Kind::Histogram,
+                labels(),
+                s.with_ttl as f64 * scale,
+            );
+            // redis_exporter's key-group names, for its users' dashboards.
+            let compat = || vec![("db", db.clone()), ("key_group", (*prefix).clone())];
+            out.add(
+                "redis_key_group_count",
+                "Keys per key group (redis_exporter's name)",
+                Kind::Gauge,
+                compat(),
+                s.keys as f64 * scale,
+            );
+            out.add(
+                "redis_key_group_memory_usage_bytes",
+                "Memory per key group (redis_exporter's name)",
+                Kind::Gauge,
+                compat(),
+                s.memory as f64 * scale,
+            );
+        }
+        for prefix in &config.must_expire {
+            let seen = self.must_expire.get(prefix).copied().unwrap_or(0);
+            out.add(
+                "redis_keyspace_must_expire_keys_without_ttl",
+                "Keys without a TTL under a prefix the config says must expire",
+                Kind::Gauge,
+                vec![("db", db.clone()), ("prefix", prefix.clone())],
+                seen as f64 * scale,
+            );
+        }
+        self.trim_largest(config.top_keys);
+        for (rank, (memory, name, group)) in self.largest.iter().enumerate() {
+            let mut labels = vec![
+                ("db", db.clone()),
+                ("prefix", group.clone()),
+                ("rank", (rank + 1).to_string()),
+            ];
+            if config.export_key_names {
+                labels.push(("key", String::from_utf8_lossy(name).into_owned()));
+            }
+            out.add(
+                "redis_keyspace_largest_key_bytes",
+                "The largest keys seen in the pass, by MEMORY USAGE (names only with export_key_names)",
+                Kind::Gauge,
+                labels,
+                *memory as f64,
+            );
+        }
+        out.add(
+            "redis_keyspace_estimate",
+            "1 while the figures are estimates from a running pass, 0 once they come from a completed census",
+            Kind::Gauge,
+            vec![("db", db.clone())],
+            if exact { 0.0 } else { 1.0 },
+        );
+    }
+}
+
+/// The sampler's own counters, published with its figures.
+#[derive(Debug, Default, Clone)]
+struct SamplerStats {
+    keys_inspected: u64,
+    redis_seconds: f64,
+    passes: u64,
+}
+
+/// What the poller merges into each snapshot: the latest keyspace figures.
+pub type SharedFacts = Arc<Mutex<FamilySet>>;
+
+/// Runs the sampler for one target until shutdown.
+pub async fn run_sampler(
+    target: Arc<Target>,
+    config: KeyspaceConfig,
+    facts: SharedFacts,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut sampler = Sampler {
+        target,
+        grouper: Grouper::new(
+            &config.prefixes,
+            config.auto,
+            config.delimiter,
+            config.max_groups,
+        ),
+        config,
+        conn: None,
+        count: 100,
+        stats: SamplerStats::default(),
+        census: BTreeMap::new(),
+        running: None,
+        last_publish: Instant::now(),
+        facts,
+        cost_per_key: None,
+        last_reading: None,
+    };
+    loop {
+        let pause = sampler.step().await;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { break; }
+            }
+        }
+    }
+}
+
+struct Sampler {
+    target: Arc<Target>,
+    config: KeyspaceConfig,
+    grouper: Grouper,
+    conn: Option<MultiplexedConnection>,
+    /// SCAN COUNT, adapted so that a batch stays short.
+    count: u64,
+    stats: SamplerStats,
+    /// Last completed pass per database, with when it finished.
+    census: BTreeMap<u32, (Pass, Instant)>,
+    /// The running pass and its SCAN cursor.
+    running: Option<(Pass, u64)>,
+    last_publish: Instant,
+    facts: SharedFacts,
+    /// Redis' own time for the sampler's commands, per inspected key (from commandstats).
+    cost_per_key: Option<Duration>,
+    /// The last commandstats reading: (when, keys inspected then, usec in our commands, SCAN
+    /// calls, SCAN usec).
+    last_reading: Option<(Instant, u64, f64, f64, f64)>,
+}
+
+/// How often the sampler reads commandstats to calibrate its cost.
+const CALIBRATE_EVERY: Duration = Duration::from_secs(5);
+
+/// The commandstats lines of the commands the sampler sends.
+const SAMPLER_COMMANDS: &[&str] = &[
+    "cmdstat_scan",
+    "cmdstat_select",
+    "cmdstat_type",
+    "cmdstat_pttl",
+    "cmdstat_memory|usage",
+];
+
+/// From INFO commandstats: (usec in the sampler's commands, SCAN calls, SCAN usec).
+pub fn sampler_command_usage(commandstats: &str) -> (f64, f64, f64) {
+    let info = crate::collector::info::parse_info(commandstats);
+    let field = |line: &str, name: &str| -> f64 {
+        info.get(line)
+            .and_then(|v| {
+                crate::collector::info::parse_pairs(v)
+                    .find(|(k, _)| *k == name)
+                    .and_then(|(_, v)| v.parse().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    let total = SAMPLER_COMMANDS.iter().map(|c| field(c, "usec")).sum();
+    (
+        total,
+        field("cmdstat_scan", "calls"),
+        field("cmdstat_scan", "usec"),
+    )
+}
+
+/// Redis time per SCAN above which COUNT shrinks (each command must stay well under a
+/// millisecond); a SCAN four times faster grows it.
+const SLOW_SCAN: Duration = Duration::from_micros(150);
+
+impl Sampler {
+    /// One batch of work; returns how long to rest before the next (the budget).
+    async fn step(&mut self) -> Duration {
+        let started = Instant::now();
+        match self.batch().await {
+            Ok((round_trips, inspected)) => {
+                let busy = match self.cost_per_key {
+                    Some(per_key) => per_key * inspected as u32,
+                    None => round_trips,
+                };
+                self.stats.redis_seconds += busy.as_secs_f64();
+                if self
+                    .last_reading
+                    .is_none_or(|(at, ..)| at.elapsed() >= CALIBRATE_EVERY)
+                {
+                    self.calibrate().await;
+                }
+                if self.last_publish.elapsed() >= Duration::from_secs(1) {
+                    self.publish();
+                }
+                // Rest so that busy / (busy + rest) stays under the budget.
+                let budget = self.config.budget.clamp(0.0001, 0.5);
+                busy.mul_f64((1.0 - budget) / budget)
+                    .max(Duration::from_millis(1))
+            }
+            Err(why) => {
+                tracing::debug!(target_name = %self.target.name, problem = why, "keyspace sampler paused");
+                self.conn = None;
+                let _ = started;
+                Duration::from_secs(5)
+            }
+        }
+    }
+
+    async fn connection(&mut self) -> Result<&mut MultiplexedConnection, &'static str> {
+        if self.conn.is_none() {
+            let conn = tokio::time::timeout(
+                self.target.poll_timeout,
+                open_connection(&self.target, &self.target.url),
+            )
+            .await
+            .map_err(|_| "connect timed out")?
+            .map_err(|e| e.label())?;
+            self.conn = Some(conn);
+        }
+        self.conn.as_mut().ok_or("no connection")
+    }
+
+    /// Reads commandstats: Redis' time per inspected key, and per SCAN (which sets COUNT).
+    async fn calibrate(&mut self) {
+        let limit = self.target.poll_timeout;
+        let keys_now = self.stats.keys_inspected;
+        let Ok(conn) = self.connection().await else {
+            return;
+        };
+        let reply = tokio::time::timeout(
+            limit,
+            redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async::<String>(conn),
+        )
+        .await;
+        let Ok(Ok(text)) = reply else { return };
+        let (usec, scans, scan_usec) = sampler_command_usage(&text);
+        let now = Instant::now();
+        if let Some((_, keys_then, usec_then, scans_then, scan_usec_then)) = self.last_reading {
+            let keys = keys_now.saturating_sub(keys_then);
+            if keys > 0 && usec >= usec_then {
+                self.cost_per_key = Some(Duration::from_secs_f64(
+                    (usec - usec_then) / keys as f64 / 1e6,
+                ));
+            }
+            if scans > scans_then && scan_usec >= scan_usec_then {
+                let per_scan = Duration::from_secs_f64(
+                    (scan_usec - scan_usec_then) / (scans - scans_then) / 1e6,
+                );
+                if per_scan > SLOW_SCAN {
+                    self.count = (self.count / 2).max(10);
+                } else if per_scan < SLOW_SCAN / 4 {
+                    self.count = (self.count * 2).min(1000);
+                }
+            }
+        }
+        self.last_reading = Some((now, keys_now, usec, scans, scan_usec));
+    }
+
+    /// Scans and inspects one batch; returns the round-trip time and the keys inspected.
+    async fn batch(&mut self) -> Result<(Duration, u64), &'static str> {
+        let limit = self.target.poll_timeout;
+        if self.running.is_none() {
+            self.start_pass().await?;
+        }
+        let Some((pass, cursor)) = self.running.take() else {
+            return Ok((Duration::ZERO, 0));
+        };
+        let count = self.count;
+        let samples = self.config.memory_samples;
+        let conn = self.connection().await?;
+        let t0 = Instant::now();
+        let mut select = redis::pipe();
+        select.cmd("SELECT").arg(pass.db).ignore();
+        select.cmd("SCAN").arg(cursor).arg("COUNT").arg(count);
+        let scanned: Vec<(u64, Vec<Vec<u8>>)> =
+            tokio::time::timeout(limit, select.query_async(conn))
+                .await
+                .map_err(|_| "SCAN timed out")?
+                .map_err(|_| "SCAN failed")?;
+        let (next, keys) = scanned.into_iter().next().ok_or("SCAN reply")?;
+        let mut inspect = redis::pipe();
+        inspect.ignore_errors();
+        for key in &keys {
+            inspect.cmd("TYPE").arg(key);
+            inspect.cmd("PTTL").arg(key);
+            inspect
+                .cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(samples);
+        }
+        let replies: Vec<RedisResult<Value>> = if keys.is_empty() {
+            Vec::new()
+        } else {
+            tokio::time::timeout(limit, inspect.query_async(conn))
+                .await
+                .map_err(|_| "inspection timed out")?
+                .map_err(|_| "inspection failed")?
+        };
+        let round_trips = t0.elapsed();
+        let inspected_before = self.stats.keys_inspected;
+        let mut pass = pass;
+        for (key, replies) in keys.into_iter().zip(replies.chunks(3)) {
+            if let Some(facts) = key_facts(key, replies) {
+                pass.absorb(&facts, &mut self.grouper, &self.config);
+                self.stats.keys_inspected += 1;
+            }
+        }
+        if next == 0 {
+            self.stats.passes += 1;
+            self.census.insert(pass.db, (pass, Instant::now()));
+            self.publish();
+        } else {
+            self.running = Some((pass, next));
+        }
+        Ok((round_trips, self.stats.keys_inspected - inspected_before))
+    }
+
+    /// Picks the next database with keys (round robin) and starts a pass over it.
+    async fn start_pass(&mut self) -> Result<(), &'static str> {
+        let limit = self.target.poll_timeout;
+        let conn = self.connection().await?;
+        let text: String =
+            tokio::time::timeout(limit, redis::cmd("INFO").arg("keyspace").query_async(conn))
+                .await
+                .map_err(|_| "INFO timed out")?
+                .map_err(|_| "INFO failed")?;
+        let info = crate::collector::info::parse_info(&text);
+        let mut dbs: Vec<(u32, u64)> = info
+            .fields()
+            .filter_map(|(k, v)| {
+                let db = k.strip_prefix("db")?.parse().ok()?;
+                let keys = crate::collector::info::parse_pairs(v)
+                    .find(|(k, _)| *k == "keys")?
+                    .1
+                    .parse()
+                    .ok()?;
+                Some((db, keys))
+            })
+            .collect();
+        dbs.sort();
+        // The database after the one finished longest ago comes next.
+        let next = dbs
+            .iter()
+            .min_by_key(|(db, _)| self.census.get(db).map(|(_, at)| *at))
+            .copied();
+        let Some((db, keys)) = next else {
+            return Err("no keys to sample");
+        };
+        if self.census.is_empty() || self.census.len() == dbs.len() {
+            self.grouper.reset_discovery();
+        }
+        self.running = Some((Pass::new(db, keys, Instant::now()), 0));
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        self.last_publish = Instant::now();
+        let mut out = FamilySet::new();
+        let now = Instant::now();
+        let mut running_db = None;
+        // A database's completed census wins; a running pass stands in until there is one.
+        if let Some((pass, _)) = &mut self.running {
+            running_db = Some(pass.db);
+            out.add(
+                "redis_keyspace_sampler_pass_progress",
+                "Share of the database's keys the running pass has inspected",
+                Kind::Gauge,
+                vec![("db", format!("db{}", pass.db))],
+                (pass.visited as f64 / pass.dbsize.max(1) as f64).min(1.0),
+            );
+            if !self.census.contains_key(&pass.db) {
+                pass.publish(&mut out, &self.config, false);
+            }
+        }
+        for (db, (pass, finished)) in &mut self.census {
+            pass.publish(&mut out, &self.config, true);
+            let labels = || vec![("db", format!("db{db}"))];
+            out.add(
+                "redis_keyspace_census_age_seconds",
+                "Seconds since the database's last completed pass",
+                Kind::Gauge,
+                labels(),
+                now.duration_since(*finished).as_secs_f64(),
+            );
+            out.add(
+                "redis_keyspace_sampler_last_pass_duration_seconds",
+                "How long the database's last completed pass took",
+                Kind::Gauge,
+                labels(),
+                finished.duration_since(pass.started).as_secs_f64(),
+            );
+            if running_db != Some(*db) {
+                out.add(
+                    "redis_keyspace_sampler_pass_progress",
+                    "Share of the database's keys the running pass has inspected",
+                    Kind::Gauge,
+                    labels(),
+                    1.0,
+                );
+            }
+        }
+        out.add(
+            "redis_keyspace_sampler_keys_inspected_total",
+            "Keys the sampler inspected",
+            Kind::Counter,
+            Vec::new(),
+            self.stats.keys_inspected as f64,
+        );
+        out.add(
+            "redis_keyspace_sampler_redis_seconds_total",
+            "Round-trip time of the sampler's commands: an upper bound of the Redis time it used",
+            Kind::Counter,
+            Vec::new(),
+            self.stats.redis_seconds,
+        );
+        out.add(
+            "redis_keyspace_sampler_passes_total",
+            "Completed passes over a database",
+            Kind::Counter,
+            Vec::new(),
+            self.stats.passes as f64,
+        );
+        out.gauge(
+            "redis_keyspace_sampler_scan_batch",
+            "SCAN COUNT in use (adapted so each SCAN stays short)",
+            self.count as f64,
+        );
+        *self.facts.lock().unwrap_or_else(|p| p.into_inner()) = out;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str, ttl: Option<f64>, memory: u64) -> KeyFacts {
+        KeyFacts {
+            name: name.as_bytes().to_vec(),
+            kind: "string".into(),
+            ttl_seconds: ttl,
+            memory,
+        }
+    }
+
+    #[test]
+    fn commandstats_give_the_samplers_own_redis_time() {
+        let text = "cmdstat_scan:calls=10,usec=300,usec_per_call=30.00\r\ncmdstat_type:calls=100,usec=90\r\n\
+                    cmdstat_memory|usage:calls=100,usec=200\r\ncmdstat_get:calls=5,usec=5000\r\n";
+        assert_eq!(sampler_command_usage(text), (590.0, 10.0, 300.0));
+    }
+
+    #[test]
+    fn vanished_keys_do_not_count() {
+        let gone = [
+            Ok(Value::SimpleString("none".into())),
+            Ok(Value::Int(-2)),
+            Ok(Value::Nil),
+        ];
+        assert_eq!(key_facts(b"k".to_vec(), &gone), None);
+        let live = [
+            Ok(Value::SimpleString("hash".into())),
+            Ok(Value::Int(-1)),
+            Ok(Value::Int(120)),
+        ];
+        assert_eq!(
+            key_facts(b"k".to_vec(), &live),
+            Some(KeyFacts {
+                name: b"k".to_vec(),
+                kind: "hash".into(),
+                ttl_seconds: None,
+                memory: 120
+            })
+        );
+    }
+
+    #[test]
+    fn a_partial_pass_scales_to_the_database_and_a_census_is_exact() {
+        let config = KeyspaceConfig {
+            must_expire: vec!["session:".into()],
+            ..Default::default()
+        };
+        let mut grouper = Grouper::new(&[], true, ':', 100);
+        let mut pass = Pass::new(0, 1000, Instant::now());
+        for i in 0..100 {
+            let (name, ttl) = if i % 4 == 0 {
+                (format!("session:{i}"), None)
+            } else {
+                (format!("cache:user:{i}"), Some(30.0))
+            };
+            pass.absorb(&key(&name, ttl, 100), &mut grouper, &config);
+        }
+        let mut out = FamilySet::new();
+        pass.publish(&mut out, &config, false);
+        let value = |out: &FamilySet, name: &str, prefix: &str| {
+            out.get(name)
+                .unwrap()
+                .samples
+                .iter()
+                .find(|s| s.labels[1].1 == prefix)
+                .unwrap()
+                .value
+        };
+        assert_eq!(
+            value(&out, "redis_keyspace_prefix_keys", "session:*"),
+            250.0
+        );
+        assert_eq!(
+            value(&out, "redis_keyspace_prefix_memory_bytes", "cache:user:*"),
+            75.0 * 100.0 * 10.0
+        );
+        assert_eq!(
+            value(
+                &out,
+                "redis_keyspace_must_expire_keys_without_ttl",
+                "session:"
+            ),
+            250.0
+        );
+        let err = value(&out, "redis_keyspace_prefix_keys_error", "session:*");
+        // 1000 * sqrt(0.25*0.75/100 * 0.9) = 41.1
+        assert!((err - 41.08).abs() < 0.1, "{err}");
+        let mut exact = FamilySet::new();
+        pass.publish(&mut exact, &config, true);
+        assert_eq!(
+            value(&exact, "redis_keyspace_prefix_keys", "session:*"),
+            25.0
+        );
+        assert_eq!(
+            value(&exact, "redis_keyspace_prefix_keys_error", "session:*"),
+            0.0
+        );
+    }
+
+    #[test]
+    fn largest_keys_are_ranked_and_named_only_when_allowed() {
+        let mut config = KeyspaceConfig {
+            top_keys: 2,
+            ..Default::default()
+        };
+        let mut grouper = Grouper::new(&[], true, ':', 100);
+        let mut pass = Pass::new(0, 3, Instant::now());
+        for (name, mem) in [("a:1", 10), ("b:1", 300), ("c:1", 200)] {
+            pass.absorb(&key(name, None, mem), &mut grouper, &config);
+        }
+        let mut out = FamilySet::new();
+        pass.publish(&mut out, &config, true);
+        let largest = out.get("redis_keyspace_largest_key_bytes").unwrap();
+        assert_eq!(largest.samples.len(), 2);
+        assert_eq!(largest.samples[0].value, 300.0);
+        assert!(largest
+            .samples
+            .iter()
+            .all(|s| s.labels.iter().all(|(k, _)| *k != "key")));
+        config.export_key_names = true;
+        let mut out = FamilySet::new();
+        pass.publish(&mut out, &config, true);
+        let first = &out.get("redis_keyspace_largest_key_bytes").unwrap().samples[0];
+        assert!(first.labels.contains(&("key", "b:1".to_owned())));
+    }
+}
