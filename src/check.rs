@@ -13,6 +13,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// How long `check` samples a target's keyspace (within its budget).
+pub const KEYSPACE_LOOK: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The verdict on one alert for one series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Status {
@@ -72,7 +75,7 @@ pub async fn check(config: &Config, rules: &[AlertRule], runbook_base: &str) -> 
     for target in &config.targets {
         let mut poller = NodePoller::new(Arc::new(target.clone()), None, &ctx);
         let facts = poller.poll_facts().await;
-        let facts = match facts {
+        let mut facts = match facts {
             Ok(facts) => facts,
             Err(err) => {
                 let down = rules.iter().find(|r| r.name == "RedisDown");
@@ -93,6 +96,16 @@ pub async fn check(config: &Config, rules: &[AlertRule], runbook_base: &str) -> 
                 continue;
             }
         };
+        if let Some(keyspace) = &target.keyspace {
+            // A short budgeted look at the keyspace, so must_expire findings can be judged.
+            let sampled = crate::keyspace::sample_for(
+                Arc::new(target.clone()),
+                keyspace.clone(),
+                KEYSPACE_LOOK,
+            )
+            .await;
+            facts.merge(sampled);
+        }
         let history = NodeHistory::default();
         for rule in rules.iter().filter(|r| r.signal.instant()) {
             if !guard_passes(rule, &facts) {

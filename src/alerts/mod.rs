@@ -61,6 +61,7 @@ const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisFragmentationHigh",
     "RedisSlowlogGrowing",
     "RedisExporterCollectorFailing",
+    "RedisKeysWithoutTtl",
 );
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -468,6 +469,16 @@ pub fn pack() -> Vec<AlertRule> {
             Op::Above,
             Signal::Increase("redis_slowlog_entries_total", secs(300), "", &[]),
             vec![level(Warning, 10.0, 0)],
+            "count",
+        ),
+                rule(
+            "RedisKeysWithoutTtl",
+            "Keys that must expire have no TTL",
+            "{{ $labels.target }} {{ $labels.node }} holds about {{ $value | humanize }} keys without a TTL under {{ $labels.prefix }} (db {{ $labels.db }}), a prefix that must expire: they will never leave memory.",
+            "redis_keyspace_must_expire_keys_without_ttl",
+            Op::Above,
+            Signal::Series("redis_keyspace_must_expire_keys_without_ttl"),
+            vec![level(Warning, 0.0, 1800)],
             "count",
         ),
         rule(

@@ -357,6 +357,23 @@ struct SamplerStats {
 /// What the poller merges into each snapshot: the latest keyspace figures.
 pub type SharedFacts = Arc<Mutex<FamilySet>>;
 
+/// Samples for about `duration` within the budget and returns the figures (for `check`).
+pub async fn sample_for(
+    target: Arc<Target>,
+    config: KeyspaceConfig,
+    duration: Duration,
+) -> FamilySet {
+    let facts = Arc::new(Mutex::new(FamilySet::new()));
+    let (_stop, stop_rx) = watch::channel(false);
+    let _ = tokio::time::timeout(
+        duration,
+        run_sampler(target, config, facts.clone(), stop_rx),
+    )
+    .await;
+    let out = facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    out
+}
+
 /// Runs the sampler for one target until shutdown.
 pub async fn run_sampler(
     target: Arc<Target>,

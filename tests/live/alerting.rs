@@ -186,6 +186,10 @@ const CALM: &str = "alerting:\n  thresholds:\n    RedisLatencyHigh: {warning: 5,
 async fn check_names_what_is_wrong_and_exits_by_the_worst_finding() {
     let healthy = RedisServer::start(&["--maxmemory", "100mb"]);
     let sick = RedisServer::start(&[]);
+    // Sessions that must expire but never will.
+    for i in 0..3 {
+        let _: () = sick.cmd(&["SET", &format!("session:auth:{i}"), "token"]);
+    }
     // Memory at ~95% of maxmemory, and a client blocked on an empty list.
     let used: f64 = sick.info_field("memory", "used_memory").parse().unwrap();
     let _: () = sick.cmd(&[
@@ -208,9 +212,10 @@ async fn check_names_what_is_wrong_and_exits_by_the_worst_finding() {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, url: String| {
         let path = dir.path().join(name);
+        let keyspace = "    keyspace:\n      must_expire: [\"session:\"]\n      budget: 0.2\n";
         std::fs::write(
             &path,
-            format!("targets:\n  - name: {name}\n    url: {url}\n{CALM}"),
+            format!("targets:\n  - name: {name}\n    url: {url}\n{keyspace}{CALM}"),
         )
         .unwrap();
         path.display().to_string()
@@ -223,6 +228,10 @@ async fn check_names_what_is_wrong_and_exits_by_the_worst_finding() {
     assert_eq!(code, Some(2), "{report}");
     assert!(report.contains("CRIT sick RedisMemoryHigh"), "{report}");
     assert!(report.contains("WARN sick RedisBlockedClients"), "{report}");
+    assert!(
+        report.contains("WARN sick RedisKeysWithoutTtl {db=db0,prefix=session:}"),
+        "{report}"
+    );
     assert!(
         report.contains("runbook: docs/runbooks/RedisMemoryHigh.md"),
         "{report}"
