@@ -213,6 +213,8 @@ struct KeyspaceFile {
     export_key_names: bool,
     top_keys: Option<usize>,
     memory_samples: Option<u32>,
+    #[serde(default)]
+    on_replicas: bool,
 }
 
 /// Ports an allow-list entry accepts: `6379`, or `"6379-6380"`.
@@ -416,7 +418,6 @@ impl Target {
             follow_replicas: false,
             cluster: false,
             seeds: Vec::new(),
-            keyspace: None,
             ..self.clone()
         })
     }
@@ -699,11 +700,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                         "target {name:?}: keyspace.budget must be in (0, 0.5], got {budget}"
                     )));
                 }
-                if t.cluster {
-                    return Err(where_(format!(
-                        "target {name:?}: the keyspace sampler does not run on cluster targets yet; add the nodes as targets of their own"
-                    )));
-                }
+
                 Some(crate::keyspace::KeyspaceConfig {
                     prefixes: k.prefixes,
                     must_expire: k.must_expire,
@@ -714,6 +711,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                     export_key_names: k.export_key_names,
                     top_keys: k.top_keys.unwrap_or(defaults.top_keys).min(100),
                     memory_samples: k.memory_samples.unwrap_or(defaults.memory_samples),
+                    on_replicas: k.on_replicas,
                 })
             }
         };

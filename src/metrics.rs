@@ -110,6 +110,10 @@ impl FamilySet {
         self.families.len()
     }
 
+    pub fn clear(&mut self) {
+        self.families.clear();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.families.is_empty()
     }

@@ -103,7 +103,8 @@ impl Children {
             };
             tracing::info!(target_name = %self.target.name, node = %addr, "node found; polling it");
             let (stop_tx, stop_rx) = watch::channel(false);
-            let poller = NodePoller::new(node_target, Some(addr.clone()), &self.ctx);
+            let poller = NodePoller::new(node_target.clone(), Some(addr.clone()), &self.ctx);
+            let poller = with_sampler(poller, &node_target, &stop_rx);
             self.running
                 .insert(addr.clone(), (tokio::spawn(poller.run(stop_rx)), stop_tx));
         }

@@ -49,6 +49,9 @@ pub struct KeyspaceConfig {
     pub top_keys: usize,
     /// `MEMORY USAGE … SAMPLES n` for aggregates.
     pub memory_samples: u32,
+    /// Sample on replicas instead of primaries (each node checks its role at every pass, so
+    /// the sampling follows failovers).
+    pub on_replicas: bool,
 }
 
 impl Default for KeyspaceConfig {
@@ -63,6 +66,7 @@ impl Default for KeyspaceConfig {
             export_key_names: false,
             top_keys: 10,
             memory_samples: 5,
+            on_replicas: false,
         }
     }
 }
@@ -619,12 +623,29 @@ impl Sampler {
     async fn start_pass(&mut self) -> Result<(), &'static str> {
         let limit = self.target.poll_timeout;
         let conn = self.connection().await?;
-        let text: String =
-            tokio::time::timeout(limit, redis::cmd("INFO").arg("keyspace").query_async(conn))
-                .await
-                .map_err(|_| "INFO timed out")?
-                .map_err(|_| "INFO failed")?;
+        let text: String = tokio::time::timeout(
+            limit,
+            redis::cmd("INFO")
+                .arg("replication")
+                .arg("keyspace")
+                .query_async(conn),
+        )
+        .await
+        .map_err(|_| "INFO timed out")?
+        .map_err(|_| "INFO failed")?;
         let info = crate::collector::info::parse_info(&text);
+        let replica = info.get("role") == Some("slave");
+        if replica != self.config.on_replicas {
+            // Not this node's turn (a primary when replicas sample, or the reverse): publish
+            // nothing, so a demoted node carries no stale figures.
+            self.census.clear();
+            self.facts.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            return Err(if replica {
+                "a replica; primaries sample"
+            } else {
+                "a primary; replicas sample"
+            });
+        }
         let mut dbs: Vec<(u32, u64)> = info
             .fields()
             .filter_map(|(k, v)| {

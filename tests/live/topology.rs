@@ -350,3 +350,65 @@ async fn a_thousand_targets_with_a_third_down_are_all_polled_from_one_process() 
         .unwrap();
     assert!(rss_kb < 100.0 * 1024.0, "RSS {rss_kb} kB at 1000 targets");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyspace_sampler_runs_on_each_primary_of_a_cluster() {
+    let cluster = RedisCluster::start().await;
+    // A hash tag per master, so each master gets keys of its own.
+    let roles = cluster.roles();
+    let mut written = 0u64;
+    for (i, _) in roles.iter().filter(|(_, master)| *master) {
+        let node = &cluster.nodes[*i];
+        let ranges: String = node.cmd(&["CLUSTER", "NODES"]);
+        let mine = ranges
+            .lines()
+            .find(|l| l.contains("myself"))
+            .unwrap()
+            .to_owned();
+        let (lo, hi): (u32, u32) = mine
+            .split_whitespace()
+            .skip(8)
+            .find_map(|r| {
+                r.split_once('-')
+                    .map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap()))
+            })
+            .unwrap();
+        let tag = (0..100_000)
+            .map(|n| format!("t{n}"))
+            .find(|t| {
+                let slot: u32 = node.cmd(&["CLUSTER", "KEYSLOT", t]);
+                slot >= lo && slot <= hi
+            })
+            .unwrap();
+        for k in 0..500 {
+            let _: () = node.cmd(&["SET", &format!("cache:{{{tag}}}:{k}"), "v"]);
+        }
+        written += 500;
+    }
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\ntargets:\n  - name: prod\n    url: redis://{}\n    cluster: true\n    keyspace:\n      prefixes: [\"cache:\"]\n      budget: 0.3\n",
+        cluster.addr(0)
+    ))
+    .await;
+    let masters: Vec<String> = roles
+        .iter()
+        .filter(|(_, m)| *m)
+        .map(|(i, _)| cluster.addr(*i))
+        .collect();
+    let m = d
+        .metrics_when("a census on every primary", WAIT, |m| {
+            masters
+                .iter()
+                .all(|n| m.value("redis_keyspace_estimate", &[("node", n.as_str())]) == Some(0.0))
+        })
+        .await;
+    let per_node: Vec<(String, f64)> = m
+        .all("redis_keyspace_prefix_keys")
+        .iter()
+        .map(|l| (l.labels["node"].clone(), l.value))
+        .collect();
+    assert_eq!(per_node.len(), 3, "primaries only: {per_node:?}");
+    assert_eq!(per_node.iter().map(|(_, v)| v).sum::<f64>(), written as f64);
+    assert!(per_node.iter().all(|(n, _)| masters.contains(n)));
+    d.stop().await;
+}
