@@ -152,7 +152,7 @@ impl NodePoller {
                 let deadline = self.target.poll_timeout;
                 match timeout(deadline, self.connect()).await {
                     Ok(Ok(())) => {}
-                                        Ok(Err(_)) | Err(_) => {
+                    Ok(Err(_)) | Err(_) => {
                         // Each failed attempt lengthens the next wait (up to the interval).
                         self.conn = None;
                         self.failures = self.failures.saturating_add(1);

@@ -213,8 +213,9 @@ fn keyspace(info: &Info, databases: Option<u32>, out: &mut FamilySet) {
             }
         }
     }
-    // Dashboards expect a series per configured database even when it is empty.
-    for index in 0..databases.unwrap_or(0).min(1024) {
+    // Dashboards expect a series per configured database even when it is empty; without
+    // CONFIG (managed services) at least db0, so an emptied server reads 0 rather than nothing.
+    for index in 0..databases.unwrap_or(1).min(1024) {
         if seen.contains(&index) {
             continue;
         }
@@ -901,7 +902,10 @@ mod tests {
             10.0
         );
         assert!(out.get("redis_instance_info").is_none());
-        assert!(out.get("redis_db_keys").is_none());
+        // No keyspace lines and no known `databases`: db0 still reads 0, so an emptied server
+        // shows 0 keys rather than no series (RedisDatabaseFlushed needs the 0).
+        let keys = out.get("redis_db_keys").unwrap();
+        assert_eq!((keys.samples.len(), keys.samples[0].value), (1, 0.0));
     }
 
     #[test]
