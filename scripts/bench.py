@@ -29,10 +29,11 @@ keep-alive TCP connection (TCP_NODELAY, `Accept-Encoding: identity`), read with 
 into one preallocated, reused buffer, chunk sizes parsed in place on bytes (no copy of the
 data, no per-line reads); Content-Length and read-to-EOF bodies are handled too.  A request is
 timed with time.perf_counter from before send() to the byte that ends the body (the `0\\r\\n\\r\\n`
-of a chunked body).  The same client is used for both exporters.  Every run checks it against
-curl: 20 scrapes with one curl process (connection reused), `-w %{time_total}`, then 20 with
-RawHttp, medians printed side by side.  (HTTP/1.0 would avoid chunking: hyper then sends the
-body unchunked and closes, but every request would pay a new connection.)
+of a chunked body).  The same client is used for both exporters.  Each run checks it against
+curl: 4 alternating rounds of 10 scrapes by one curl process (connection reused,
+`-w %{time_total}`) and 10 by RawHttp; both medians and each client's CPU per scrape are
+printed.  (HTTP/1.0 would avoid chunking: hyper then sends the body unchunked and closes, but
+every request would pay a new connection.)
 Percentiles are nearest-rank (p-th = sorted[ceil(p*S)-1]) over S timed scrapes after 5
 warm-up scrapes on the same connection.  Every response must be 200 and report `redis_up 1`.
 
@@ -77,8 +78,9 @@ Starts --servers redis-servers (small keyspace), and for each size N writes a YA
 --check-config, starts lookout, waits (bounded) until the exposition has `redis_up{...} 1` for
 all N targets, then: an idle window of C poll intervals (no scrapes; CPU seconds per poll
 cycle = CPU / C; polls counted by Redis as `latency|latest` calls), then S back-to-back scrapes
-(latency, CPU per scrape, VmRSS after, VmHWM), the curl check, and stop (its connections must
-leave every server's CLIENT LIST).  Redis µs per poll: our one INFO per server per window is
+(latency, CPU per scrape, VmRSS after, VmHWM), a diagnostic series with the client setting
+TCP_QUICKACK (isolates stalls from a server-side small write waiting for a delayed ACK), the
+curl check, and stop (its connections must leave every server's CLIENT LIST).  Redis µs per poll: our one INFO per server per window is
 calibrated and subtracted as in single-target mode.
 
 Exit status: 0 when every figure was measured (PASS/MISS does not change it); 1 when
@@ -92,6 +94,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -498,8 +501,8 @@ class RawHttp:
     """GET on one keep-alive HTTP/1.1 connection; the body is read with recv_into() into one
     reused buffer and chunked framing is parsed in place on bytes (see the module docstring)."""
 
-    def __init__(self, port, path="/metrics", timeout=30.0):
-        self.port, self.timeout = port, timeout
+    def __init__(self, port, path="/metrics", timeout=30.0, quickack=False):
+        self.port, self.timeout, self.quickack = port, timeout, quickack
         self.request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                         "Accept-Encoding: identity\r\n\r\n").encode()
         self.buf = bytearray(1 << 20)
@@ -518,6 +521,8 @@ class RawHttp:
             grown = bytearray(2 * len(self.buf))
             grown[:end] = self.buf
             self.buf, self.mv = grown, memoryview(grown)
+        if self.quickack:  # diagnostic only: ACK at once (Linux resets the flag as it goes)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         n = self.sock.recv_into(self.mv[end:])
         if n == 0:
             if eof_ok:
@@ -653,12 +658,12 @@ def sample_count(body):
     return sum(1 for l in body.split(b"\n") if l and not l.startswith(b"#"))
 
 
-def scrape_series(port, n, warmup=5, before=None):
+def scrape_series(port, n, warmup=5, before=None, quickack=False):
     """n sequential GET /metrics on one keep-alive connection; latencies in ms.
 
     `warmup` requests go first on the same connection; then before() runs (it takes the Redis
     and CPU baselines), then the n timed requests.  Returns (latencies, reconnects, last body)."""
-    c = RawHttp(port)
+    c = RawHttp(port, quickack=quickack)
     lat, body = [], b""
     try:
         for i in range(warmup + n):
@@ -685,30 +690,53 @@ def latency_summary(lat):
             "mean": statistics.fmean(s), "n": len(s)}
 
 
-def curl_check(port, n=20):
-    """n scrapes by one curl process (connection reused) and n by RawHttp, back to back."""
+def curl_check(port, rounds=4, per_round=10):
+    """Alternating rounds: per_round scrapes by one curl process (connection reused, -w
+    %{time_total}), then per_round by RawHttp; medians and CPU per scrape of each client."""
     url = f"http://127.0.0.1:{port}/metrics"
     argv = ["curl", "-s", "-w", "%{time_total} %{num_connects} %{http_code}\\n"]
-    for _ in range(n):
+    for _ in range(per_round):
         argv += [url, "-o", "/dev/null"]
+    curl_ms, mine, conns, curl_cpu, my_cpu = [], [], 0, 0.0, 0.0
+    c = RawHttp(port)  # one connection and one buffer for all rounds, warmed up first
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return f"curl check failed: {e}"
-    rows = [l.split() for l in out.splitlines() if l.strip()]
-    if len(rows) != n or any(r[2] != "200" for r in rows):
-        return f"curl check failed: {out[-300:]!r}"
-    curl_ms = sorted(float(r[0]) * 1000.0 for r in rows)
-    conns = sum(int(r[1]) for r in rows)
-    try:
-        lat, _, _ = scrape_series(port, n, warmup=2)
-    except BenchError as e:
-        return f"curl check: bench client failed: {e}"
-    mine = sorted(lat)
-    return (f"curl -w %{{time_total}}, {n} scrapes in one process ({conns} connection(s) "
-            f"opened): median {statistics.median(curl_ms):.3f} ms (min {curl_ms[0]:.3f}, max "
-            f"{curl_ms[-1]:.3f}); bench client right after, {n} scrapes: median "
-            f"{statistics.median(mine):.3f} ms (min {mine[0]:.3f}, max {mine[-1]:.3f})")
+        for _ in range(2):
+            c.get()
+    except (OSError, ValueError) as e:
+        c.close()
+        return f"curl check: bench client failed: {e!r}"
+    for _ in range(rounds):
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"curl check failed: {e}"
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        curl_cpu += ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+        rows = [l.split() for l in out.splitlines() if l.strip()]
+        if len(rows) != per_round or any(r[2] != "200" for r in rows):
+            return f"curl check failed: {out[-300:]!r}"
+        curl_ms += [float(r[0]) * 1000.0 for r in rows]
+        conns += sum(int(r[1]) for r in rows)
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        try:
+            lat = [c.get()[3] * 1000.0 for _ in range(per_round)]
+        except (OSError, ValueError) as e:
+            c.close()
+            return f"curl check: bench client failed: {e!r}"
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        my_cpu += ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+        mine += lat
+    c.close()
+    n = rounds * per_round
+    curl_ms.sort()
+    mine.sort()
+    return (f"{rounds} alternating rounds of {per_round} scrapes: curl `-w %{{time_total}}` "
+            f"(one process per round, {conns} connection(s) opened in all) median "
+            f"{statistics.median(curl_ms):.3f} ms (min {curl_ms[0]:.3f}, max {curl_ms[-1]:.3f}), "
+            f"curl CPU {curl_cpu * 1000 / n:.3f} ms per scrape (incl. its start-up); bench "
+            f"client median {statistics.median(mine):.3f} ms (min {mine[0]:.3f}, max "
+            f"{mine[-1]:.3f}), CPU {my_cpu * 1000 / n:.3f} ms per scrape (one connection throughout)")
 
 
 # ---------------------------------------------------------------- CPU
@@ -1257,6 +1285,9 @@ def multi_size(args, servers, n):
     tot = metric_sum(body, "redis_lookout_poll_duration_seconds_sum")
     res["poll_wall_mean_ms"] = tot / cnt * 1000.0 if cnt else None
     res["clients"] = sum(named_clients(r, "redis-lookout") for _, r in servers)
+    qa = min(scrapes, 300)
+    log(f"{name}: {qa} scrapes with the client ACKing at once (diagnostic)")
+    res["lat_qa"] = latency_summary(scrape_series(port, qa, quickack=True)[0])
     res["curl"] = curl_check(port)
     res["exit_code"] = stop_started(name, p)
     res["log"] = read_log(logname)
@@ -1298,6 +1329,17 @@ def print_multi_report(args, machine, results):
               f"{r['cpu_scrape_ms']:.3f} | {r['polls_redis'] / r['idle_cycles']:.1f} | "
               + (f"{r['redis_usec'] / r['polls_redis']:.1f}" if r["polls_redis"] else "–")
               + " |")
+    print()
+    print("Diagnostic, not the measurement: the same scrapes right after, with the client "
+          "setting TCP_QUICKACK before every recv (it ACKs at once instead of delaying ACKs), "
+          "which removes any stall caused by the server holding back a small write (Nagle) "
+          "until the client's delayed ACK:\n")
+    print("| targets | scrapes | p50 ms | p90 ms | p99 ms | max ms | mean ms |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        q = r["lat_qa"]
+        print(f"| {r['n']} | {q['n']} | {f3(q['p50'])} | {f3(q['p90'])} | {f3(q['p99'])} | "
+              f"{f3(q['max'])} | {f3(q['mean'])} |")
     print()
     print("Targets (they apply at 1000 targets):\n")
     print("| targets | /metrics p99 < 20 ms | RSS < 100 MB (judged on the peak, VmHWM) |")
