@@ -1142,7 +1142,7 @@ def print_report(args, machine, lk, ex):
     gaps = [f"{(b - a) * 1.0:g}" for a, b in zip(ks, ks[1:])]
     unusable = [s for s in lk["samples"] if not s["valid"]]
     print("Notes:")
-    print(f"- commandstats refreshes seen in window 2 at sample {', '.join(map(str, ks))} "
+    print(f"- commandstats refreshes seen in window 2 at sample {', '.join(map(str, ks)) or 'none'} "
           f"(1 s apart); seconds between refreshes: {', '.join(gaps) or '–'}; window 1's count "
           f"({n_cs1_txt}) is (request bytes - polls x {cls['base_in']} - CONFIG GET refreshes x "
           f"{', '.join(map(str, cls['cfg_in'])) or '?'}) / "
