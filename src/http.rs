@@ -59,6 +59,11 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // A response is written in several chunks: without NODELAY the last short
+                // segment can wait on the client's delayed ACK (~40 ms on Linux).
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %err, "TCP_NODELAY not set");
+                }
                 let state = state.clone();
                 let service = service_fn(move |req| handle(state.clone(), req));
                 let conn = http1::Builder::new()

@@ -134,6 +134,7 @@ impl NodePoller {
         let interval = self.target.poll_interval;
         let mut next_poll = tokio::time::Instant::now();
         let mut next_retry: Option<tokio::time::Instant> = None;
+        let mut first = true;
         loop {
             let wake = match next_retry {
                 Some(retry) if retry < next_poll => retry,
@@ -163,7 +164,12 @@ impl NodePoller {
             }
             self.poll_and_publish().await;
             let after = tokio::time::Instant::now();
-            next_poll = if now >= next_poll {
+            next_poll = if std::mem::take(&mut first) {
+                // Every node polls at once at start-up (so `redis_up` is known quickly); the
+                // second poll is shifted by a per-node phase so that many nodes spread over the
+                // interval instead of polling in one burst forever after.
+                now + interval + interval.mul_f64(self.phase())
+            } else if now >= next_poll {
                 let scheduled = next_poll + interval;
                 if scheduled <= after {
                     after + interval
@@ -181,6 +187,16 @@ impl NodePoller {
         }
         self.store
             .forget(&(self.target.name.clone(), self.node.clone()));
+    }
+
+    /// This node's place in the interval, in [0, 1): the same for a (target, node) pair in a
+    /// given build, so a restart keeps the rhythm, and spread evenly over many pairs.
+    fn phase(&self) -> f64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.target.name.hash(&mut hasher);
+        self.node.hash(&mut hasher);
+        (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Capped exponential backoff with jitter: 250 ms, 500 ms, 1 s, … never past the interval.

@@ -4,7 +4,7 @@
 //! `Arc`s, so a scrape never waits on a poll and a poll never waits on a scrape.
 
 use crate::error::PollError;
-use crate::metrics::{merge_exposition, HasFamilies, RenderedFamily};
+use crate::metrics::{merge_exposition, HasFamilies, Rendered};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -15,7 +15,7 @@ pub struct Snapshot {
     pub target: String,
     /// `host:port` for nodes found by discovery; None for the configured node itself.
     pub node: Option<String>,
-    pub families: Vec<RenderedFamily>,
+    pub families: Rendered,
     pub up: bool,
     pub error: Option<PollError>,
     pub polled_at: SystemTime,
@@ -115,7 +115,7 @@ impl SnapshotStore {
 }
 
 impl HasFamilies for Snapshot {
-    fn families(&self) -> &[RenderedFamily] {
+    fn rendered(&self) -> &Rendered {
         &self.families
     }
 }
