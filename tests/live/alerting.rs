@@ -2,7 +2,7 @@
 //! in-process alerts, and the `check` command's report and exit codes.
 
 use crate::support::*;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -53,16 +53,7 @@ fn the_rule_tests_cover_every_alert_firing_and_not_firing() {
 }
 
 struct Alertmanager {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    server: LoopbackServer,
 }
 
 impl Alertmanager {
@@ -74,35 +65,20 @@ impl Alertmanager {
             "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n",
         )
         .unwrap();
-        let port = free_port();
-        let child = Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.path().display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        let args = [
+            format!("--config.file={}", config.display()),
+            format!("--storage.path={}", dir.path().display()),
             // No gossip: a test Alertmanager listens on loopback only.
-            .arg("--cluster.listen-address=")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus-alertmanager (apt-get install prometheus-alertmanager)");
-        let am = Alertmanager {
-            child,
-            port,
-            _dir: dir,
-        };
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_for("alertmanager ready", WAIT, || async move {
-            tokio::net::TcpStream::connect(addr).await.ok()?;
-            (http_get(addr, "/-/ready").await.0 == 200).then_some(())
-        })
-        .await;
-        am
+            "--cluster.listen-address=".to_owned(),
+        ];
+        Alertmanager {
+            server: LoopbackServer::start("prometheus-alertmanager", &args, dir).await,
+        }
     }
 
     /// Alerts Alertmanager holds, as (alertname, target, still active).
     async fn alerts(&self) -> Vec<(String, String, bool)> {
-        let addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let (status, body) = http_get(addr, "/api/v2/alerts").await;
+        let (status, body) = http_get(self.server.addr, "/api/v2/alerts").await;
         assert_eq!(status, 200, "{body}");
         let alerts: serde_json::Value = serde_json::from_str(&body).expect("Alertmanager JSON");
         alerts
@@ -129,7 +105,7 @@ async fn a_dead_redis_reaches_alertmanager_and_its_recovery_resolves_it() {
     let d = Daemon::start(&format!(
         "poll_interval: 200ms\ntargets:\n  - name: sessions\n    url: {}\nalerting:\n  alertmanager: http://127.0.0.1:{}\n  resend_interval: 1s\n  thresholds:\n    RedisDown: {{for: 2s}}\n",
         redis.url(),
-        am.port
+        am.server.addr.port()
     ))
     .await;
     d.wait_up("sessions").await;
@@ -261,24 +237,18 @@ async fn check_names_what_is_wrong_and_exits_by_the_worst_finding() {
     blocked.join().unwrap();
 }
 
+/// Every example in `docs/prometheus/`, whatever its name, so a new one cannot skip the check.
 #[test]
 fn the_documented_prometheus_configs_pass_promtool() {
-    for file in [
-        "single-target.yml",
-        "multi-target.yml",
-        "sharded-discovery.yml",
-    ] {
-        let out = Command::new("promtool")
-            .args(["check", "config", &repo(&format!("docs/prometheus/{file}"))])
-            .output()
-            .expect("promtool");
-        assert!(
-            out.status.success(),
-            "{file}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let mut checked = 0;
+    for entry in std::fs::read_dir(repo("docs/prometheus")).expect("docs/prometheus") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            assert_promtool_accepts_config(&path);
+            checked += 1;
+        }
     }
+    assert!(checked >= 3, "only {checked} configs in docs/prometheus");
 }
 
 #[test]

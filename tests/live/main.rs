@@ -4,6 +4,7 @@
 
 mod alerting;
 mod compat;
+mod dashboards;
 mod exposition;
 mod faults;
 mod keyspace;

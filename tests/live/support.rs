@@ -691,3 +691,73 @@ pub fn promtool_check_metrics(text: &str) -> Option<(bool, Vec<String>)> {
     );
     Some((out.status.success(), lines))
 }
+
+/// Whether a tool the tests drive (redis_exporter, systemd-analyze) is installed.
+pub fn installed(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok()
+}
+
+/// A server of the Prometheus family (Prometheus, Alertmanager) on a free loopback port, its
+/// files and log in a temp dir; killed on drop.
+pub struct LoopbackServer {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl LoopbackServer {
+    /// Runs `program` with `args` plus `--web.listen-address=<free port>` (stderr to
+    /// `<dir>/server.log`) and waits until `GET /-/ready` answers 200.
+    pub async fn start(program: &str, args: &[String], dir: tempfile::TempDir) -> LoopbackServer {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
+        let child = Command::new(program)
+            .args(args)
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e} (scripts/setup installs it)"));
+        let server = LoopbackServer { child, addr, dir };
+        wait_for(
+            &format!("{program} ready"),
+            Duration::from_secs(30),
+            || async move {
+                tokio::net::TcpStream::connect(addr).await.ok()?;
+                (http_get(addr, "/-/ready").await.0 == 200).then_some(())
+            },
+        )
+        .await;
+        server
+    }
+
+    /// The last lines of the server's log (for a failing test's message).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for LoopbackServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts that `promtool check config` accepts a Prometheus config file.
+pub fn assert_promtool_accepts_config(path: &Path) {
+    let out = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(path)
+        .output()
+        .expect("promtool (apt-get install prometheus)");
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
