@@ -10,5 +10,6 @@ mod faults;
 mod keyspace;
 mod process;
 mod secrets;
+mod sentinel;
 mod support;
 mod topology;

@@ -45,6 +45,8 @@ pub struct RedisServer {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// For a Sentinel: its first configuration (Sentinel rewrites the file as it learns).
+    sentinel_conf: Option<String>,
 }
 
 /// A port below 55535 whose cluster bus port (+10000) is free too.
@@ -90,7 +92,29 @@ impl RedisServer {
         )
     }
 
+    /// A Sentinel monitoring `master` under `name` with the given quorum, quick to judge a
+    /// master down (2.5 s: shorter makes a busy 2-core CI machine fail over spuriously) and to
+    /// fail over (5 s timeout).
+    pub fn sentinel(master: &RedisServer, name: &str, quorum: u32) -> RedisServer {
+        let conf = format!(
+            "sentinel monitor {name} 127.0.0.1 {port} {quorum}\n\
+             sentinel down-after-milliseconds {name} 2500\n\
+             sentinel failover-timeout {name} 5000\n\
+             sentinel parallel-syncs {name} 1\n",
+            port = master.port
+        );
+        Self::start_inner(free_port, &[], Some(conf))
+    }
+
     fn start_with(pick_port: fn() -> u16, extra: &[&str]) -> RedisServer {
+        Self::start_inner(pick_port, extra, None)
+    }
+
+    fn start_inner(
+        pick_port: fn() -> u16,
+        extra: &[&str],
+        sentinel_conf: Option<String>,
+    ) -> RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // A port found free can be taken before redis binds it: try a few.
         for _attempt in 0..5 {
@@ -99,6 +123,7 @@ impl RedisServer {
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
                 extra: extra.clone(),
+                sentinel_conf: sentinel_conf.clone(),
             };
             server.spawn();
             if server.wait_ready(Duration::from_secs(10)) {
@@ -110,6 +135,14 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            let path = self.dir.path().join("sentinel.conf");
+            // On a restart the file Sentinel rewrote is kept: it holds what it learned.
+            if !path.exists() {
+                std::fs::write(&path, conf).expect("write sentinel.conf");
+            }
+            cmd.arg(path).arg("--sentinel");
+        }
         cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
