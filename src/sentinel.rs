@@ -221,7 +221,7 @@ impl SentinelView {
     }
 
     /// The master and replicas from the Sentinel that answered last, else from each in turn.
-    async fn ask(&mut self) -> Option<MasterView> {
+    pub async fn ask(&mut self) -> Option<MasterView> {
         let master = self.target.sentinel.as_ref()?.master.clone();
         let limit = self.target.poll_timeout;
         let sentinels = self.sentinels().to_vec();

@@ -307,3 +307,29 @@ async fn sentinel_families_match_redis_exporter_for_the_same_sentinel() {
     );
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_judges_the_master_sentinel_names_and_says_when_none_does() {
+    use crate::alerting::{run_check, CALM};
+    let master = RedisServer::start(&["--maxmemory", "100mb"]);
+    let sentinel = RedisServer::sentinel(&master, MASTER, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, master_name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "targets:\n  - name: {name}\n    sentinel:\n      master: {master_name}\n      addrs: [\"{}\"]\n{CALM}",
+                sentinel.url()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (code, report) = run_check(&["--config", &write("ha", MASTER)]);
+    assert_eq!(code, Some(0), "a healthy master behind Sentinel: {report}");
+    // A typo in the master name must not pass by polling the Sentinel itself.
+    let (code, report) = run_check(&["--config", &write("typo", "no-such-master")]);
+    assert_eq!(code, Some(2), "{report}");
+    assert!(report.contains("no Sentinel"), "{report}");
+}
