@@ -96,11 +96,21 @@ impl RedisServer {
     /// master down (2.5 s: shorter makes a busy 2-core CI machine fail over spuriously) and to
     /// fail over (5 s timeout).
     pub fn sentinel(master: &RedisServer, name: &str, quorum: u32) -> RedisServer {
+        Self::sentinel_with(master, name, quorum, "")
+    }
+
+    /// As [`RedisServer::sentinel`], with more lines for sentinel.conf (passwords, …).
+    pub fn sentinel_with(
+        master: &RedisServer,
+        name: &str,
+        quorum: u32,
+        extra_conf: &str,
+    ) -> RedisServer {
         let conf = format!(
             "sentinel monitor {name} 127.0.0.1 {port} {quorum}\n\
              sentinel down-after-milliseconds {name} 2500\n\
              sentinel failover-timeout {name} 5000\n\
-             sentinel parallel-syncs {name} 1\n",
+             sentinel parallel-syncs {name} 1\n{extra_conf}",
             port = master.port
         );
         Self::start_inner(free_port, &[], Some(conf))
