@@ -195,6 +195,7 @@ struct TargetFile {
     #[serde(default)]
     seeds: Vec<RedisUrl>,
     keyspace: Option<KeyspaceFile>,
+    watch: Option<WatchFile>,
 }
 
 /// `keyspace:` of a target: the prefix sampler's settings (see `config.example.yaml`).
@@ -215,6 +216,26 @@ struct KeyspaceFile {
     memory_samples: Option<u32>,
     #[serde(default)]
     on_replicas: bool,
+}
+
+/// `watch:` of a target: the queues, streams and patterns to follow (see `config.example.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchFile {
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    streams: Vec<String>,
+    #[serde(default)]
+    count: Vec<String>,
+    #[serde(default)]
+    values: bool,
+    #[serde(default)]
+    consumers: bool,
+    max_matches: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    budget: Option<f64>,
 }
 
 /// Ports an allow-list entry accepts: `6379`, or `"6379-6380"`.
@@ -408,6 +429,8 @@ pub struct Target {
     pub seeds: Vec<RedisUrl>,
     /// The keyspace prefix sampler, when configured.
     pub keyspace: Option<crate::keyspace::KeyspaceConfig>,
+    /// The watched keys, streams and counted patterns, when configured.
+    pub watch: Option<crate::keyspace::watched::WatchConfig>,
 }
 
 impl Target {
@@ -584,6 +607,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 cluster: false,
                 seeds: Vec::new(),
                 keyspace: None,
+                watch: None,
             }),
             1 => file_targets[0].url = url,
             n => {
@@ -608,6 +632,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             cluster: false,
             seeds: Vec::new(),
             keyspace: None,
+            watch: None,
         });
     }
 
@@ -715,7 +740,41 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 })
             }
         };
+        let watch = match t.watch {
+            None => None,
+            Some(w) => {
+                let defaults = crate::keyspace::watched::WatchConfig::default();
+                let budget = w.budget.unwrap_or(defaults.budget);
+                if !(budget > 0.0 && budget <= 0.5) {
+                    return Err(where_(format!(
+                        "target {name:?}: watch.budget must be in (0, 0.5], got {budget}"
+                    )));
+                }
+                let entries = |list: &[String]| {
+                    list.iter()
+                        .map(|raw| crate::keyspace::watched::WatchEntry::parse(raw))
+                        .collect()
+                };
+                Some(crate::keyspace::watched::WatchConfig {
+                    keys: entries(&w.keys),
+                    streams: entries(&w.streams),
+                    count: entries(&w.count),
+                    values: w.values,
+                    consumers: w.consumers,
+                    max_matches: w
+                        .max_matches
+                        .unwrap_or(defaults.max_matches)
+                        .clamp(1, 100_000),
+                    interval: w
+                        .interval
+                        .unwrap_or(poll_interval)
+                        .max(Duration::from_millis(100)),
+                    budget,
+                })
+            }
+        };
         targets.push(Target {
+            watch,
             keyspace,
             name,
             url: t.url,

@@ -138,6 +138,7 @@ impl OnDemand {
             cluster: false,
             seeds: Vec::new(),
             keyspace: None,
+            watch: None,
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();

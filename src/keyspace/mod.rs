@@ -22,6 +22,7 @@
 
 pub mod generate;
 pub mod grouping;
+pub mod watched;
 
 use crate::config::Target;
 use crate::metrics::{FamilySet, Kind};
@@ -350,6 +351,13 @@ impl Pass {
     }
 }
 
+/// The rest after `busy` that keeps busy / (busy + rest) at `budget` (a share of wall time):
+/// the pacing of the sampler and of the key watcher.
+pub fn rest_for(busy: Duration, budget: f64) -> Duration {
+    let budget = budget.clamp(0.0001, 0.5);
+    busy.mul_f64((1.0 - budget) / budget)
+}
+
 /// The sampler's own counters, published with its figures.
 #[derive(Debug, Default, Clone)]
 struct SamplerStats {
@@ -492,10 +500,7 @@ impl Sampler {
                 if self.last_publish.elapsed() >= Duration::from_secs(1) {
                     self.publish();
                 }
-                // Rest so that busy / (busy + rest) stays under the budget.
-                let budget = self.config.budget.clamp(0.0001, 0.5);
-                busy.mul_f64((1.0 - budget) / budget)
-                    .max(Duration::from_millis(1))
+                rest_for(busy, self.config.budget).max(Duration::from_millis(1))
             }
             Err(why) => {
                 tracing::debug!(target_name = %self.target.name, problem = why, "keyspace sampler paused");
