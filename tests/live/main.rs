@@ -12,3 +12,4 @@ mod process;
 mod secrets;
 mod support;
 mod topology;
+mod watch;
