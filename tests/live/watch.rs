@@ -246,3 +246,79 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
         round, redis_seconds
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_lfu_the_hottest_key_found_is_the_one_the_test_made_hot() {
+    let lfu = RedisServer::start(&["--maxmemory-policy", "allkeys-lfu"]);
+    let plain = RedisServer::start(&[]);
+    let _: () = plain.cmd(&["SET", "cache:item:1", "v"]);
+    let mut conn = lfu
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET")
+            .arg(format!("cache:item:{i}"))
+            .arg("v")
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    // Skewed: every key read once, a few warm ones 300 times, cache:item:1234 20,000 times.
+    let mut reads = redis::pipe();
+    for i in 0..2000 {
+        reads.cmd("GET").arg(format!("cache:item:{i}")).ignore();
+    }
+    for warm in [7, 99, 1500] {
+        for _ in 0..300 {
+            reads.cmd("GET").arg(format!("cache:item:{warm}")).ignore();
+        }
+    }
+    for _ in 0..20_000 {
+        reads.cmd("GET").arg("cache:item:1234").ignore();
+    }
+    let _: () = reads.query_async(&mut conn).await.unwrap();
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\ntargets:\n  - name: lfu\n    url: {}\n    keyspace:\n      export_key_names: true\n      top_keys: 3\n      budget: 0.3\n  - name: plain\n    url: {}\n    keyspace:\n      budget: 0.3\n",
+        lfu.url(),
+        plain.url()
+    ))
+    .await;
+    let m = d
+        .metrics_when("a census of both", WAIT, |m| {
+            m.value("redis_keyspace_estimate", &[("target", "lfu")]) == Some(0.0)
+                && m.value("redis_keyspace_estimate", &[("target", "plain")]) == Some(0.0)
+        })
+        .await;
+    assert_eq!(
+        m.value("redis_keyspace_hotkeys_enabled", &[("target", "lfu")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value("redis_keyspace_hotkeys_enabled", &[("target", "plain")]),
+        Some(0.0)
+    );
+    let hottest = m
+        .all("redis_keyspace_hottest_key_lfu_freq")
+        .into_iter()
+        .find(|l| l.labels["rank"] == "1")
+        .expect("a hottest key");
+    assert_eq!(hottest.labels["key"], "cache:item:1234");
+    assert_eq!(hottest.labels["prefix"], "cache:item:*");
+    let freq: i64 = lfu.cmd(&["OBJECT", "FREQ", "cache:item:1234"]);
+    assert_eq!(hottest.value, freq as f64);
+    let share = m
+        .value(
+            "redis_keyspace_hot_key_access_share",
+            &[("prefix", "cache:item:*")],
+        )
+        .unwrap();
+    assert!(share > 0.5, "the hot key's share of accesses: {share}");
+    assert!(m
+        .all("redis_keyspace_hottest_key_lfu_freq")
+        .iter()
+        .all(|l| l.labels["target"] == "lfu"));
+    eprintln!("hot key: LFU counter {freq}, estimated share {share:.3}");
+    d.stop().await;
+}
