@@ -1129,6 +1129,10 @@ mod properties {
         assert_eq!(c.targets[1].poll_timeout, Duration::from_secs(3));
         assert!(c.targets[1].follow_replicas && c.targets[2].cluster);
         assert_eq!(c.targets[2].seeds.len(), 2);
+        let watch = c.targets[0].watch.as_ref().expect("watch section");
+        assert_eq!(watch.keys[0].pattern, "queue:notification:*");
+        assert_eq!(watch.interval, Duration::from_secs(15));
+        assert_eq!(watch.max_matches, 1000);
         assert_eq!(
             c.scrape_allow[0].ports,
             PortRange {

@@ -520,6 +520,9 @@ struct Watcher {
     redis_seconds: f64,
 }
 
+/// A SCAN reply: the next cursor and the keys of this step.
+type ScanReply = (u64, Vec<Vec<u8>>);
+
 /// Glob expansion of one entry.
 struct Expansion {
     keys: Vec<Vec<u8>>,
@@ -582,7 +585,7 @@ impl Watcher {
                 .arg(pattern)
                 .arg("COUNT")
                 .arg(self.count);
-            let (reply, took): (Vec<(u64, Vec<Vec<u8>>)>, Duration) = self.send(&pipe).await?;
+            let (reply, took): (Vec<ScanReply>, Duration) = self.send(&pipe).await?;
             if took > SLOW_ROUND_TRIP {
                 self.count = (self.count / 2).max(10);
             } else if took < SLOW_ROUND_TRIP / 4 {
