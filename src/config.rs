@@ -197,6 +197,7 @@ struct TargetFile {
     seeds: Vec<RedisUrl>,
     keyspace: Option<KeyspaceFile>,
     sentinel: Option<SentinelFile>,
+    watch: Option<WatchFile>,
 }
 
 /// `sentinel:` of a target: the Sentinels to ask and the master name they monitor.
@@ -229,6 +230,26 @@ struct KeyspaceFile {
     memory_samples: Option<u32>,
     #[serde(default)]
     on_replicas: bool,
+}
+
+/// `watch:` of a target: the queues, streams and patterns to follow (see `config.example.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchFile {
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    streams: Vec<String>,
+    #[serde(default)]
+    count: Vec<String>,
+    #[serde(default)]
+    values: bool,
+    #[serde(default)]
+    consumers: bool,
+    max_matches: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    budget: Option<f64>,
 }
 
 /// Ports an allow-list entry accepts: `6379`, or `"6379-6380"`.
@@ -441,6 +462,8 @@ pub struct Target {
     pub keyspace: Option<crate::keyspace::KeyspaceConfig>,
     /// A target whose master and replicas are found through Sentinel.
     pub sentinel: Option<SentinelTarget>,
+    /// The watched keys, streams and counted patterns, when configured.
+    pub watch: Option<crate::keyspace::watched::WatchConfig>,
 }
 
 /// How to reach the Sentinels of a Sentinel-defined target.
@@ -480,6 +503,7 @@ impl Target {
             seeds: Vec::new(),
             keyspace: None,
             sentinel: None,
+            watch: None,
             ..self.clone()
         })
     }
@@ -647,6 +671,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 seeds: Vec::new(),
                 keyspace: None,
                 sentinel: None,
+                watch: None,
             }),
             1 => file_targets[0].url = Some(url),
             n => {
@@ -672,6 +697,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             seeds: Vec::new(),
             keyspace: None,
             sentinel: None,
+            watch: None,
         });
     }
 
@@ -810,7 +836,41 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 })
             }
         };
+        let watch = match t.watch {
+            None => None,
+            Some(w) => {
+                let defaults = crate::keyspace::watched::WatchConfig::default();
+                let budget = w.budget.unwrap_or(defaults.budget);
+                if !(budget > 0.0 && budget <= 0.5) {
+                    return Err(where_(format!(
+                        "target {name:?}: watch.budget must be in (0, 0.5], got {budget}"
+                    )));
+                }
+                let entries = |list: &[String]| {
+                    list.iter()
+                        .map(|raw| crate::keyspace::watched::WatchEntry::parse(raw))
+                        .collect()
+                };
+                Some(crate::keyspace::watched::WatchConfig {
+                    keys: entries(&w.keys),
+                    streams: entries(&w.streams),
+                    count: entries(&w.count),
+                    values: w.values,
+                    consumers: w.consumers,
+                    max_matches: w
+                        .max_matches
+                        .unwrap_or(defaults.max_matches)
+                        .clamp(1, 100_000),
+                    interval: w
+                        .interval
+                        .unwrap_or(poll_interval)
+                        .max(Duration::from_millis(100)),
+                    budget,
+                })
+            }
+        };
         targets.push(Target {
+            watch,
             keyspace,
             sentinel,
             name,
@@ -1202,6 +1262,10 @@ mod properties {
         assert_eq!(c.targets[1].poll_timeout, Duration::from_secs(3));
         assert!(c.targets[1].follow_replicas && c.targets[2].cluster);
         assert_eq!(c.targets[2].seeds.len(), 2);
+        let watch = c.targets[0].watch.as_ref().expect("watch section");
+        assert_eq!(watch.keys[0].pattern, "queue:notification:*");
+        assert_eq!(watch.interval, Duration::from_secs(15));
+        assert_eq!(watch.max_matches, 1000);
         assert_eq!(
             c.scrape_allow[0].ports,
             PortRange {

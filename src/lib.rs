@@ -10,6 +10,7 @@
 //!                             clusters)│         │ facts of each poll                              │
 //!                                      │         └──────────► alerts::eval ─► alerts::alertmanager ├─► /alerts
 //!                                      ├─ keyspace sampler (own task, SCAN within a budget) ─► poller
+//!                                      ├─ key watcher (own task: watched queues, streams) ──► poller
 //!                                      └─ telemetry (process self-metrics) ────────────────────────┘
 //! check (one-shot): config ─► poller::poll_facts ─► alerts (instant signals) ─► report, exit 0/1/2
 //! ```
@@ -29,7 +30,9 @@
 //! - [`collector`]: one file per source (INFO, CONFIG, SLOWLOG, LATENCY, CLUSTER, SENTINEL): the commands
 //!   it wants and a pure parser from replies to [`metrics::FamilySet`].
 //! - [`keyspace`]: the budgeted SCAN sampler per target (prefix groups, TTLs, memory,
-//!   must_expire findings), whose figures join the node's snapshots; the test keyspace generator.
+//!   must_expire findings, hot keys under LFU), whose figures join the node's snapshots; the
+//!   test keyspace generator; [`keyspace::watched`]: the keys, streams and patterns a target
+//!   names in `watch:` (lengths, consumer-group lag), read on their own schedule.
 //! - [`metrics`]: the family/sample model, text rendering, interning, the merge of snapshots.
 //! - [`snapshot`]: the shared map of nodes and their latest snapshots; readiness, discovery.
 //! - [`scrape`]: `/scrape?target=` with its allow-list and on-demand pollers.

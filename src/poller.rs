@@ -86,7 +86,7 @@ pub struct NodePoller {
     replicas_out: Option<watch::Sender<Vec<String>>>,
     /// Figures another task keeps for this node (the keyspace sampler), merged into each
     /// successful poll's snapshot.
-    extra_facts: Option<crate::keyspace::SharedFacts>,
+    extra_facts: Vec<crate::keyspace::SharedFacts>,
 }
 
 impl NodePoller {
@@ -113,13 +113,13 @@ impl NodePoller {
             connections_total: 0,
             durations: Histogram::new(POLL_BUCKETS),
             replicas_out: None,
-            extra_facts: None,
+            extra_facts: Vec::new(),
         }
     }
 
     /// Merges `facts` (kept up to date elsewhere) into every successful poll's snapshot.
     pub fn with_extra_facts(mut self, facts: crate::keyspace::SharedFacts) -> Self {
-        self.extra_facts = Some(facts);
+        self.extra_facts.push(facts);
         self
     }
 
@@ -244,7 +244,7 @@ impl NodePoller {
                 }
                 self.log_transition(true, None);
                 let mut set = set;
-                if let Some(extra) = &self.extra_facts {
+                for extra in &self.extra_facts {
                     set.merge(extra.lock().unwrap_or_else(|p| p.into_inner()).clone());
                 }
                 (set, Some(ping), None)

@@ -139,6 +139,7 @@ impl OnDemand {
             seeds: Vec::new(),
             keyspace: None,
             sentinel: None,
+            watch: None,
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();

@@ -50,11 +50,31 @@ fn with_sampler(
     target: &Arc<Target>,
     shutdown: &watch::Receiver<bool>,
 ) -> NodePoller {
+    let poller = with_watch(poller, target, shutdown);
     let Some(config) = target.keyspace.clone() else {
         return poller;
     };
     let facts = Arc::new(std::sync::Mutex::new(FamilySet::new()));
     tokio::spawn(crate::keyspace::run_sampler(
+        target.clone(),
+        config,
+        facts.clone(),
+        shutdown.clone(),
+    ));
+    poller.with_extra_facts(facts)
+}
+
+/// Starts the key watcher of a target that configures `watch:`, feeding the node's snapshots.
+fn with_watch(
+    poller: NodePoller,
+    target: &Arc<Target>,
+    shutdown: &watch::Receiver<bool>,
+) -> NodePoller {
+    let Some(config) = target.watch.clone() else {
+        return poller;
+    };
+    let facts = Arc::new(std::sync::Mutex::new(FamilySet::new()));
+    tokio::spawn(crate::keyspace::watched::run_watcher(
         target.clone(),
         config,
         facts.clone(),

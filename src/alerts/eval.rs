@@ -235,6 +235,19 @@ pub fn readings(
                 _ => Vec::new(),
             }
         }
+        Signal::SeriesChange(family, window) => {
+            let Some(start) = now.checked_sub(window) else {
+                return Vec::new();
+            };
+            readings(&Signal::Series(family), facts, history, now)
+                .into_iter()
+                .filter_map(|(labels, value)| {
+                    let points = history.series.get(&(family.to_owned(), labels.clone()))?;
+                    let then = NodeHistory::value_at(points, start)?;
+                    Some((labels, value - then))
+                })
+                .collect()
+        }
     }
 }
 
@@ -255,7 +268,8 @@ fn remembered(signal: &Signal) -> Vec<(&'static str, Duration)> {
         Signal::Rate(f, w)
         | Signal::Increase(f, w, ..)
         | Signal::DropFromMax(f, w)
-        | Signal::ShareOfEarlier(f, w, _) => {
+        | Signal::ShareOfEarlier(f, w, _)
+        | Signal::SeriesChange(f, w) => {
             vec![(f, w)]
         }
         Signal::HitRatio(w, _) => vec![
@@ -504,6 +518,64 @@ mod tests {
 
     fn evaluator() -> Evaluator {
         Evaluator::new(pack(), "docs/runbooks".into())
+    }
+
+    fn queues(at: Instant, sizes: &[(&str, f64)]) -> Observation {
+        let mut set = FamilySet::new();
+        for (key, size) in sizes {
+            set.add(
+                "redis_key_size",
+                "h",
+                Kind::Gauge,
+                vec![("db", "db0".to_owned()), ("key", (*key).to_owned())],
+                *size,
+            );
+        }
+        Observation {
+            key: ("r".into(), None),
+            at,
+            facts: Arc::new(set),
+        }
+    }
+
+    #[test]
+    fn series_change_is_per_series_and_needs_a_window_of_history() {
+        let signal = Signal::SeriesChange("redis_key_size", Duration::from_secs(600));
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        // A queue that grows by 10 a minute and one that stays at 5, for 41 minutes.
+        for i in 0..=41u32 {
+            let o = queues(
+                t0 + minute * i,
+                &[("queue:a", 10.0 * f64::from(i)), ("queue:b", 5.0)],
+            );
+            e.observe(&o);
+            let history = &e.nodes[&o.key];
+            let r = readings(&signal, &o.facts, history, o.at);
+            if i < 10 {
+                assert!(r.is_empty(), "no reading before a window of history ({i})");
+                continue;
+            }
+            let of = |key: &str| r.iter().find(|(l, _)| l["key"] == key).map(|(_, v)| *v);
+            assert_eq!(of("queue:a"), Some(100.0));
+            assert_eq!(of("queue:b"), Some(0.0));
+        }
+        let growing: Vec<ActiveAlert> = e
+            .active()
+            .into_iter()
+            .filter(|a| a.labels["alertname"] == "RedisQueueBacklogGrowing")
+            .collect();
+        assert_eq!(growing.len(), 1);
+        assert_eq!(growing[0].labels["key"], "queue:a");
+        assert_eq!(
+            growing[0].state,
+            State::Firing,
+            "growing for 31 of 30 minutes"
+        );
+        // It drains: the alert resolves.
+        let changes = e.observe(&queues(t0 + minute * 42, &[("queue:b", 5.0)]));
+        assert_eq!(changes.resolved.len(), 1);
     }
 
     #[test]

@@ -66,6 +66,11 @@ const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisSlowlogGrowing",
     "RedisExporterCollectorFailing",
     "RedisKeysWithoutTtl",
+    "RedisQueueBacklogGrowing",
+    "RedisStreamGroupLagHigh",
+    "RedisStreamGroupLagGrowing",
+    "RedisStreamGroupStalled",
+    "RedisHotKey",
 );
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -143,6 +148,9 @@ pub enum Signal {
     DropFromMax(&'static str, Duration),
     /// The summed gauge now divided by its sum a window ago, where that was above the value.
     ShareOfEarlier(&'static str, Duration, f64),
+    /// Per series of a gauge, its value now minus its value a window ago (`x - x offset w`),
+    /// for series that existed a window ago: a queue's backlog or a group's lag growing.
+    SeriesChange(&'static str, Duration),
 }
 
 impl Signal {
@@ -541,6 +549,56 @@ pub fn pack() -> Vec<AlertRule> {
             Signal::Series("redis_lookout_collector_success"),
             vec![level(Warning, 1.0, 900)],
             "ok",
+        ),
+        rule(
+            "RedisQueueBacklogGrowing",
+            "A watched queue keeps growing",
+            "{{ $labels.key }} (db {{ $labels.db }}) on {{ $labels.target }} {{ $labels.node }} holds {{ $value }} more entries than 10 minutes ago, and has kept growing for 30 minutes: its consumers do not keep up.",
+            "redis_key_size - redis_key_size offset 10m",
+            Op::Above,
+            Signal::SeriesChange("redis_key_size", secs(600)),
+            vec![level(Warning, 0.0, 1800)],
+            "count",
+        ),
+        rule(
+            "RedisStreamGroupLagHigh",
+            "A stream consumer group is more than {t} entries behind",
+            "Group {{ $labels.group }} of stream {{ $labels.stream }} on {{ $labels.target }} {{ $labels.node }} has {{ $value }} entries not yet delivered.",
+            "redis_stream_group_lag",
+            Op::Above,
+            Signal::Series("redis_stream_group_lag"),
+            vec![level(Warning, 1000.0, 600)],
+            "count",
+        ),
+        rule(
+            "RedisStreamGroupLagGrowing",
+            "A stream consumer group falls further behind",
+            "Group {{ $labels.group }} of stream {{ $labels.stream }} on {{ $labels.target }} {{ $labels.node }} is {{ $value }} entries further behind than 10 minutes ago, and has kept falling behind for 30 minutes.",
+            "redis_stream_group_lag - redis_stream_group_lag offset 10m",
+            Op::Above,
+            Signal::SeriesChange("redis_stream_group_lag", secs(600)),
+            vec![level(Warning, 0.0, 1800)],
+            "count",
+        ),
+        rule(
+            "RedisStreamGroupStalled",
+            "A stream consumer group has no active consumer",
+            "Entries wait for group {{ $labels.group }} of stream {{ $labels.stream }} on {{ $labels.target }} {{ $labels.node }}, and none of its consumers has read for {{ $value | humanizeDuration }} (or it has none).",
+            "redis_stream_group_stalled_seconds",
+            Op::Above,
+            Signal::Series("redis_stream_group_stalled_seconds"),
+            vec![level(Critical, 300.0, 60)],
+            "seconds",
+        ),
+        rule(
+            "RedisHotKey",
+            "One key takes over {t_pct} of the accesses",
+            "The hottest key under {{ $labels.prefix }} (db {{ $labels.db }}) on {{ $labels.target }} {{ $labels.node }} takes about {{ $value | humanizePercentage }} of the accesses the sampler's LFU counters account for.",
+            "redis_keyspace_hot_key_access_share",
+            Op::Above,
+            Signal::Series("redis_keyspace_hot_key_access_share"),
+            vec![level(Warning, 0.3, 900)],
+            "ratio",
         ),
     ]
 }

@@ -22,6 +22,7 @@
 
 pub mod generate;
 pub mod grouping;
+pub mod watched;
 
 use crate::config::Target;
 use crate::metrics::{FamilySet, Kind};
@@ -82,6 +83,8 @@ pub struct KeyFacts {
     /// Remaining TTL; None when the key never expires.
     pub ttl_seconds: Option<f64>,
     pub memory: u64,
+    /// `OBJECT FREQ`: the LFU access counter (only under an LFU maxmemory-policy).
+    pub freq: Option<u8>,
 }
 
 /// Reads the replies to `[TYPE, PTTL, MEMORY USAGE]` for one key. None when the key vanished
@@ -108,12 +111,36 @@ pub fn key_facts(name: Vec<u8>, replies: &[RedisResult<Value>]) -> Option<KeyFac
         Some(Ok(v)) => crate::collector::value_int(v).unwrap_or(0).max(0) as u64,
         _ => 0,
     };
+    let freq = match replies.get(3) {
+        Some(Ok(v)) => crate::collector::value_int(v).map(|f| f.clamp(0, 255) as u8),
+        _ => None,
+    };
     Some(KeyFacts {
         name,
         kind,
         ttl_seconds,
         memory,
+        freq,
     })
+}
+
+/// The LFU counter a new key starts with (Redis' LFU_INIT_VAL).
+const LFU_INIT_VAL: u8 = 5;
+
+/// LFU counter from which a key's share of accesses is published: a few thousand recent
+/// accesses at the default log factor, so an idle database does not name a "hot" key.
+pub const HOT_KEY_MIN_FREQ: u8 = 32;
+
+/// LFU counter bounds of the per-group frequency histogram.
+pub const FREQ_BUCKETS: &[f64] = &[5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 255.0];
+
+/// Accesses that take an LFU counter from its start to `counter`, in expectation: Redis bumps
+/// a counter `c` with probability 1 / ((c - 5) × lfu-log-factor + 1), so going up one step
+/// from `c` takes (c - 5) × factor + 1 accesses. Decay (one step per `lfu-decay-time` minutes
+/// idle) makes this an estimate of recent accesses.
+pub fn lfu_accesses(counter: u8, log_factor: f64) -> f64 {
+    let n = f64::from(counter.saturating_sub(LFU_INIT_VAL));
+    n + log_factor * n * (n - 1.0).max(0.0) / 2.0
 }
 
 #[derive(Debug, Clone, Default)]
@@ -125,6 +152,13 @@ struct GroupStats {
     ttl_sum: f64,
     with_ttl: u64,
     by_type: BTreeMap<String, u64>,
+    /// Cumulative counts of LFU counters at or under each FREQ_BUCKETS bound.
+    freq_counts: [u64; 7],
+    freq_keys: u64,
+    freq_sum: f64,
+    /// Estimated accesses of the group's inspected keys, and its hottest key's.
+    accesses: f64,
+    hottest: Option<(u8, Vec<u8>)>,
 }
 
 /// One walk over one database: counts so far, and how far it got.
@@ -138,6 +172,9 @@ pub struct Pass {
     groups: HashMap<String, GroupStats>,
     must_expire: BTreeMap<String, u64>,
     largest: Vec<(u64, Vec<u8>, String)>,
+    /// `lfu-log-factor` when the node runs an LFU policy (then keys carry OBJECT FREQ).
+    pub lfu_log_factor: Option<f64>,
+    hottest: Vec<(u8, Vec<u8>, String)>,
 }
 
 impl Pass {
@@ -150,6 +187,8 @@ impl Pass {
             groups: HashMap::new(),
             must_expire: BTreeMap::new(),
             largest: Vec::new(),
+            lfu_log_factor: None,
+            hottest: Vec::new(),
         }
     }
 
@@ -175,6 +214,27 @@ impl Pass {
                     if ttl <= *bound {
                         *count += 1;
                     }
+                }
+            }
+        }
+        if let (Some(freq), Some(factor)) = (key.freq, self.lfu_log_factor) {
+            let stats = self.groups.entry(group.clone()).or_default();
+            for (bound, count) in FREQ_BUCKETS.iter().zip(stats.freq_counts.iter_mut()) {
+                if f64::from(freq) <= *bound {
+                    *count += 1;
+                }
+            }
+            stats.freq_keys += 1;
+            stats.freq_sum += f64::from(freq);
+            stats.accesses += lfu_accesses(freq, factor);
+            if stats.hottest.as_ref().is_none_or(|(f, _)| freq > *f) {
+                stats.hottest = Some((freq, key.name.clone()));
+            }
+            if config.top_keys > 0 {
+                self.hottest.push((freq, key.name.clone(), group.clone()));
+                if self.hottest.len() > config.top_keys * 4 {
+                    self.hottest.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+                    self.hottest.truncate(config.top_keys);
                 }
             }
         }
@@ -295,6 +355,67 @@ impl Pass {
                 labels(),
                 s.with_ttl as f64 * scale,
             );
+            if let Some(factor) = self.lfu_log_factor.filter(|_| s.freq_keys > 0) {
+                let help =
+                    "LFU access counters (OBJECT FREQ, 0-255, logarithmic) of the group's keys";
+                for (bound, count) in FREQ_BUCKETS.iter().zip(s.freq_counts) {
+                    let mut l = labels();
+                    l.push(("le", bound.to_string()));
+                    let v = count as f64 * scale;
+                    out.add_suffixed(
+                        "redis_keyspace_prefix_lfu_freq",
+                        "_bucket",
+                        help,
+                        Kind::Histogram,
+                        l,
+                        v,
+                    );
+                }
+                let mut l = labels();
+                l.push(("le", "+Inf".into()));
+                let keys = s.freq_keys as f64 * scale;
+                out.add_suffixed(
+                    "redis_keyspace_prefix_lfu_freq",
+                    "_bucket",
+                    help,
+                    Kind::Histogram,
+                    l,
+                    keys,
+                );
+                out.add_suffixed(
+                    "redis_keyspace_prefix_lfu_freq",
+                    "_sum",
+                    help,
+                    Kind::Histogram,
+                    labels(),
+                    s.freq_sum * scale,
+                );
+                out.add_suffixed(
+                    "redis_keyspace_prefix_lfu_freq",
+                    "_count",
+                    help,
+                    Kind::Histogram,
+                    labels(),
+                    keys,
+                );
+                add(
+                    out,
+                    "redis_keyspace_prefix_accesses_estimate",
+                    "Recent accesses to the group's keys estimated from their LFU counters (see lfu-log-factor, lfu-decay-time)",
+                    s.accesses * scale,
+                );
+                if let Some((freq, _)) = s.hottest.as_ref().filter(|(f, _)| *f >= HOT_KEY_MIN_FREQ)
+                {
+                    if s.accesses > 0.0 {
+                        add(
+                            out,
+                            "redis_keyspace_hot_key_access_share",
+                            "Share of the group's estimated accesses that go to its hottest key (only where that key's LFU counter is at least 32)",
+                            lfu_accesses(*freq, factor) / (s.accesses * scale),
+                        );
+                    }
+                }
+            }
             // redis_exporter's key-group names, for its users' dashboards.
             let compat = || vec![("db", db.clone()), ("key_group", (*prefix).clone())];
             out.add(
@@ -340,6 +461,25 @@ impl Pass {
                 *memory as f64,
             );
         }
+        self.hottest.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        self.hottest.truncate(config.top_keys);
+        for (rank, (freq, name, group)) in self.hottest.iter().enumerate() {
+            let mut labels = vec![
+                ("db", db.clone()),
+                ("prefix", group.clone()),
+                ("rank", (rank + 1).to_string()),
+            ];
+            if config.export_key_names {
+                labels.push(("key", String::from_utf8_lossy(name).into_owned()));
+            }
+            out.add(
+                "redis_keyspace_hottest_key_lfu_freq",
+                "LFU counters (OBJECT FREQ) of the most accessed keys seen in the pass (names only with export_key_names)",
+                Kind::Gauge,
+                labels,
+                f64::from(*freq),
+            );
+        }
         out.add(
             "redis_keyspace_estimate",
             "1 while the figures are estimates from a running pass, 0 once they come from a completed census",
@@ -348,6 +488,13 @@ impl Pass {
             if exact { 0.0 } else { 1.0 },
         );
     }
+}
+
+/// The rest after `busy` that keeps busy / (busy + rest) at `budget` (a share of wall time):
+/// the pacing of the sampler and of the key watcher.
+pub fn rest_for(busy: Duration, budget: f64) -> Duration {
+    let budget = budget.clamp(0.0001, 0.5);
+    busy.mul_f64((1.0 - budget) / budget)
 }
 
 /// The sampler's own counters, published with its figures.
@@ -403,6 +550,7 @@ pub async fn run_sampler(
         facts,
         cost_per_key: None,
         last_reading: None,
+        lfu_log_factor: None,
     };
     loop {
         let pause = sampler.step().await;
@@ -434,6 +582,8 @@ struct Sampler {
     /// The last commandstats reading: (when, keys inspected then, usec in our commands, SCAN
     /// calls, SCAN usec).
     last_reading: Option<(Instant, u64, f64, f64, f64)>,
+    /// `lfu-log-factor` while maxmemory-policy is an LFU policy (read at each pass start).
+    lfu_log_factor: Option<f64>,
 }
 
 /// How often the sampler reads commandstats to calibrate its cost.
@@ -446,6 +596,7 @@ const SAMPLER_COMMANDS: &[&str] = &[
     "cmdstat_type",
     "cmdstat_pttl",
     "cmdstat_memory|usage",
+    "cmdstat_object|freq",
 ];
 
 /// From INFO commandstats: (usec in the sampler's commands, SCAN calls, SCAN usec).
@@ -492,10 +643,7 @@ impl Sampler {
                 if self.last_publish.elapsed() >= Duration::from_secs(1) {
                     self.publish();
                 }
-                // Rest so that busy / (busy + rest) stays under the budget.
-                let budget = self.config.budget.clamp(0.0001, 0.5);
-                busy.mul_f64((1.0 - budget) / budget)
-                    .max(Duration::from_millis(1))
+                rest_for(busy, self.config.budget).max(Duration::from_millis(1))
             }
             Err(why) => {
                 tracing::debug!(target_name = %self.target.name, problem = why, "keyspace sampler paused");
@@ -569,6 +717,8 @@ impl Sampler {
         };
         let count = self.count;
         let samples = self.config.memory_samples;
+        let lfu = self.lfu_log_factor.is_some();
+        let per_key = if lfu { 4 } else { 3 };
         let conn = self.connection().await?;
         let t0 = Instant::now();
         let mut select = redis::pipe();
@@ -591,6 +741,10 @@ impl Sampler {
                 .arg(key)
                 .arg("SAMPLES")
                 .arg(samples);
+            // OBJECT FREQ is an error unless the policy is LFU: only asked then.
+            if lfu {
+                inspect.cmd("OBJECT").arg("FREQ").arg(key);
+            }
         }
         let replies: Vec<RedisResult<Value>> = if keys.is_empty() {
             Vec::new()
@@ -603,7 +757,7 @@ impl Sampler {
         let round_trips = t0.elapsed();
         let inspected_before = self.stats.keys_inspected;
         let mut pass = pass;
-        for (key, replies) in keys.into_iter().zip(replies.chunks(3)) {
+        for (key, replies) in keys.into_iter().zip(replies.chunks(per_key)) {
             if let Some(facts) = key_facts(key, replies) {
                 pass.absorb(&facts, &mut self.grouper, &self.config);
                 self.stats.keys_inspected += 1;
@@ -670,13 +824,40 @@ impl Sampler {
         if self.census.is_empty() || self.census.len() == dbs.len() {
             self.grouper.reset_discovery();
         }
-        self.running = Some((Pass::new(db, keys, Instant::now()), 0));
+        self.lfu_log_factor = self.lfu_policy().await;
+        let mut pass = Pass::new(db, keys, Instant::now());
+        pass.lfu_log_factor = self.lfu_log_factor;
+        self.running = Some((pass, 0));
         Ok(())
+    }
+
+    /// `lfu-log-factor` when maxmemory-policy is an LFU policy; None otherwise, or where
+    /// CONFIG is not available (a managed service): then hot keys cannot be tracked.
+    async fn lfu_policy(&mut self) -> Option<f64> {
+        let limit = self.target.poll_timeout;
+        let conn = self.connection().await.ok()?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("CONFIG").arg("GET").arg("maxmemory-policy");
+        pipe.cmd("CONFIG").arg("GET").arg("lfu-log-factor");
+        let replies: Vec<Vec<String>> = tokio::time::timeout(limit, pipe.query_async(conn))
+            .await
+            .ok()?
+            .ok()?;
+        let policy = replies.first()?.get(1)?;
+        if !policy.ends_with("-lfu") {
+            return None;
+        }
+        Some(replies.get(1)?.get(1)?.parse().unwrap_or(10.0))
     }
 
     fn publish(&mut self) {
         self.last_publish = Instant::now();
         let mut out = FamilySet::new();
+        out.gauge(
+            "redis_keyspace_hotkeys_enabled",
+            "1 when the sampler records OBJECT FREQ (maxmemory-policy is allkeys-lfu or volatile-lfu), else 0",
+            f64::from(u8::from(self.lfu_log_factor.is_some())),
+        );
         let now = Instant::now();
         let mut running_db = None;
         // A database's completed census wins; a running pass stands in until there is one.
@@ -760,6 +941,7 @@ mod tests {
             kind: "string".into(),
             ttl_seconds: ttl,
             memory,
+            freq: None,
         }
     }
 
@@ -789,7 +971,8 @@ mod tests {
                 name: b"k".to_vec(),
                 kind: "hash".into(),
                 ttl_seconds: None,
-                memory: 120
+                memory: 120,
+                freq: None,
             })
         );
     }
@@ -850,6 +1033,50 @@ mod tests {
             value(&exact, "redis_keyspace_prefix_keys_error", "session:*"),
             0.0
         );
+    }
+
+    #[test]
+    fn lfu_counters_turn_back_into_accesses_and_name_the_hot_key() {
+        assert_eq!(lfu_accesses(5, 10.0), 0.0);
+        assert_eq!(lfu_accesses(6, 10.0), 1.0);
+        // Steps from 5: 1 + 11 + 21 accesses.
+        assert_eq!(lfu_accesses(8, 10.0), 33.0);
+        let config = KeyspaceConfig {
+            top_keys: 1,
+            ..Default::default()
+        };
+        let mut grouper = Grouper::new(&["cache:".into()], false, ':', 100);
+        let mut pass = Pass::new(0, 3, Instant::now());
+        pass.lfu_log_factor = Some(10.0);
+        for (name, freq) in [("cache:a", 6), ("cache:hot", 40), ("cache:b", 6)] {
+            let mut k = key(name, None, 10);
+            k.freq = Some(freq);
+            pass.absorb(&k, &mut grouper, &config);
+        }
+        let mut out = FamilySet::new();
+        pass.publish(&mut out, &config, true);
+        let hot = lfu_accesses(40, 10.0);
+        let share = out
+            .get("redis_keyspace_hot_key_access_share")
+            .unwrap()
+            .samples[0]
+            .value;
+        assert_eq!(share, hot / (hot + 2.0));
+        let top = &out
+            .get("redis_keyspace_hottest_key_lfu_freq")
+            .unwrap()
+            .samples;
+        assert_eq!((top.len(), top[0].value), (1, 40.0));
+        // Below HOT_KEY_MIN_FREQ nothing is called hot.
+        let mut idle = Pass::new(0, 1, Instant::now());
+        idle.lfu_log_factor = Some(10.0);
+        let mut k = key("cache:x", None, 10);
+        k.freq = Some(9);
+        idle.absorb(&k, &mut grouper, &config);
+        let mut out = FamilySet::new();
+        idle.publish(&mut out, &config, true);
+        assert!(out.get("redis_keyspace_hot_key_access_share").is_none());
+        assert!(out.get("redis_keyspace_prefix_lfu_freq").is_some());
     }
 
     #[test]

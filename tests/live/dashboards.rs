@@ -505,6 +505,42 @@ fn prometheus_config(exporter: std::net::SocketAddr) -> String {
 fn populate(master: &RedisServer) {
     let mut conn = master.client().get_connection().unwrap();
     let mut pipe = redis::pipe();
+    // A queue, a stream with a consumer group that has read part of it, and one hot key (about
+    // 5000 reads lift its LFU counter past the point where a share is published).
+    for n in 0..10 {
+        pipe.cmd("RPUSH")
+            .arg("queue:notification:email")
+            .arg(n)
+            .ignore();
+    }
+    for n in 0..20 {
+        pipe.cmd("XADD")
+            .arg("events:orders")
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .ignore();
+    }
+    pipe.cmd("XGROUP")
+        .arg("CREATE")
+        .arg("events:orders")
+        .arg("workers")
+        .arg("0")
+        .ignore();
+    pipe.cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("workers")
+        .arg("c1")
+        .arg("COUNT")
+        .arg(5)
+        .arg("STREAMS")
+        .arg("events:orders")
+        .arg(">")
+        .ignore();
+    pipe.cmd("SET").arg("cache:config:flags").arg("on").ignore();
+    for _ in 0..5000 {
+        pipe.cmd("GET").arg("cache:config:flags").ignore();
+    }
     for id in 0..2000 {
         let key = format!("cache:user:{id}:profile");
         pipe.cmd("HSET")
@@ -613,7 +649,15 @@ const COMMUNITY_EMPTY: &[(&str, &str)] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_panel_alert_and_community_query_returns_data_in_prometheus() {
     // AOF on and a maxmemory, so the persistence and memory-limit panels have something to show.
-    let master = RedisServer::start(&["--appendonly", "yes", "--maxmemory", "256mb"]);
+    // LFU, so the hot-key panels and RedisHotKey read real series.
+    let master = RedisServer::start(&[
+        "--appendonly",
+        "yes",
+        "--maxmemory",
+        "256mb",
+        "--maxmemory-policy",
+        "allkeys-lfu",
+    ]);
     let replica = RedisServer::replica_of(&master);
     let cluster = RedisCluster::start().await;
     wait_for("replica in sync", Duration::from_secs(20), || async {
@@ -639,6 +683,11 @@ targets:
       must_expire: ["session:", "cache:", "rl:"]
       budget: 0.2
       top_keys: 5
+    watch:
+      keys: ["queue:*"]
+      streams: ["events:*"]
+      # The test's DEBUG SLEEPs make round trips look slow; a roomy budget keeps rounds short.
+      budget: 0.2
   - name: orders
     url: {cluster}
     cluster: true
@@ -672,21 +721,43 @@ alerting:
         r#"ALERTS{alertname="RedisSlowlogGrowing", alertstate="firing"}"#,
         r#"redis_sentinel_master_ckquorum_status{target="sessions-ha"}"#,
         r#"redis_sentinel_failovers_total{target="sessions-ha"}"#,
+        r#"redis_key_size{target="sessions", key="queue:notification:email"} >= 10"#,
+        r#"redis_stream_group_lag{target="sessions", group="workers"} == 15"#,
+        r#"redis_keyspace_hot_key_access_share{target="sessions"}"#,
     ];
     let prom = &prometheus;
-    wait_for(
-        "Prometheus holds every family the dashboards need",
+    // The first query still empty, so a timeout names what never came.
+    let missing = std::sync::Mutex::new(String::new());
+    let missing = &missing;
+    let ready_in_time = tokio::time::timeout(
         Duration::from_secs(120),
-        || async move {
-            for expr in ready {
-                if !prom.has_series(expr).await {
-                    return None;
+        wait_for(
+            "Prometheus holds every family the dashboards need",
+            Duration::from_secs(125),
+            || async move {
+                for expr in ready {
+                    if !prom.has_series(expr).await {
+                        *missing.lock().unwrap() = expr.to_owned();
+                        return None;
+                    }
                 }
-            }
-            Some(())
-        },
+                Some(())
+            },
+        ),
     )
     .await;
+    if ready_in_time.is_err() {
+        let (_, body) = http_get(daemon.addr, "/metrics").await;
+        let watch: Vec<&str> = body
+            .lines()
+            .filter(|l| l.starts_with("redis_watch") || l.starts_with("redis_key_size"))
+            .collect();
+        panic!(
+            "Prometheus never had series for {}; the exporter's watch lines:\n{}",
+            missing.lock().unwrap(),
+            watch.join("\n")
+        );
+    }
     wait_for(
         "every rule group loaded and evaluated",
         Duration::from_secs(30),

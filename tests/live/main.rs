@@ -13,3 +13,4 @@ mod secrets;
 mod sentinel;
 mod support;
 mod topology;
+mod watch;

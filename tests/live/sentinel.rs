@@ -333,3 +333,50 @@ async fn check_judges_the_master_sentinel_names_and_says_when_none_does() {
     assert_eq!(code, Some(2), "{report}");
     assert!(report.contains("no Sentinel"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_data_nodes_get_their_own_passwords_and_neither_leaks() {
+    const DATA: &str = "data-pw-7Qx9";
+    const SENTINEL: &str = "sentinel-pw-3Kd2";
+    let master = RedisServer::start(&["--requirepass", DATA]);
+    let sentinel = RedisServer::sentinel_with(
+        &master,
+        MASTER,
+        1,
+        &format!("sentinel auth-pass {MASTER} {DATA}\nrequirepass {SENTINEL}\n"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data_file = dir.path().join("data");
+    let sentinel_file = dir.path().join("sentinel");
+    std::fs::write(&data_file, format!("{DATA}\n")).unwrap();
+    std::fs::write(&sentinel_file, format!("{SENTINEL}\n")).unwrap();
+    let d = Daemon::start(&format!(
+        "poll_interval: 500ms\ntargets:\n  - name: ha\n    password_file: {}\n    sentinel:\n      master: {MASTER}\n      addrs: [\"{}\"]\n      password_file: {}\n",
+        data_file.display(),
+        sentinel.url(),
+        sentinel_file.display(),
+    ))
+    .await;
+    let m = d
+        .metrics_when(
+            "master and Sentinel polled with their own passwords",
+            WAIT,
+            |m| up(m, &addr(&master)) == Some(1.0) && up(m, &addr(&sentinel)) == Some(1.0),
+        )
+        .await;
+    assert_eq!(
+        m.value(
+            "redis_sentinel_master_ckquorum_status",
+            &[("node", &addr(&sentinel))]
+        ),
+        Some(1.0)
+    );
+    for path in ["/metrics", "/discovery", "/"] {
+        let (_, body) = http_get(d.addr, path).await;
+        assert!(
+            !body.contains(DATA) && !body.contains(SENTINEL),
+            "a password in {path}"
+        );
+    }
+    d.stop().await;
+}
