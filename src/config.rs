@@ -195,6 +195,7 @@ struct TargetFile {
     #[serde(default)]
     seeds: Vec<RedisUrl>,
     keyspace: Option<KeyspaceFile>,
+    tls: Option<crate::tls::TlsSettings>,
 }
 
 /// `keyspace:` of a target: the prefix sampler's settings (see `config.example.yaml`).
@@ -351,6 +352,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     scrape_idle: Option<Duration>,
     alerting: Option<AlertingFile>,
+    web_config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -408,6 +410,8 @@ pub struct Target {
     pub seeds: Vec<RedisUrl>,
     /// The keyspace prefix sampler, when configured.
     pub keyspace: Option<crate::keyspace::KeyspaceConfig>,
+    /// TLS settings for a `rediss://` URL; discovered nodes inherit them.
+    pub tls: crate::tls::TlsSettings,
 }
 
 impl Target {
@@ -441,6 +445,8 @@ pub struct Config {
     /// An on-demand poller not scraped for this long is stopped.
     pub scrape_idle: Duration,
     pub alerting: Option<Alerting>,
+    /// The exporter's own HTTPS and basic auth (`--web.config.file`), when given.
+    pub web: Option<crate::web_config::WebConfig>,
 }
 
 /// Values given by flags or their environment variables (clap fills both; flags win).
@@ -457,6 +463,9 @@ pub struct Overrides {
     pub poll_timeout: Option<Duration>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    /// redis_exporter's `--tls-*` flags: TLS for targets with no `tls:` of their own.
+    pub tls: crate::tls::TlsSettings,
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -502,7 +511,7 @@ fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
 }
 
 /// The YAML library appends " at line L column C"; we put the location in front instead.
-fn strip_location(message: &str) -> String {
+pub(crate) fn strip_location(message: &str) -> String {
     match message.find(" at line ") {
         Some(i) => message[..i].to_owned(),
         None => message.to_owned(),
@@ -511,7 +520,7 @@ fn strip_location(message: &str) -> String {
 
 /// Finds where `needle` stands as a value of `key:` for the `nth` time, for errors found after
 /// parsing (duplicate names), so they point into the file like parse errors do.
-fn locate(text: &str, key: &str, needle: &str, nth: usize) -> Option<(usize, usize)> {
+pub(crate) fn locate(text: &str, key: &str, needle: &str, nth: usize) -> Option<(usize, usize)> {
     let mut seen = 0;
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start().trim_start_matches("- ");
@@ -584,6 +593,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 cluster: false,
                 seeds: Vec::new(),
                 keyspace: None,
+                tls: None,
             }),
             1 => file_targets[0].url = url,
             n => {
@@ -608,6 +618,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             cluster: false,
             seeds: Vec::new(),
             keyspace: None,
+            tls: None,
         });
     }
 
@@ -715,7 +726,20 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 })
             }
         };
+        let own_tls = t.tls.is_some();
+        let tls = t.tls.unwrap_or_else(|| o.tls.clone());
+        if own_tls && !t.url.is_tls() {
+            return Err(where_(format!(
+                "target {name:?}: tls: needs a rediss:// url (the url is {})",
+                t.url
+            )));
+        }
+        if t.url.is_tls() {
+            tls.validate()
+                .map_err(|e| where_(format!("target {name:?}: {e}")))?;
+        }
         targets.push(Target {
+            tls,
             keyspace,
             name,
             url: t.url,
@@ -781,7 +805,13 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         }
     };
 
+    let web = match o.web_config_file.as_ref().or(f.web_config_file.as_ref()) {
+        Some(file) => Some(crate::web_config::WebConfig::load(file)?),
+        None => None,
+    };
+
     Ok(Config {
+        web,
         alerting,
         scrape_allow,
         scrape_idle: f.scrape_idle.unwrap_or(Duration::from_secs(600)),

@@ -54,4 +54,6 @@ pub mod poller;
 pub mod scrape;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
+pub mod web_config;

@@ -138,6 +138,7 @@ impl OnDemand {
             cluster: false,
             seeds: Vec::new(),
             keyspace: None,
+            tls: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();

@@ -11,4 +11,5 @@ mod keyspace;
 mod process;
 mod secrets;
 mod support;
+mod tls;
 mod topology;

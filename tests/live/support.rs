@@ -45,6 +45,8 @@ pub struct RedisServer {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Listens with TLS only (`--port 0 --tls-port <port>`).
+    tls: bool,
 }
 
 /// A port below 55535 whose cluster bus port (+10000) is free too.
@@ -90,7 +92,28 @@ impl RedisServer {
         )
     }
 
+    /// A server that speaks TLS only, with `pki`'s server certificate; with `auth_clients` it
+    /// demands a client certificate signed by the test CA. `extra` as for [`RedisServer::start`].
+    pub fn start_tls(pki: &Pki, auth_clients: bool, extra: &[&str]) -> RedisServer {
+        let mut args = vec![
+            "--tls-cert-file",
+            pki.path("server.crt"),
+            "--tls-key-file",
+            pki.path("server.key"),
+            "--tls-ca-cert-file",
+            pki.path("ca.crt"),
+            "--tls-auth-clients",
+            if auth_clients { "yes" } else { "no" },
+        ];
+        args.extend_from_slice(extra);
+        Self::start_inner(free_port, &args, true)
+    }
+
     fn start_with(pick_port: fn() -> u16, extra: &[&str]) -> RedisServer {
+        Self::start_inner(pick_port, extra, false)
+    }
+
+    fn start_inner(pick_port: fn() -> u16, extra: &[&str], tls: bool) -> RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // A port found free can be taken before redis binds it: try a few.
         for _attempt in 0..5 {
@@ -99,6 +122,7 @@ impl RedisServer {
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
                 extra: extra.clone(),
+                tls,
             };
             server.spawn();
             if server.wait_ready(Duration::from_secs(10)) {
@@ -110,8 +134,12 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port"]);
+        } else {
+            cmd.arg("--port");
+        }
+        cmd.arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--enable-debug-command", "yes", "--daemonize", "no"])
             .arg("--dir")
@@ -127,6 +155,17 @@ impl RedisServer {
     fn wait_ready(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
+            if self.tls {
+                // No plain port to PING: the server says when it listens.
+                if self.log_tail(50).contains("Ready to accept connections") {
+                    return true;
+                }
+                if self.log_tail(50).contains("Address already in use") {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             if let Ok(mut c) = self.client().get_connection() {
                 match redis::cmd("PING").query::<String>(&mut c) {
                     Ok(_) => return true,
@@ -141,7 +180,25 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command through `redis-cli` over TLS with the test CA and client certificate.
+    pub fn tls_cli(&self, pki: &Pki, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--cacert", pki.path("ca.crt")])
+            .args([
+                "--cert",
+                pki.path("client.crt"),
+                "--key",
+                pki.path("client.key"),
+            ])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (apt-get install redis-tools)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn client(&self) -> redis::Client {
@@ -760,4 +817,128 @@ pub fn assert_promtool_accepts_config(path: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A test PKI made with the `openssl` command in a temp dir: `ca.crt`/`ca.key`, a server
+/// certificate for `localhost` and `127.0.0.1` signed by it (`server.crt`/`server.key`), a
+/// client certificate (`client.crt`/`client.key`), and an unrelated CA (`other-ca.crt`).
+/// P-256 keys: quick to make.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    paths: BTreeMap<&'static str, String>,
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let (key, crt, subject) = (
+                format!("{ca}.key"),
+                format!("{ca}.crt"),
+                format!("/CN=redis-lookout test {ca}"),
+            );
+            let mut args = vec!["req", "-x509"];
+            args.extend_from_slice(&ec);
+            args.extend_from_slice(&[
+                "-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subject,
+            ]);
+            args.extend_from_slice(&["-addext", "basicConstraints=critical,CA:TRUE"]);
+            args.extend_from_slice(&["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            run(&args);
+        }
+        Pki::issue(
+            &dir,
+            "server",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            &run,
+        );
+        Pki::issue(&dir, "client", "extendedKeyUsage=clientAuth\n", &run);
+        let mut paths = BTreeMap::new();
+        for name in [
+            "ca.crt",
+            "ca.key",
+            "other-ca.crt",
+            "server.crt",
+            "server.key",
+            "client.crt",
+            "client.key",
+        ] {
+            paths.insert(name, dir.path().join(name).display().to_string());
+        }
+        Pki { dir, paths }
+    }
+
+    /// Issues `<name>.crt`/`<name>.key` from the test CA with these extensions.
+    fn issue(dir: &tempfile::TempDir, name: &str, extensions: &str, run: &dyn Fn(&[&str])) {
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            dir.path().join(&ext),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{extensions}"),
+        )
+        .expect("extensions file");
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let subject = format!("/CN={name}");
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subject,
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+
+    /// The path of one of the files, as a string for configs and command lines.
+    pub fn path(&self, name: &str) -> &str {
+        self.paths
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no {name} in the test PKI"))
+    }
 }
