@@ -872,8 +872,17 @@ impl Pki {
             &run,
         );
         Pki::issue(&dir, "client", "extendedKeyUsage=clientAuth\n", &run);
+        // A second server certificate, for certificate rotation.
+        Pki::issue(
+            &dir,
+            "server2",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            &run,
+        );
         let mut paths = BTreeMap::new();
         for name in [
+            "server2.crt",
+            "server2.key",
             "ca.crt",
             "ca.key",
             "other-ca.crt",
@@ -941,4 +950,85 @@ impl Pki {
             .map(String::as_str)
             .unwrap_or_else(|| panic!("no {name} in the test PKI"))
     }
+}
+
+/// An HTTPS request over a fresh connection that trusts only `ca_file`, optionally with basic
+/// auth. Returns (status, `WWW-Authenticate` header, body, the server's certificate as DER), or
+/// the error of the connection or handshake. Bounded by a 10 s deadline.
+pub async fn https_request(
+    addr: SocketAddr,
+    ca_file: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+) -> std::io::Result<(u16, String, String, Vec<u8>)> {
+    use base64::Engine as _;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).expect("CA file") {
+        roots.add(cert.expect("CA PEM")).expect("CA usable");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default();
+        let authorization = auth
+            .map(|(u, p)| {
+                let raw = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                format!("Authorization: Basic {raw}\r\n")
+            })
+            .unwrap_or_default();
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{authorization}\r\n");
+        tls.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        // A server may end TLS without close_notify after the body; what was read is the answer.
+        if let Err(e) = tls.read_to_end(&mut raw).await {
+            if raw.is_empty() {
+                return Err(e);
+            }
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let challenge = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        Ok((status, challenge, body.to_owned(), peer))
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("HTTPS request timed out")))
+}
+
+/// The DER bytes of the first certificate in a PEM file.
+pub fn cert_der(pem_file: &str) -> Vec<u8> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    tokio_rustls::rustls::pki_types::CertificateDer::from_pem_file(pem_file)
+        .expect("certificate PEM")
+        .as_ref()
+        .to_vec()
 }
