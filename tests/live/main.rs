@@ -2,6 +2,7 @@
 //!
 //! One test binary (so it links once); the modules group the behaviours.
 
+mod acl;
 mod alerting;
 mod compat;
 mod dashboards;
