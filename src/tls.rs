@@ -100,9 +100,23 @@ impl TlsSettings {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bytes = std::fs::read(path)
+/// Certificate and key files are small; a bigger one is a mistake (or a device).
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes))
         .map_err(|e| format!("tls: cannot read {}: {}", path.display(), e.kind()))?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(format!("tls: {} is larger than 1 MiB", path.display()));
+    }
+    Ok(bytes)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = read_pem_file(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
         .map_err(|_| format!("tls: {} is not PEM", path.display()))?;
@@ -114,8 +128,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// Reads a private key. Errors name the file, never its content.
 pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("tls: cannot read {}: {}", path.display(), e.kind()))?;
+    let bytes = read_pem_file(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| {
         format!(
             "tls: {} holds no unencrypted PEM private key (PKCS#8, PKCS#1 or SEC1)",

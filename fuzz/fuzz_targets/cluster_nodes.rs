@@ -1,0 +1,7 @@
+#![no_main]
+//! cargo fuzz run cluster_nodes (see docs/fuzzing.md)
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::cluster_nodes(data));
