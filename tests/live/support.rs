@@ -109,6 +109,30 @@ impl RedisServer {
         Self::start_inner(free_port, &args, true)
     }
 
+    /// A cluster-enabled node (not yet part of a cluster) that speaks TLS only, on its client
+    /// port and its cluster bus, with `pki`'s certificates (clients must present one).
+    pub fn cluster_node_tls(pki: &Pki) -> RedisServer {
+        let args = [
+            "--tls-cert-file",
+            pki.path("server.crt"),
+            "--tls-key-file",
+            pki.path("server.key"),
+            "--tls-ca-cert-file",
+            pki.path("ca.crt"),
+            "--tls-auth-clients",
+            "yes",
+            "--tls-cluster",
+            "yes",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-config-file",
+            "nodes.conf",
+        ];
+        Self::start_inner(free_cluster_port, &args, true)
+    }
+
     fn start_with(pick_port: fn() -> u16, extra: &[&str]) -> RedisServer {
         Self::start_inner(pick_port, extra, false)
     }

@@ -1,7 +1,8 @@
 //! TLS to Redis: `rediss://` targets against a real `redis-server --tls-port` with certificates
 //! made by the test. The right CA and client certificate poll; a wrong CA or a missing client
-//! certificate is a poll error of kind `tls`, promptly (never a timeout); followed replicas
-//! inherit the target's TLS settings; redis_exporter's `--tls-*` flags work on the binary.
+//! certificate is a poll error of kind `tls`, promptly (never a timeout); followed replicas and
+//! cluster nodes inherit the target's TLS settings; redis_exporter's `--tls-*` flags work on
+//! the binary.
 
 use crate::support::*;
 use std::time::Duration;
@@ -144,6 +145,69 @@ async fn followed_replicas_are_reached_with_the_targets_tls_settings() {
             &[("target", "main"), ("node", &node), ("kind", "tls")]
         ),
         Some(0.0)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nodes_are_discovered_and_polled_with_the_targets_tls_settings() {
+    let pki = Pki::generate();
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::cluster_node_tls(&pki))
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert", pki.path("ca.crt")])
+        .args([
+            "--cert",
+            pki.path("client.crt"),
+            "--key",
+            pki.path("client.key"),
+        ])
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_for("cluster state ok", Duration::from_secs(30), || async {
+        nodes
+            .iter()
+            .all(|n| {
+                let info = n.tls_cli(&pki, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            })
+            .then_some(())
+    })
+    .await;
+    let yaml = format!(
+        "poll_interval: 300ms\npoll_timeout: 300ms\ntargets:\n  - name: tls-cluster\n    url: {}\n    cluster: true\n{}",
+        nodes[0].url(),
+        tls_block(&pki, "ca.crt", true, "")
+    );
+    let daemon = Daemon::start(&yaml).await;
+    let wanted = &addrs;
+    let m = daemon
+        .metrics_when(
+            "every node discovered and up over TLS",
+            Duration::from_secs(30),
+            |m| {
+                wanted.iter().all(|a| {
+                    m.value("redis_up", &[("target", "tls-cluster"), ("node", a)]) == Some(1.0)
+                })
+            },
+        )
+        .await;
+    assert_eq!(
+        m.value("redis_cluster_masters_online", &[("target", "tls-cluster")]),
+        Some(3.0)
     );
     daemon.stop().await;
 }
