@@ -8,11 +8,15 @@ use redis_lookout::metrics::{escape_label_value, FamilySet, Interner};
 use redis_lookout::web_config::WebConfig;
 use std::path::Path;
 
-/// Every rendered sample is one line `name{labels} value` with a valid metric name.
+/// Every sample renders as exactly one line, `name{labels} value`, with a valid metric name
+/// and a value Prometheus reads (a stray line break in a label would make two lines).
 fn assert_renders_cleanly(set: &FamilySet) {
     let rendered = set.render(&[("target", "fuzz".to_owned())], &Interner::default());
+    let samples: usize = set.iter().map(|(_, family)| family.samples.len()).sum();
+    let mut lines = 0;
     for index in 0..rendered.families.len() {
-        for line in rendered.body(index).lines() {
+        for line in rendered.body(index).split_terminator('\n') {
+            lines += 1;
             let name_end = line.find(['{', ' ']).expect("a sample line has a value");
             let name = &line[..name_end];
             assert!(
@@ -22,9 +26,14 @@ fn assert_renders_cleanly(set: &FamilySet) {
                         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
                 "bad metric name in {line:?}"
             );
-            assert!(!line.contains('\r'), "a raw carriage return in {line:?}");
+            let value = line.rsplit_once(' ').map_or("", |(_, v)| v);
+            assert!(
+                matches!(value, "+Inf" | "-Inf" | "NaN") || value.parse::<f64>().is_ok(),
+                "bad value in {line:?}"
+            );
         }
     }
+    assert_eq!(lines, samples, "samples and lines differ");
 }
 
 /// INFO text: parsed, turned into families (with and without a known database count), the

@@ -1,6 +1,7 @@
 #![no_main]
 //! cargo fuzz run config (see docs/fuzzing.md)
 
+#[allow(dead_code)] // each target uses one of the shared checks
 #[path = "../checks.rs"]
 mod checks;
 

@@ -1,6 +1,7 @@
 #![no_main]
 //! cargo fuzz run label_value (see docs/fuzzing.md)
 
+#[allow(dead_code)] // each target uses one of the shared checks
 #[path = "../checks.rs"]
 mod checks;
 
