@@ -496,22 +496,25 @@ fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_yaml::from_str::<FileConfig>(text).map_err(|e| {
-        let message = strip_location(&e.to_string());
-        match e.location() {
-            Some(loc) => ConfigError::At {
-                file,
-                line: loc.line(),
-                column: loc.column(),
-                message,
-            },
-            None => ConfigError::File { file, message },
-        }
-    })
+    serde_yaml::from_str::<FileConfig>(text).map_err(|e| yaml_error(file, &e))
+}
+
+/// A YAML parse error as `file:line:column: what` (or `file: what` without a location).
+pub(crate) fn yaml_error(file: String, e: &serde_yaml::Error) -> ConfigError {
+    let message = strip_location(&e.to_string());
+    match e.location() {
+        Some(loc) => ConfigError::At {
+            file,
+            line: loc.line(),
+            column: loc.column(),
+            message,
+        },
+        None => ConfigError::File { file, message },
+    }
 }
 
 /// The YAML library appends " at line L column C"; we put the location in front instead.
-pub(crate) fn strip_location(message: &str) -> String {
+fn strip_location(message: &str) -> String {
     match message.find(" at line ") {
         Some(i) => message[..i].to_owned(),
         None => message.to_owned(),

@@ -16,7 +16,7 @@
 //! not a bcrypt. An unknown user still costs one bcrypt check against a dummy hash, so the time
 //! of a 401 does not tell which user names exist.
 
-use crate::config::{locate, strip_location, ConfigError};
+use crate::config::{locate, yaml_error, ConfigError};
 use hyper::header::HeaderValue;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -91,21 +91,7 @@ impl WebConfig {
         let parsed: WebConfigFile = if text.trim().is_empty() {
             WebConfigFile::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| {
-                let message = strip_location(&e.to_string());
-                match e.location() {
-                    Some(loc) => ConfigError::At {
-                        file: file.clone(),
-                        line: loc.line(),
-                        column: loc.column(),
-                        message,
-                    },
-                    None => ConfigError::File {
-                        file: file.clone(),
-                        message,
-                    },
-                }
-            })?
+            serde_yaml::from_str(text).map_err(|e| yaml_error(file.clone(), &e))?
         };
         let base = path.parent().unwrap_or(Path::new(""));
         let tls = match parsed.tls_server_config {

@@ -49,6 +49,16 @@ pub struct RedisServer {
     tls: bool,
 }
 
+/// What makes a `redis-server` a cluster node with a quick failure detection.
+const CLUSTER_NODE_ARGS: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-node-timeout",
+    "1000",
+    "--cluster-config-file",
+    "nodes.conf",
+];
+
 /// A port below 55535 whose cluster bus port (+10000) is free too.
 pub fn free_cluster_port() -> u16 {
     use rand::Rng;
@@ -75,36 +85,17 @@ impl RedisServer {
 
     /// A cluster-enabled node (not yet part of a cluster).
     pub fn cluster_node() -> RedisServer {
-        Self::start_with(
-            free_cluster_port,
-            &[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "1000",
-                "--cluster-config-file",
-                "nodes.conf",
-                // Tests freeze a replica to hold back a failover; without this Redis would
-                // count the frozen time as stale data and refuse to promote it afterwards.
-                "--cluster-replica-validity-factor",
-                "0",
-            ],
-        )
+        let mut args = CLUSTER_NODE_ARGS.to_vec();
+        // Tests freeze a replica to hold back a failover; without this Redis would count the
+        // frozen time as stale data and refuse to promote it afterwards.
+        args.extend_from_slice(&["--cluster-replica-validity-factor", "0"]);
+        Self::start_with(free_cluster_port, &args)
     }
 
     /// A server that speaks TLS only, with `pki`'s server certificate; with `auth_clients` it
     /// demands a client certificate signed by the test CA. `extra` as for [`RedisServer::start`].
     pub fn start_tls(pki: &Pki, auth_clients: bool, extra: &[&str]) -> RedisServer {
-        let mut args = vec![
-            "--tls-cert-file",
-            pki.path("server.crt"),
-            "--tls-key-file",
-            pki.path("server.key"),
-            "--tls-ca-cert-file",
-            pki.path("ca.crt"),
-            "--tls-auth-clients",
-            if auth_clients { "yes" } else { "no" },
-        ];
+        let mut args = pki.server_args(auth_clients);
         args.extend_from_slice(extra);
         Self::start_inner(free_port, &args, true)
     }
@@ -112,24 +103,9 @@ impl RedisServer {
     /// A cluster-enabled node (not yet part of a cluster) that speaks TLS only, on its client
     /// port and its cluster bus, with `pki`'s certificates (clients must present one).
     pub fn cluster_node_tls(pki: &Pki) -> RedisServer {
-        let args = [
-            "--tls-cert-file",
-            pki.path("server.crt"),
-            "--tls-key-file",
-            pki.path("server.key"),
-            "--tls-ca-cert-file",
-            pki.path("ca.crt"),
-            "--tls-auth-clients",
-            "yes",
-            "--tls-cluster",
-            "yes",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-node-timeout",
-            "1000",
-            "--cluster-config-file",
-            "nodes.conf",
-        ];
+        let mut args = pki.server_args(true);
+        args.extend_from_slice(&["--tls-cluster", "yes"]);
+        args.extend_from_slice(&CLUSTER_NODE_ARGS);
         Self::start_inner(free_cluster_port, &args, true)
     }
 
@@ -211,13 +187,7 @@ impl RedisServer {
     /// Runs one command through `redis-cli` over TLS with the test CA and client certificate.
     pub fn tls_cli(&self, pki: &Pki, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
-            .args(["--tls", "--cacert", pki.path("ca.crt")])
-            .args([
-                "--cert",
-                pki.path("client.crt"),
-                "--key",
-                pki.path("client.key"),
-            ])
+            .args(pki.cli_args())
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -965,6 +935,33 @@ impl Pki {
             "-extfile",
             &ext,
         ]);
+    }
+
+    /// `redis-server` arguments for TLS with the test server certificate and CA.
+    pub fn server_args(&self, auth_clients: bool) -> Vec<&str> {
+        vec![
+            "--tls-cert-file",
+            self.path("server.crt"),
+            "--tls-key-file",
+            self.path("server.key"),
+            "--tls-ca-cert-file",
+            self.path("ca.crt"),
+            "--tls-auth-clients",
+            if auth_clients { "yes" } else { "no" },
+        ]
+    }
+
+    /// `redis-cli` arguments for TLS with the test CA and client certificate.
+    pub fn cli_args(&self) -> [&str; 7] {
+        [
+            "--tls",
+            "--cacert",
+            self.path("ca.crt"),
+            "--cert",
+            self.path("client.crt"),
+            "--key",
+            self.path("client.key"),
+        ]
     }
 
     /// The path of one of the files, as a string for configs and command lines.

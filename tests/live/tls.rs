@@ -160,13 +160,7 @@ async fn cluster_nodes_are_discovered_and_polled_with_the_targets_tls_settings()
         .map(|n| format!("127.0.0.1:{}", n.port))
         .collect();
     let out = std::process::Command::new("redis-cli")
-        .args(["--tls", "--cacert", pki.path("ca.crt")])
-        .args([
-            "--cert",
-            pki.path("client.crt"),
-            "--key",
-            pki.path("client.key"),
-        ])
+        .args(pki.cli_args())
         .args(["--cluster", "create"])
         .args(&addrs)
         .args(["--cluster-replicas", "0", "--cluster-yes"])
