@@ -72,27 +72,57 @@ pub async fn check(config: &Config, rules: &[AlertRule], runbook_base: &str) -> 
         },
     );
     let mut findings = Vec::new();
-    for target in &config.targets {
+    let down = |target: &str, error: &str, summary: String| {
+        let rule = rules.iter().find(|r| r.name == "RedisDown");
+        Finding {
+            target: target.to_owned(),
+            alert: "RedisDown",
+            status: Status::Crit,
+            series: Labels::from([("error".to_owned(), error.to_owned())]),
+            value: 0.0,
+            threshold: 1.0,
+            comparison: "<",
+            unit: "up",
+            summary,
+            runbook_url: rule
+                .map(|r| r.runbook_url(runbook_base))
+                .unwrap_or_default(),
+        }
+    };
+    for configured in &config.targets {
+        // A Sentinel-defined target is judged on the master its Sentinels name now.
+        let target = match &configured.sentinel {
+            None => configured.clone(),
+            Some(sentinel) => {
+                let mut view =
+                    crate::sentinel::SentinelView::new(Arc::new(configured.clone()), ctx.clone());
+                match view.ask().await.map(|v| configured.for_node(&v.master)) {
+                    Some(Ok(node)) => node,
+                    _ => {
+                        findings.push(down(
+                            &configured.name,
+                            "sentinel",
+                            format!(
+                                "no Sentinel of {} named a master called {:?}",
+                                configured.name, sentinel.master
+                            ),
+                        ));
+                        continue;
+                    }
+                }
+            }
+        };
+        let target = &target;
         let mut poller = NodePoller::new(Arc::new(target.clone()), None, &ctx);
         let facts = poller.poll_facts().await;
         let mut facts = match facts {
             Ok(facts) => facts,
             Err(err) => {
-                let down = rules.iter().find(|r| r.name == "RedisDown");
-                findings.push(Finding {
-                    target: target.name.clone(),
-                    alert: "RedisDown",
-                    status: Status::Crit,
-                    series: Labels::from([("error".to_owned(), err.label().to_owned())]),
-                    value: 0.0,
-                    threshold: 1.0,
-                    comparison: "<",
-                    unit: "up",
-                    summary: format!("cannot poll {}: {err}", target.url),
-                    runbook_url: down
-                        .map(|r| r.runbook_url(runbook_base))
-                        .unwrap_or_default(),
-                });
+                findings.push(down(
+                    &target.name,
+                    err.label(),
+                    format!("cannot poll {}: {err}", target.url),
+                ));
                 continue;
             }
         };

@@ -180,7 +180,8 @@ pub enum PasswordSource {
 #[serde(deny_unknown_fields)]
 struct TargetFile {
     name: Option<String>,
-    url: RedisUrl,
+    /// Optional for a Sentinel-defined target (its credentials then apply to the data nodes).
+    url: Option<RedisUrl>,
     username: Option<String>,
     password_file: Option<PathBuf>,
     password_env: Option<String>,
@@ -196,6 +197,19 @@ struct TargetFile {
     seeds: Vec<RedisUrl>,
     keyspace: Option<KeyspaceFile>,
     tls: Option<crate::tls::TlsSettings>,
+    sentinel: Option<SentinelFile>,
+}
+
+/// `sentinel:` of a target: the Sentinels to ask and the master name they monitor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SentinelFile {
+    addrs: Vec<RedisUrl>,
+    master: String,
+    /// Credentials for the Sentinels themselves (the target's own are for the data nodes).
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
 }
 
 /// `keyspace:` of a target: the prefix sampler's settings (see `config.example.yaml`).
@@ -392,6 +406,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where a password comes from: a file, an environment variable, or the URL itself.
+fn password_source(
+    file: &Option<PathBuf>,
+    env: &Option<String>,
+    url: Option<&RedisUrl>,
+) -> Result<PasswordSource, String> {
+    Ok(match (file, env) {
+        (Some(_), Some(_)) => return Err("set password_file or password_env, not both".into()),
+        (Some(file), None) => PasswordSource::File(file.clone()),
+        (None, Some(var)) => PasswordSource::Env(var.clone()),
+        (None, None) => match url.and_then(|u| u.url().password()) {
+            Some(p) => PasswordSource::Literal(Secret::new(percent_decode(p))),
+            None => PasswordSource::None,
+        },
+    })
+}
+
 /// A target after merging file, env and flags.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
@@ -412,6 +443,19 @@ pub struct Target {
     pub keyspace: Option<crate::keyspace::KeyspaceConfig>,
     /// TLS settings for a `rediss://` URL; discovered nodes inherit them.
     pub tls: crate::tls::TlsSettings,
+    /// A target whose master and replicas are found through Sentinel.
+    pub sentinel: Option<SentinelTarget>,
+}
+
+/// How to reach the Sentinels of a Sentinel-defined target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentinelTarget {
+    pub addrs: Vec<RedisUrl>,
+    /// The master name the Sentinels monitor (`sentinel monitor <name> …`).
+    pub master: String,
+    pub username: Option<String>,
+    /// From `password_file`/`password_env`; otherwise each address's URL may carry one.
+    pub password: PasswordSource,
 }
 
 impl Target {
@@ -422,6 +466,24 @@ impl Target {
             follow_replicas: false,
             cluster: false,
             seeds: Vec::new(),
+            sentinel: None,
+            ..self.clone()
+        })
+    }
+
+    /// The target as seen by one of its Sentinels: that address, the Sentinels' credentials,
+    /// no keyspace sampler.
+    pub fn for_sentinel(&self, url: &RedisUrl) -> Option<Target> {
+        let sentinel = self.sentinel.as_ref()?;
+        Some(Target {
+            url: url.clone(),
+            username: sentinel.username.clone(),
+            password: sentinel.password.clone(),
+            follow_replicas: false,
+            cluster: false,
+            seeds: Vec::new(),
+            keyspace: None,
+            sentinel: None,
             ..self.clone()
         })
     }
@@ -586,7 +648,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         match file_targets.len() {
             0 => file_targets.push(TargetFile {
                 name: None,
-                url,
+                url: Some(url),
                 username: None,
                 password_file: None,
                 password_env: None,
@@ -597,8 +659,9 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 seeds: Vec::new(),
                 keyspace: None,
                 tls: None,
+                sentinel: None,
             }),
-            1 => file_targets[0].url = url,
+            1 => file_targets[0].url = Some(url),
             n => {
                 return Err(where_(format!(
                     "--redis.addr/REDIS_ADDR names one Redis but the file lists {n} targets; \
@@ -611,7 +674,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
     if file_targets.is_empty() && f.scrape_allow.is_empty() {
         file_targets.push(TargetFile {
             name: None,
-            url: RedisUrl::parse(DEFAULT_REDIS).map_err(ConfigError::Invalid)?,
+            url: Some(RedisUrl::parse(DEFAULT_REDIS).map_err(ConfigError::Invalid)?),
             username: None,
             password_file: None,
             password_env: None,
@@ -622,12 +685,55 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             seeds: Vec::new(),
             keyspace: None,
             tls: None,
+            sentinel: None,
         });
     }
 
     let mut targets: Vec<Target> = Vec::with_capacity(file_targets.len());
-    for t in file_targets {
-        let name = t.name.clone().unwrap_or_else(|| t.url.address());
+    for mut t in file_targets {
+        let sentinel = match t.sentinel.take() {
+            None => None,
+            Some(s) => {
+                let label = t.name.clone().unwrap_or_else(|| s.master.clone());
+                if s.addrs.is_empty() || s.master.trim().is_empty() {
+                    return Err(where_(format!(
+                        "target {label:?}: sentinel needs at least one address in addrs and a master name"
+                    )));
+                }
+                if t.cluster || t.follow_replicas || !t.seeds.is_empty() {
+                    return Err(where_(format!(
+                        "target {label:?}: a sentinel target already polls the master and its \
+                         replicas; drop cluster, follow_replicas and seeds"
+                    )));
+                }
+                let password = password_source(&s.password_file, &s.password_env, None)
+                    .map_err(|e| where_(format!("target {label:?}: sentinel: {e}")))?;
+                Some(SentinelTarget {
+                    addrs: s.addrs,
+                    master: s.master,
+                    username: s.username,
+                    password,
+                })
+            }
+        };
+        let url = match (t.url.take(), &sentinel) {
+            (Some(url), _) => url,
+            // The data nodes' scheme follows the Sentinels'; their addresses come from Sentinel.
+            (None, Some(s)) => {
+                RedisUrl::parse(&s.addrs[0].redacted()).map_err(ConfigError::Invalid)?
+            }
+            (None, None) => {
+                return Err(where_(format!(
+                    "target {:?}: url is required (or a sentinel section)",
+                    t.name.as_deref().unwrap_or("")
+                )))
+            }
+        };
+        let name = t
+            .name
+            .clone()
+            .or_else(|| sentinel.as_ref().map(|s| s.master.clone()))
+            .unwrap_or_else(|| url.address());
         if name.is_empty() || name.len() > 200 {
             return Err(where_(format!(
                 "target name {name:?} must be 1 to 200 characters"
@@ -650,22 +756,11 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         let own_credentials = t.username.is_some()
             || t.password_file.is_some()
             || t.password_env.is_some()
-            || t.url.has_credentials();
-        let mut password = match (&t.password_file, &t.password_env) {
-            (Some(_), Some(_)) => {
-                return Err(where_(format!(
-                    "target {name:?}: set password_file or password_env, not both"
-                )))
-            }
-            (Some(file), None) => PasswordSource::File(file.clone()),
-            (None, Some(var)) => PasswordSource::Env(var.clone()),
-            (None, None) => match t.url.url().password() {
-                Some(p) => PasswordSource::Literal(Secret::new(percent_decode(p))),
-                None => PasswordSource::None,
-            },
-        };
+            || url.has_credentials();
+        let mut password = password_source(&t.password_file, &t.password_env, Some(&url))
+            .map_err(|e| where_(format!("target {name:?}: {e}")))?;
         let mut username = t.username.clone().or_else(|| {
-            let user = t.url.url().username();
+            let user = url.url().username();
             (!user.is_empty()).then(|| percent_decode(user))
         });
         // redis_exporter's global credentials apply to targets that bring none of their own.
@@ -731,21 +826,21 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         };
         let own_tls = t.tls.is_some();
         let tls = t.tls.unwrap_or_else(|| o.tls.clone());
-        if own_tls && !t.url.is_tls() {
+        if own_tls && !url.is_tls() {
             return Err(where_(format!(
-                "target {name:?}: tls: needs a rediss:// url (the url is {})",
-                t.url
+                "target {name:?}: tls: needs a rediss:// url (the url is {url})"
             )));
         }
-        if t.url.is_tls() {
+        if url.is_tls() {
             tls.validate()
                 .map_err(|e| where_(format!("target {name:?}: {e}")))?;
         }
         targets.push(Target {
             tls,
             keyspace,
+            sentinel,
             name,
-            url: t.url,
+            url,
             username,
             password,
             poll_interval,
@@ -1038,6 +1133,37 @@ mod tests {
     }
 
     #[test]
+    fn a_sentinel_target_keeps_the_sentinels_credentials_apart_from_the_data_nodes() {
+        let c = load(
+            "targets:\n  - sentinel:\n      master: pay\n      addrs: [\"redis://:sentinelpw@127.0.0.1:26379\"]\n      password_env: SENTINEL_PW\n",
+        )
+        .unwrap();
+        let t = &c.targets[0];
+        assert_eq!(t.name, "pay", "named after the master by default");
+        assert!(
+            !t.url.has_credentials(),
+            "the data nodes get no Sentinel password"
+        );
+        assert_eq!(t.password, PasswordSource::None);
+        let s = t
+            .for_sentinel(&t.sentinel.as_ref().unwrap().addrs[0])
+            .unwrap();
+        assert_eq!(s.password, PasswordSource::Env("SENTINEL_PW".into()));
+        assert!(s.keyspace.is_none() && s.sentinel.is_none());
+        for (yaml, complaint) in [
+            ("targets:\n  - sentinel: {master: m, addrs: []}\n", "at least one address"),
+            (
+                "targets:\n  - cluster: true\n    sentinel: {master: m, addrs: [\"127.0.0.1:26379\"]}\n",
+                "drop cluster",
+            ),
+            ("targets:\n  - name: x\n", "url is required"),
+        ] {
+            let err = load(yaml).unwrap_err().to_string();
+            assert!(err.contains(complaint), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
     fn timeout_longer_than_interval_is_refused() {
         let err = load("poll_interval: 1s\npoll_timeout: 2s\n")
             .unwrap_err()
@@ -1097,8 +1223,13 @@ mod properties {
     fn the_shipped_example_parses() {
         let text = include_str!("../config.example.yaml");
         let c = Config::from_yaml(Path::new("config.example.yaml"), text).expect("example parses");
-        assert_eq!(c.targets.len(), 3);
+        assert_eq!(c.targets.len(), 4);
         assert_eq!(c.targets[0].name, "sessions");
+        let sentinel = c.targets[3].sentinel.as_ref().expect("a sentinel target");
+        assert_eq!(
+            (sentinel.addrs.len(), sentinel.master.as_str()),
+            (3, "payments")
+        );
         assert_eq!(c.targets[0].poll_timeout, Duration::from_secs(2));
         assert_eq!(c.targets[1].poll_timeout, Duration::from_secs(3));
         assert!(c.targets[1].follow_replicas && c.targets[2].cluster);

@@ -21,10 +21,12 @@
 //! - [`daemon`]: starts the targets, the HTTP server and the alerting tasks; stops them.
 //! - [`topology`]: per target, which nodes to poll: the configured one, the replicas a master
 //!   lists (`follow_replicas`), or every node of a Redis Cluster (`cluster`) with its roll-up.
+//! - [`sentinel`]: Sentinel-defined targets: the master and replicas Sentinel names, followed
+//!   through failovers (`+switch-master` subscription, polling as fallback); failovers counted.
 //! - [`poller`]: one persistent connection per node, a deadline per poll, reconnect backoff;
 //!   runs every collector's commands in one pipeline, renders a [`snapshot::Snapshot`], swaps it
 //!   in, and hands the facts to the evaluator.
-//! - [`collector`]: one file per source (INFO, CONFIG, SLOWLOG, LATENCY, CLUSTER): the commands
+//! - [`collector`]: one file per source (INFO, CONFIG, SLOWLOG, LATENCY, CLUSTER, SENTINEL): the commands
 //!   it wants and a pure parser from replies to [`metrics::FamilySet`].
 //! - [`keyspace`]: the budgeted SCAN sampler per target (prefix groups, TTLs, memory,
 //!   must_expire findings), whose figures join the node's snapshots; the test keyspace generator.
@@ -56,6 +58,7 @@ pub mod keyspace;
 pub mod metrics;
 pub mod poller;
 pub mod scrape;
+pub mod sentinel;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tls;

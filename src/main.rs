@@ -7,6 +7,11 @@ use redis_lookout::config::{Config, LogFormat};
 use redis_lookout::daemon;
 use std::process::ExitCode;
 
+/// jemalloc rather than glibc's malloc: a thousand pollers allocating and freeing small
+/// buffers on two worker threads fragment glibc's arenas, and RSS creeps (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // One TLS crypto provider for the whole process (rediss:// connections use rustls).
     let _ = rustls::crypto::ring::default_provider().install_default();

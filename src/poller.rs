@@ -22,7 +22,7 @@ use tokio::time::{sleep_until, timeout};
 
 /// The client name redis-lookout's connections carry in `CLIENT LIST`.
 pub const CLIENT_NAME: &str = "redis-lookout";
-const FIRST_RETRY: Duration = Duration::from_millis(250);
+pub(crate) const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// Bucket bounds (seconds) of `redis_lookout_poll_duration_seconds`.
 const POLL_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -518,6 +518,35 @@ pub async fn open_connection(
     target: &Target,
     url: &crate::config::RedisUrl,
 ) -> Result<MultiplexedConnection, PollError> {
+    let client = client_for(target, url)?;
+    let limit = target.poll_timeout;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(limit))
+        .set_response_timeout(Some(limit));
+    let mut conn = if url.is_tls() {
+        let settings = client.get_connection_info().redis_settings();
+        open_tls(target, url, settings, config).await?
+    } else {
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| PollError::from_redis(&e))?
+    };
+    // The name shows operators which connection is ours; a server that refuses it still works.
+    let _: RedisResult<Value> = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(CLIENT_NAME)
+        .query_async(&mut conn)
+        .await;
+    Ok(conn)
+}
+
+/// A client for `url` with the target's credentials (read now, so a rotated password file is
+/// picked up on the next connection).
+pub fn client_for(
+    target: &Target,
+    url: &crate::config::RedisUrl,
+) -> Result<redis::Client, PollError> {
     let password = read_password(target).map_err(|msg| {
         tracing::warn!(target_name = %target.name, problem = %msg, "cannot read password");
         PollError::Auth
@@ -535,26 +564,7 @@ pub async fn open_connection(
         settings = settings.set_password(password.expose());
     }
     info = info.set_redis_settings(settings);
-    let limit = target.poll_timeout;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(limit))
-        .set_response_timeout(Some(limit));
-    let mut conn = if url.is_tls() {
-        open_tls(target, url, info.redis_settings(), config).await?
-    } else {
-        let client = redis::Client::open(info).map_err(|e| PollError::from_redis(&e))?;
-        client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| PollError::from_redis(&e))?
-    };
-    // The name shows operators which connection is ours; a server that refuses it still works.
-    let _: RedisResult<Value> = redis::cmd("CLIENT")
-        .arg("SETNAME")
-        .arg(CLIENT_NAME)
-        .query_async(&mut conn)
-        .await;
-    Ok(conn)
+    redis::Client::open(info).map_err(|e| PollError::from_redis(&e))
 }
 
 /// A `rediss://` connection: TCP, then our own TLS handshake with the target's settings, then

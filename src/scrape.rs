@@ -138,6 +138,7 @@ impl OnDemand {
             cluster: false,
             seeds: Vec::new(),
             keyspace: None,
+            sentinel: None,
             tls: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);

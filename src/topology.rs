@@ -7,6 +7,8 @@
 //!   interval (the last node that answered, then known nodes, then the seeds), keeps one poller
 //!   per node, drops nodes that left, and publishes the cluster roll-up: masters online, node
 //!   states, slots per node, and `redis_cluster_failovers_total`.
+//! - `sentinel:`: the master and replicas Sentinel names, and the Sentinels themselves (see
+//!   [`crate::sentinel`]).
 
 use crate::collector::cluster::{parse_cluster_nodes, ClusterNode};
 use crate::collector::value_text;
@@ -24,7 +26,11 @@ use tokio::time::{sleep_until, timeout};
 
 /// Runs a target until shutdown: its node(s) and their discovery.
 pub async fn run_target(target: Arc<Target>, ctx: PollContext, shutdown: watch::Receiver<bool>) {
-    if target.cluster {
+    if target.sentinel.is_some() {
+        crate::sentinel::SentinelView::new(target, ctx)
+            .run(shutdown)
+            .await;
+    } else if target.cluster {
         ClusterView::new(target, ctx).run(shutdown).await;
     } else if target.follow_replicas {
         run_with_replicas(target, ctx, shutdown).await;
@@ -58,14 +64,14 @@ fn with_sampler(
 }
 
 /// The pollers of the nodes discovery found, by address.
-struct Children {
+pub(crate) struct Children {
     target: Arc<Target>,
     ctx: PollContext,
     running: BTreeMap<String, (JoinHandle<()>, watch::Sender<bool>)>,
 }
 
 impl Children {
-    fn new(target: Arc<Target>, ctx: PollContext) -> Self {
+    pub(crate) fn new(target: Arc<Target>, ctx: PollContext) -> Self {
         Self {
             target,
             ctx,
@@ -73,12 +79,23 @@ impl Children {
         }
     }
 
-    /// Starts pollers for new addresses, stops (and forgets the series of) those gone.
+    /// Starts pollers for new addresses, stops (and forgets the series of) those gone. Each
+    /// node is reached like the target itself, at its own address.
     fn sync(&mut self, want: &[String]) {
+        let want: Vec<(String, Result<Target, String>)> = want
+            .iter()
+            .map(|addr| (addr.clone(), self.target.for_node(addr)))
+            .collect();
+        self.sync_targets(want);
+    }
+
+    /// As [`Children::sync`], with how to reach each node given (a Sentinel's credentials
+    /// differ from the data nodes').
+    pub(crate) fn sync_targets(&mut self, want: Vec<(String, Result<Target, String>)>) {
         let gone: Vec<String> = self
             .running
             .keys()
-            .filter(|addr| !want.contains(addr))
+            .filter(|addr| !want.iter().any(|(a, _)| a == *addr))
             .cloned()
             .collect();
         for addr in gone {
@@ -90,11 +107,11 @@ impl Children {
                 .store
                 .forget(&(self.target.name.clone(), Some(addr.clone())));
         }
-        for addr in want {
-            if self.running.contains_key(addr) {
+        for (addr, node_target) in want {
+            if self.running.contains_key(&addr) {
                 continue;
             }
-            let node_target = match self.target.for_node(addr) {
+            let node_target = match node_target {
                 Ok(t) => Arc::new(t),
                 Err(why) => {
                     tracing::warn!(target_name = %self.target.name, problem = %why, "skipping a discovered node");
@@ -106,11 +123,11 @@ impl Children {
             let poller = NodePoller::new(node_target.clone(), Some(addr.clone()), &self.ctx);
             let poller = with_sampler(poller, &node_target, &stop_rx);
             self.running
-                .insert(addr.clone(), (tokio::spawn(poller.run(stop_rx)), stop_tx));
+                .insert(addr, (tokio::spawn(poller.run(stop_rx)), stop_tx));
         }
     }
 
-    async fn stop_all(self) {
+    pub(crate) async fn stop_all(self) {
         for (_, (task, stop)) in self.running {
             let _ = stop.send(true);
             let abort = task.abort_handle();
@@ -286,12 +303,40 @@ struct ClusterView {
     facts: ClusterFacts,
 }
 
+/// The target-level node of a discovered topology (cluster, Sentinel): expected in the store
+/// but not offered to `/discovery`, since it is not a node Prometheus should scrape.
+pub(crate) fn expect_roll_up(target: &Target, ctx: &PollContext) -> NodeKey {
+    let key = (target.name.clone(), None);
+    ctx.store.expect(key.clone(), target.url.address());
+    ctx.store.set_live(&key, false);
+    key
+}
+
+/// Publishes a roll-up's facts as the target-level snapshot (labels: `target` only).
+pub(crate) fn publish_roll_up(
+    ctx: &PollContext,
+    target: &Target,
+    set: &FamilySet,
+    up: bool,
+    started: Instant,
+    role: &str,
+) {
+    ctx.store.publish(Snapshot {
+        target: target.name.clone(),
+        node: None,
+        families: set.render(&[("target", target.name.clone())], &ctx.interner),
+        up,
+        error: None,
+        polled_at: SystemTime::now(),
+        duration: started.elapsed(),
+        role: Some(role.to_owned()),
+        version: None,
+    });
+}
+
 impl ClusterView {
     fn new(target: Arc<Target>, ctx: PollContext) -> Self {
-        let key = (target.name.clone(), None);
-        ctx.store.expect(key.clone(), target.url.address());
-        // The roll-up is not a node Prometheus should scrape on its own.
-        ctx.store.set_live(&key, false);
+        let key = expect_roll_up(&target, &ctx);
         Self {
             target,
             ctx,
@@ -342,17 +387,14 @@ impl ClusterView {
                 "1 when a cluster node answered CLUSTER NODES in the last discovery round",
                 f64::from(u8::from(nodes.is_some())),
             );
-            self.ctx.store.publish(Snapshot {
-                target: self.target.name.clone(),
-                node: None,
-                families: set.render(&[("target", self.target.name.clone())], &self.ctx.interner),
-                up: nodes.is_some(),
-                error: None,
-                polled_at: SystemTime::now(),
-                duration: started.elapsed(),
-                role: Some("cluster".to_owned()),
-                version: None,
-            });
+            publish_roll_up(
+                &self.ctx,
+                &self.target,
+                &set,
+                nodes.is_some(),
+                started,
+                "cluster",
+            );
             let after = tokio::time::Instant::now();
             next = (next + interval).max(after);
         }

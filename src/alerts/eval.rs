@@ -164,6 +164,26 @@ pub fn readings(
                     .collect()
             })
             .unwrap_or_default(),
+        Signal::SeriesWithout(family, dropped) => {
+            let mut highest: BTreeMap<Labels, f64> = BTreeMap::new();
+            for s in facts
+                .get(family)
+                .map(|f| f.samples.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .filter(|s| s.suffix.is_empty())
+            {
+                let labels: Labels = s
+                    .labels
+                    .iter()
+                    .filter(|(k, _)| *k != dropped)
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect();
+                let slot = highest.entry(labels).or_insert(s.value);
+                *slot = slot.max(s.value);
+            }
+            highest.into_iter().collect()
+        }
         Signal::Ratio(a, b) => match (value_of(a), value_of(b)) {
             (Some(a), Some(b)) if b > 0.0 => vec![(Labels::new(), a / b)],
             _ => Vec::new(),
@@ -231,7 +251,7 @@ pub fn guard_passes(rule: &AlertRule, facts: &FamilySet) -> bool {
 /// The families a signal needs remembered across polls, with how long.
 fn remembered(signal: &Signal) -> Vec<(&'static str, Duration)> {
     match *signal {
-        Signal::Series(_) | Signal::Ratio(..) => Vec::new(),
+        Signal::Series(_) | Signal::SeriesWithout(..) | Signal::Ratio(..) => Vec::new(),
         Signal::Rate(f, w)
         | Signal::Increase(f, w, ..)
         | Signal::DropFromMax(f, w)
@@ -578,6 +598,34 @@ mod tests {
             "{}",
             high.annotations["description"]
         );
+    }
+
+    #[test]
+    fn a_series_without_a_label_keeps_one_reading_as_that_label_changes() {
+        let signal = Signal::SeriesWithout("redis_sentinel_master_status", "master_status");
+        let reading = |status: &str, value: f64| {
+            let mut set = FamilySet::new();
+            set.add(
+                "redis_sentinel_master_status",
+                "h",
+                Kind::Gauge,
+                vec![
+                    ("master_name", "m".to_owned()),
+                    ("master_status", status.to_owned()),
+                ],
+                value,
+            );
+            readings(&signal, &set, &NodeHistory::default(), Instant::now())
+        };
+        let sdown = reading("sdown", 0.0);
+        let odown = reading("odown", 0.0);
+        assert_eq!(sdown.len(), 1);
+        assert_eq!(
+            sdown, odown,
+            "the same alert instance while sdown turns odown"
+        );
+        assert!(!sdown[0].0.contains_key("master_status"));
+        assert_eq!(reading("ok", 1.0)[0].1, 1.0);
     }
 
     #[test]

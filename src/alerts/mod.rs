@@ -46,6 +46,10 @@ const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisClusterSlotsFailing",
     "RedisClusterMastersLow",
     "RedisClusterFailoverLoop",
+    "RedisSentinelMasterDown",
+    "RedisSentinelNoQuorum",
+    "RedisSentinelTilt",
+    "RedisSentinelFailoverLoop",
     "RedisRdbSaveFailing",
     "RedisWritesRefusedMisconf",
     "RedisAofWriteFailing",
@@ -117,6 +121,10 @@ pub struct Level {
 pub enum Signal {
     /// The value of each series of a family.
     Series(&'static str),
+    /// As `Series`, without one label: the highest value of the series that differ only in it
+    /// (PromQL's `max without (label)`), so a label that changes during an incident (a status)
+    /// does not restart the alert's `for`.
+    SeriesWithout(&'static str, &'static str),
     /// `a / b` per node, only where `b > 0`.
     Ratio(&'static str, &'static str),
     /// Per-second rate of a counter (summed per node) over a window.
@@ -140,7 +148,10 @@ pub enum Signal {
 impl Signal {
     /// True when one poll is enough to judge it (the `check` command judges only these).
     pub fn instant(&self) -> bool {
-        matches!(self, Signal::Series(_) | Signal::Ratio(..))
+        matches!(
+            self,
+            Signal::Series(_) | Signal::SeriesWithout(..) | Signal::Ratio(..)
+        )
     }
 }
 
@@ -320,6 +331,46 @@ pub fn pack() -> Vec<AlertRule> {
             Op::Above,
             Signal::Increase("redis_cluster_failovers_total", secs(3600), "", &[]),
             vec![level(Critical, 3.0, 0)],
+            "count",
+        ),
+        rule(
+            "RedisSentinelMasterDown",
+            "Sentinel sees the Redis master down",
+            "Sentinel {{ $labels.node }} of {{ $labels.target }} has seen master {{ $labels.master_name }} ({{ $labels.master_address }}) down for over a minute and no failover has replaced it.",
+            "max without (master_status) (redis_sentinel_master_status)",
+            Op::Below,
+            Signal::SeriesWithout("redis_sentinel_master_status", "master_status"),
+            vec![level(Critical, 1.0, 60)],
+            "ok",
+        ),
+        rule(
+            "RedisSentinelNoQuorum",
+            "Sentinels cannot authorize a failover",
+            "Sentinel {{ $labels.node }} of {{ $labels.target }} answers {{ $labels.message }} to CKQUORUM for {{ $labels.master_name }}: if the master fails now, nobody fails over.",
+            "redis_sentinel_master_ckquorum_status",
+            Op::Below,
+            Signal::Series("redis_sentinel_master_ckquorum_status"),
+            vec![level(Critical, 1.0, 60)],
+            "ok",
+        ),
+        rule(
+            "RedisSentinelTilt",
+            "Sentinel is in TILT mode",
+            "Sentinel {{ $labels.node }} of {{ $labels.target }} has been in TILT mode for over a minute: it acts on nothing (no failover) while its clock or event loop misbehaves.",
+            "redis_sentinel_tilt",
+            Op::Above,
+            Signal::Series("redis_sentinel_tilt"),
+            vec![level(Warning, 0.0, 60)],
+            "count",
+        ),
+        rule(
+            "RedisSentinelFailoverLoop",
+            "Sentinel keeps failing the master over",
+            "{{ $labels.target }} had {{ $value }} failovers in the last hour through Sentinel.",
+            "round(increase(redis_sentinel_failovers_total[1h]))",
+            Op::Above,
+            Signal::Increase("redis_sentinel_failovers_total", secs(3600), "", &[]),
+            vec![level(Critical, 2.0, 0)],
             "count",
         ),
         rule(

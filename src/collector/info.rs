@@ -23,6 +23,8 @@ pub const SECTIONS: &[&str] = &[
     "keyspace",
     "errorstats",
     "cluster",
+    // Only a Sentinel has this section; other servers ignore the name.
+    "sentinel",
 ];
 
 /// Sections added every `command_stats` refresh: per-command counters and latency
@@ -112,6 +114,7 @@ pub fn info_families(info: &Info, databases: Option<u32>, out: &mut FamilySet) {
     keyspace(info, databases, out);
     commandstats(info, out);
     replication(info, out);
+    super::sentinel::info_masters(info, out);
 }
 
 fn table_fields(info: &Info, out: &mut FamilySet) {

@@ -694,6 +694,42 @@ pub const FIELDS: &[FieldSpec] = &[
         Conversion::Plain,
     ),
     (
+        "sentinel_masters",
+        "sentinel_masters",
+        Kind::Gauge,
+        Conversion::Plain,
+    ),
+    (
+        "sentinel_running_scripts",
+        "sentinel_running_scripts",
+        Kind::Gauge,
+        Conversion::Plain,
+    ),
+    (
+        "sentinel_scripts_queue_length",
+        "sentinel_scripts_queue_length",
+        Kind::Gauge,
+        Conversion::Plain,
+    ),
+    (
+        "sentinel_simulate_failure_flags",
+        "sentinel_simulate_failure_flags",
+        Kind::Gauge,
+        Conversion::Plain,
+    ),
+    (
+        "sentinel_tilt",
+        "sentinel_tilt",
+        Kind::Gauge,
+        Conversion::Plain,
+    ),
+    (
+        "sentinel_tilt_since_seconds",
+        "sentinel_tilt_since_seconds",
+        Kind::Gauge,
+        Conversion::Plain,
+    ),
+    (
         "slave_expires_tracked_keys",
         "slave_expires_tracked_keys",
         Kind::Gauge,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod info;
 pub mod info_fields;
 pub mod latency;
+pub mod sentinel;
 pub mod slowlog;
 
 use crate::metrics::FamilySet;
@@ -119,6 +120,7 @@ pub fn standard_set(refresh: Refresh) -> Vec<Box<dyn Collector>> {
         Box::new(config::ConfigCollector::new(refresh.config)),
         Box::new(info::InfoCollector::new(refresh.command_stats)),
         Box::new(cluster::ClusterCollector::default()),
+        Box::new(sentinel::SentinelCollector::default()),
         Box::new(slowlog::SlowlogCollector::default()),
         Box::new(latency::LatencyCollector::default()),
     ]

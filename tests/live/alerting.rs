@@ -142,7 +142,7 @@ async fn a_dead_redis_reaches_alertmanager_and_its_recovery_resolves_it() {
     d.stop().await;
 }
 
-fn run_check(args: &[&str]) -> (Option<i32>, String) {
+pub(crate) fn run_check(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(binary())
         .arg("check")
         .args(args)
@@ -156,7 +156,8 @@ fn run_check(args: &[&str]) -> (Option<i32>, String) {
 }
 
 /// Thresholds that keep `check` deterministic on a busy test machine (latency is measured).
-const CALM: &str = "alerting:\n  thresholds:\n    RedisLatencyHigh: {warning: 5, critical: 10}\n";
+pub(crate) const CALM: &str =
+    "alerting:\n  thresholds:\n    RedisLatencyHigh: {warning: 5, critical: 10}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_names_what_is_wrong_and_exits_by_the_worst_finding() {

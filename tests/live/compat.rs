@@ -55,7 +55,7 @@ impl Drop for Exporter {
     }
 }
 
-async fn redis_exporter_output(redis_url: &str) -> Option<Exposition> {
+pub(crate) async fn redis_exporter_output(redis_url: &str) -> Option<Exposition> {
     let port = free_port();
     let child = Command::new("prometheus-redis-exporter")
         .args([
@@ -80,7 +80,7 @@ async fn redis_exporter_output(redis_url: &str) -> Option<Exposition> {
     Some(m)
 }
 
-fn compare(theirs: &Exposition, ours: &Exposition, ours_target: &str) -> Vec<String> {
+pub(crate) fn compare(theirs: &Exposition, ours: &Exposition, ours_target: &str) -> Vec<String> {
     let ours_shapes: BTreeMap<String, (String, Vec<String>)> = {
         let only: Vec<Line> = ours
             .lines

@@ -623,6 +623,8 @@ async fn every_dashboard_panel_alert_and_community_query_returns_data_in_prometh
     populate(&master);
     let load = traffic(&master);
     let gone = free_port();
+    // A Sentinel watching the same master, so the Sentinel alerts read real series.
+    let sentinel = RedisServer::sentinel(&master, "sessions", 1);
 
     let daemon = Daemon::start(&format!(
         r#"poll_interval: 1s
@@ -642,11 +644,16 @@ targets:
     cluster: true
   - name: gone
     url: redis://127.0.0.1:{gone}
+  - name: sessions-ha
+    sentinel:
+      master: sessions
+      addrs: ["{sentinel}"]
 alerting:
   resend_interval: 1m
 "#,
         master = master.url(),
         cluster = cluster.nodes[0].url(),
+        sentinel = sentinel.url(),
     ))
     .await;
     daemon.wait_up("sessions").await;
@@ -663,6 +670,8 @@ alerting:
         r#"redis_master_link_up{target="sessions"} == 1"#,
         r#"redis_slowlog_entries_total{target="sessions"}"#,
         r#"ALERTS{alertname="RedisSlowlogGrowing", alertstate="firing"}"#,
+        r#"redis_sentinel_master_ckquorum_status{target="sessions-ha"}"#,
+        r#"redis_sentinel_failovers_total{target="sessions-ha"}"#,
     ];
     let prom = &prometheus;
     wait_for(

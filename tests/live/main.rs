@@ -11,6 +11,7 @@ mod faults;
 mod keyspace;
 mod process;
 mod secrets;
+mod sentinel;
 mod support;
 mod tls;
 mod topology;

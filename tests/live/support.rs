@@ -47,6 +47,8 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// Listens with TLS only (`--port 0 --tls-port <port>`).
     tls: bool,
+    /// For a Sentinel: its first configuration (Sentinel rewrites the file as it learns).
+    sentinel_conf: Option<String>,
 }
 
 /// What makes a `redis-server` a cluster node with a quick failure detection.
@@ -97,7 +99,7 @@ impl RedisServer {
     pub fn start_tls(pki: &Pki, auth_clients: bool, extra: &[&str]) -> RedisServer {
         let mut args = pki.server_args(auth_clients);
         args.extend_from_slice(extra);
-        Self::start_inner(free_port, &args, true)
+        Self::start_inner(free_port, &args, None, true)
     }
 
     /// A cluster-enabled node (not yet part of a cluster) that speaks TLS only, on its client
@@ -106,14 +108,43 @@ impl RedisServer {
         let mut args = pki.server_args(true);
         args.extend_from_slice(&["--tls-cluster", "yes"]);
         args.extend_from_slice(&CLUSTER_NODE_ARGS);
-        Self::start_inner(free_cluster_port, &args, true)
+        Self::start_inner(free_cluster_port, &args, None, true)
+    }
+
+    /// A Sentinel monitoring `master` under `name` with the given quorum, quick to judge a
+    /// master down (2.5 s: shorter makes a busy 2-core CI machine fail over spuriously) and to
+    /// fail over (5 s timeout).
+    pub fn sentinel(master: &RedisServer, name: &str, quorum: u32) -> RedisServer {
+        Self::sentinel_with(master, name, quorum, "")
+    }
+
+    /// As [`RedisServer::sentinel`], with more lines for sentinel.conf (passwords, …).
+    pub fn sentinel_with(
+        master: &RedisServer,
+        name: &str,
+        quorum: u32,
+        extra_conf: &str,
+    ) -> RedisServer {
+        let conf = format!(
+            "sentinel monitor {name} 127.0.0.1 {port} {quorum}\n\
+             sentinel down-after-milliseconds {name} 2500\n\
+             sentinel failover-timeout {name} 5000\n\
+             sentinel parallel-syncs {name} 1\n{extra_conf}",
+            port = master.port
+        );
+        Self::start_inner(free_port, &[], Some(conf), false)
     }
 
     fn start_with(pick_port: fn() -> u16, extra: &[&str]) -> RedisServer {
-        Self::start_inner(pick_port, extra, false)
+        Self::start_inner(pick_port, extra, None, false)
     }
 
-    fn start_inner(pick_port: fn() -> u16, extra: &[&str], tls: bool) -> RedisServer {
+    fn start_inner(
+        pick_port: fn() -> u16,
+        extra: &[&str],
+        sentinel_conf: Option<String>,
+        tls: bool,
+    ) -> RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // A port found free can be taken before redis binds it: try a few.
         for _attempt in 0..5 {
@@ -122,6 +153,7 @@ impl RedisServer {
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
                 extra: extra.clone(),
+                sentinel_conf: sentinel_conf.clone(),
                 tls,
             };
             server.spawn();
@@ -134,6 +166,14 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            let path = self.dir.path().join("sentinel.conf");
+            // On a restart the file Sentinel rewrote is kept: it holds what it learned.
+            if !path.exists() {
+                std::fs::write(&path, conf).expect("write sentinel.conf");
+            }
+            cmd.arg(path).arg("--sentinel");
+        }
         if self.tls {
             cmd.args(["--port", "0", "--tls-port"]);
         } else {
