@@ -78,6 +78,57 @@ pub struct Cli {
     #[arg(global = true, long = "log-level", env = "REDIS_EXPORTER_LOG_LEVEL")]
     pub log_level: Option<String>,
 
+    /// CA certificate file (PEM) to verify a rediss:// server with (default: system roots).
+    #[arg(
+        global = true,
+        long = "tls-ca-cert-file",
+        env = "REDIS_EXPORTER_TLS_CA_CERT_FILE"
+    )]
+    pub tls_ca_cert_file: Option<PathBuf>,
+
+    /// Client certificate file (PEM) for mTLS to Redis; needs --tls-client-key-file.
+    #[arg(
+        global = true,
+        long = "tls-client-cert-file",
+        env = "REDIS_EXPORTER_TLS_CLIENT_CERT_FILE"
+    )]
+    pub tls_client_cert_file: Option<PathBuf>,
+
+    /// Client private key file (PEM, unencrypted) for mTLS to Redis.
+    #[arg(
+        global = true,
+        long = "tls-client-key-file",
+        env = "REDIS_EXPORTER_TLS_CLIENT_KEY_FILE"
+    )]
+    pub tls_client_key_file: Option<PathBuf>,
+
+    /// Name the Redis server's certificate must carry, when not the address's host.
+    #[arg(
+        global = true,
+        long = "tls-server-name",
+        env = "REDIS_EXPORTER_TLS_SERVER_NAME"
+    )]
+    pub tls_server_name: Option<String>,
+
+    /// Do not verify the Redis server's certificate (encrypted, not authenticated).
+    #[arg(
+        global = true,
+        long = "skip-tls-verification",
+        env = "REDIS_EXPORTER_SKIP_TLS_VERIFICATION",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub skip_tls_verification: Option<bool>,
+
+    /// Web config file (Prometheus exporter-toolkit format): HTTPS and basic auth.
+    #[arg(
+        global = true,
+        long = "web.config.file",
+        env = "REDIS_LOOKOUT_WEB_CONFIG_FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
+
     /// How often each node is polled (default 5s).
     #[arg(global = true, long = "poll-interval", env = "REDIS_LOOKOUT_POLL_INTERVAL", value_parser = humantime::parse_duration)]
     pub poll_interval: Option<Duration>,
@@ -127,6 +178,14 @@ impl Cli {
             poll_timeout: self.poll_timeout,
             log_format: self.log_format,
             log_level: self.log_level.clone(),
+            tls: crate::tls::TlsSettings {
+                ca_file: self.tls_ca_cert_file.clone(),
+                cert_file: self.tls_client_cert_file.clone(),
+                key_file: self.tls_client_key_file.clone(),
+                server_name: self.tls_server_name.clone(),
+                insecure_skip_verify: self.skip_tls_verification.unwrap_or(false),
+            },
+            web_config_file: self.web_config_file.clone(),
         }
     }
 }
@@ -176,6 +235,33 @@ mod tests {
         assert_eq!(cli.redis_addr.as_deref(), Some("redis://h:1"));
         assert_eq!(cli.listen.as_deref(), Some(":9999"));
         assert_eq!(cli.log_format, Some(LogFormat::Json));
+    }
+
+    #[test]
+    fn redis_exporter_tls_flags_fill_the_tls_settings() {
+        let cli = Cli::parse_args(
+            [
+                "redis-lookout",
+                "--tls-ca-cert-file=/ca.pem",
+                "-tls-client-cert-file=/c.pem",
+                "--tls-client-key-file",
+                "/k.pem",
+                "--skip-tls-verification",
+                "--web.config.file=/web.yml",
+            ]
+            .map(OsString::from),
+        )
+        .unwrap();
+        let o = cli.overrides();
+        assert_eq!(o.tls.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(o.tls.cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(o.tls.key_file, Some(PathBuf::from("/k.pem")));
+        assert!(o.tls.insecure_skip_verify);
+        assert_eq!(o.web_config_file, Some(PathBuf::from("/web.yml")));
+        let off =
+            Cli::parse_args(["redis-lookout", "--skip-tls-verification=false"].map(OsString::from))
+                .unwrap();
+        assert!(!off.overrides().tls.insecure_skip_verify);
     }
 
     #[test]

@@ -196,6 +196,7 @@ struct TargetFile {
     #[serde(default)]
     seeds: Vec<RedisUrl>,
     keyspace: Option<KeyspaceFile>,
+    tls: Option<crate::tls::TlsSettings>,
     sentinel: Option<SentinelFile>,
     watch: Option<WatchFile>,
 }
@@ -386,6 +387,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     scrape_idle: Option<Duration>,
     alerting: Option<AlertingFile>,
+    web_config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -460,6 +462,8 @@ pub struct Target {
     pub seeds: Vec<RedisUrl>,
     /// The keyspace prefix sampler, when configured.
     pub keyspace: Option<crate::keyspace::KeyspaceConfig>,
+    /// TLS settings for a `rediss://` URL; discovered nodes inherit them.
+    pub tls: crate::tls::TlsSettings,
     /// A target whose master and replicas are found through Sentinel.
     pub sentinel: Option<SentinelTarget>,
     /// The watched keys, streams and counted patterns, when configured.
@@ -527,6 +531,8 @@ pub struct Config {
     /// An on-demand poller not scraped for this long is stopped.
     pub scrape_idle: Duration,
     pub alerting: Option<Alerting>,
+    /// The exporter's own HTTPS and basic auth (`--web.config.file`), when given.
+    pub web: Option<crate::web_config::WebConfig>,
 }
 
 /// Values given by flags or their environment variables (clap fills both; flags win).
@@ -543,6 +549,9 @@ pub struct Overrides {
     pub poll_timeout: Option<Duration>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    /// redis_exporter's `--tls-*` flags: TLS for targets with no `tls:` of their own.
+    pub tls: crate::tls::TlsSettings,
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -573,18 +582,21 @@ fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_yaml::from_str::<FileConfig>(text).map_err(|e| {
-        let message = strip_location(&e.to_string());
-        match e.location() {
-            Some(loc) => ConfigError::At {
-                file,
-                line: loc.line(),
-                column: loc.column(),
-                message,
-            },
-            None => ConfigError::File { file, message },
-        }
-    })
+    serde_yaml::from_str::<FileConfig>(text).map_err(|e| yaml_error(file, &e))
+}
+
+/// A YAML parse error as `file:line:column: what` (or `file: what` without a location).
+pub(crate) fn yaml_error(file: String, e: &serde_yaml::Error) -> ConfigError {
+    let message = strip_location(&e.to_string());
+    match e.location() {
+        Some(loc) => ConfigError::At {
+            file,
+            line: loc.line(),
+            column: loc.column(),
+            message,
+        },
+        None => ConfigError::File { file, message },
+    }
 }
 
 /// The YAML library appends " at line L column C"; we put the location in front instead.
@@ -597,7 +609,7 @@ fn strip_location(message: &str) -> String {
 
 /// Finds where `needle` stands as a value of `key:` for the `nth` time, for errors found after
 /// parsing (duplicate names), so they point into the file like parse errors do.
-fn locate(text: &str, key: &str, needle: &str, nth: usize) -> Option<(usize, usize)> {
+pub(crate) fn locate(text: &str, key: &str, needle: &str, nth: usize) -> Option<(usize, usize)> {
     let mut seen = 0;
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start().trim_start_matches("- ");
@@ -670,6 +682,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 cluster: false,
                 seeds: Vec::new(),
                 keyspace: None,
+                tls: None,
                 sentinel: None,
                 watch: None,
             }),
@@ -696,6 +709,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             cluster: false,
             seeds: Vec::new(),
             keyspace: None,
+            tls: None,
             sentinel: None,
             watch: None,
         });
@@ -869,8 +883,20 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 })
             }
         };
+        let own_tls = t.tls.is_some();
+        let tls = t.tls.unwrap_or_else(|| o.tls.clone());
+        if own_tls && !url.is_tls() {
+            return Err(where_(format!(
+                "target {name:?}: tls: needs a rediss:// url (the url is {url})"
+            )));
+        }
+        if url.is_tls() {
+            tls.validate()
+                .map_err(|e| where_(format!("target {name:?}: {e}")))?;
+        }
         targets.push(Target {
             watch,
+            tls,
             keyspace,
             sentinel,
             name,
@@ -937,7 +963,13 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         }
     };
 
+    let web = match o.web_config_file.as_ref().or(f.web_config_file.as_ref()) {
+        Some(file) => Some(crate::web_config::WebConfig::load(file)?),
+        None => None,
+    };
+
     Ok(Config {
+        web,
         alerting,
         scrape_allow,
         scrape_idle: f.scrape_idle.unwrap_or(Duration::from_secs(600)),

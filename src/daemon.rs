@@ -19,13 +19,28 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot register the process metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("web config: {0}")]
+    Web(String),
+}
+
 /// Runs until `shutdown` completes, then stops accepting, drains requests and stops pollers.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), prometheus::Error> {
+) -> Result<(), DaemonError> {
     let telemetry = Telemetry::new()?;
+    let web = match &config.web {
+        Some(w) => Some(Arc::new(
+            crate::web_config::WebSecurity::new(w).map_err(DaemonError::Web)?,
+        )),
+        None => None,
+    };
     let store = Arc::new(SnapshotStore::new());
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -97,6 +112,7 @@ pub async fn run(
         telemetry_path: config.telemetry_path.clone(),
         on_demand,
         alerts: evaluator,
+        web,
     });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, targets = config.targets.len(), path = %config.telemetry_path, "serving");

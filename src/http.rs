@@ -7,11 +7,12 @@ use crate::metrics::Merger;
 use crate::scrape::{OnDemand, ScrapeAnswer};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::telemetry::Telemetry;
+use crate::web_config::{WebSecurity, CHALLENGE};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -38,7 +39,12 @@ pub struct AppState {
     pub on_demand: Arc<OnDemand>,
     /// The in-process evaluator, when alerting is configured.
     pub alerts: Option<Arc<std::sync::Mutex<Evaluator>>>,
+    /// HTTPS and basic auth from the web config file, when given.
+    pub web: Option<Arc<WebSecurity>>,
 }
+
+/// How long a client may take over the TLS handshake before its connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until `shutdown` turns true, then drains.
 pub async fn serve(
@@ -64,16 +70,21 @@ pub async fn serve(
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(error = %err, "TCP_NODELAY not set");
                 }
+                let acceptor = state.web.as_ref().and_then(|w| w.acceptor());
+                let watcher = graceful.watcher();
                 let state = state.clone();
-                let service = service_fn(move |req| handle(state.clone(), req));
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .max_buf_size(64 * 1024)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    match acceptor {
+                        None => serve_connection(stream, state, watcher).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => serve_connection(tls, state, watcher).await,
+                                // Plain HTTP on the HTTPS port, a bad client, a slow one.
+                                Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake with an HTTP client failed"),
+                                Err(_) => tracing::debug!("TLS handshake with an HTTP client timed out"),
+                            }
+                        }
+                    }
                 });
             }
             _ = shutdown.changed() => {
@@ -86,6 +97,24 @@ pub async fn serve(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(DRAIN) => tracing::warn!("some HTTP requests were still running at exit"),
     }
+}
+
+/// Serves HTTP/1.1 on one accepted connection (plain or TLS) until it closes or the server
+/// drains.
+async fn serve_connection<I>(
+    io: I,
+    state: Arc<AppState>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(state.clone(), req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = watcher.watch(conn).await;
 }
 
 /// Every response body: whole (small pages) or streamed (the exposition).
@@ -133,7 +162,25 @@ async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let (handler, resp) = route(&state, &req).await;
+    let allowed = match &state.web {
+        Some(web) => {
+            web.allows(req.uri().path(), req.headers().get(AUTHORIZATION))
+                .await
+        }
+        None => true,
+    };
+    let (handler, resp) = if allowed {
+        route(&state, &req).await
+    } else {
+        let mut resp = response(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "unauthorized: this exporter needs basic auth credentials\n",
+        );
+        resp.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+        ("unauthorized", resp)
+    };
     // The path only: a query string can carry a caller's URL with credentials in it.
     tracing::debug!(method = %req.method(), path = req.uri().path(), status = resp.status().as_u16(), "request");
     state

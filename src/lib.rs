@@ -40,7 +40,11 @@
 //!   [`alerts::eval`] (pending/firing/resolved), [`alerts::alertmanager`] (API v2 push).
 //! - [`check`]: the one-shot `check` command.
 //! - [`telemetry`]: process self-metrics on one `prometheus` registry (HTTP, alerts, process).
-//! - [`http`]: hyper 1 server and the handlers.
+//! - [`http`]: hyper 1 server and the handlers; HTTPS and basic auth from [`web_config`].
+//! - [`tls`]: TLS to Redis for `rediss://` targets (CA, client certificate, server name); the
+//!   poller does the handshake and hands the stream to redis-rs.
+//! - [`web_config`]: the exporter-toolkit style web config file (HTTPS certificate reloaded on
+//!   change, bcrypt basic auth with a cache of verified credentials).
 //! - [`error`]: [`error::PollError`] with a bounded `label()` for metrics.
 
 #![forbid(unsafe_code)]
@@ -60,4 +64,6 @@ pub mod scrape;
 pub mod sentinel;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
+pub mod web_config;

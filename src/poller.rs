@@ -523,10 +523,15 @@ pub async fn open_connection(
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(limit))
         .set_response_timeout(Some(limit));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| PollError::from_redis(&e))?;
+    let mut conn = if url.is_tls() {
+        let settings = client.get_connection_info().redis_settings();
+        open_tls(target, url, settings, config).await?
+    } else {
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| PollError::from_redis(&e))?
+    };
     // The name shows operators which connection is ours; a server that refuses it still works.
     let _: RedisResult<Value> = redis::cmd("CLIENT")
         .arg("SETNAME")
@@ -560,6 +565,87 @@ pub fn client_for(
     }
     info = info.set_redis_settings(settings);
     redis::Client::open(info).map_err(|e| PollError::from_redis(&e))
+}
+
+/// A `rediss://` connection: TCP, then our own TLS handshake with the target's settings, then
+/// redis-rs on the encrypted stream (AUTH, SELECT). Any failure of the handshake, or of the
+/// session right after it, is `PollError::Tls`: with TLS 1.3 a server that refuses our client
+/// certificate says so only once the handshake has finished on our side.
+async fn open_tls(
+    target: &Target,
+    url: &crate::config::RedisUrl,
+    settings: &redis::RedisConnectionInfo,
+    config: AsyncConnectionConfig,
+) -> Result<MultiplexedConnection, PollError> {
+    let tls_problem = |what: &str, problem: &dyn std::fmt::Display| {
+        tracing::warn!(target_name = %target.name, address = %url.address(), %problem, "{what}");
+        PollError::Tls
+    };
+    let host = url.url().host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.url().port().unwrap_or(6379);
+    let client_config = target
+        .tls
+        .client_config()
+        .map_err(|e| tls_problem("TLS settings unusable", &e))?;
+    let server_name = target
+        .tls
+        .server_name_for(host)
+        .map_err(|e| tls_problem("TLS server name unusable", &e))?;
+    let limit = target.poll_timeout;
+    let tcp = match timeout(limit, tokio::net::TcpStream::connect((host, port))).await {
+        Err(_) => return Err(PollError::Timeout),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Err(PollError::ConnectionRefused)
+        }
+        Ok(Err(_)) => return Err(PollError::Connection),
+        Ok(Ok(tcp)) => tcp,
+    };
+    let _ = tcp.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let stream = match timeout(limit, connector.connect(server_name, tcp)).await {
+        Err(_) => return Err(PollError::Timeout),
+        Ok(Err(e)) => return Err(tls_problem("TLS handshake failed", &e)),
+        Ok(Ok(stream)) => stream,
+    };
+    let opened = timeout(
+        limit,
+        MultiplexedConnection::new_with_config(settings, stream, config),
+    )
+    .await
+    .map_err(|_| PollError::Timeout)?;
+    let (mut conn, driver) = opened.map_err(|e| tls_session_error(target, url, Some(&e)))?;
+    tokio::spawn(driver);
+    // One round trip now, so a session the server ends at once (a refused client certificate)
+    // fails here, as a TLS error, and not later as a dropped connection.
+    // A reply of any kind, even an error (PING refused by an ACL), proves the session works.
+    let probe: RedisResult<Value> = redis::cmd("PING").query_async(&mut conn).await;
+    match probe.as_ref().map_err(PollError::from_redis) {
+        Ok(_) | Err(PollError::Server | PollError::Auth | PollError::Loading) => Ok(conn),
+        Err(PollError::Timeout) => Err(PollError::Timeout),
+        Err(_) => Err(tls_session_error(target, url, probe.err().as_ref())),
+    }
+}
+
+/// Classifies an error on a fresh TLS session: connection-level failures are the TLS layer's.
+fn tls_session_error(
+    target: &Target,
+    url: &crate::config::RedisUrl,
+    err: Option<&redis::RedisError>,
+) -> PollError {
+    let Some(err) = err else {
+        return PollError::Tls;
+    };
+    match PollError::from_redis(err) {
+        PollError::Connection | PollError::ConnectionRefused | PollError::Tls => {
+            tracing::warn!(
+                target_name = %target.name, address = %url.address(), problem = %err,
+                "TLS session ended by the server right after the handshake (client certificate refused?)"
+            );
+            PollError::Tls
+        }
+        other => other,
+    }
 }
 
 /// The `ip:port` of each replica a master lists (from the facts of one poll).

@@ -140,6 +140,7 @@ impl OnDemand {
             keyspace: None,
             sentinel: None,
             watch: None,
+            tls: Default::default(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();

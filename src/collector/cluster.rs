@@ -106,6 +106,9 @@ pub struct ClusterNode {
     pub slots: u32,
 }
 
+/// Slots in a Redis Cluster.
+const CLUSTER_SLOTS: u32 = 16384;
+
 /// Parses `CLUSTER NODES`. Lines that do not have the documented 8+ fields are skipped.
 pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
     text.lines()
@@ -120,14 +123,19 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
             let slots = fields[8..]
                 .iter()
                 .filter(|s| !s.starts_with('['))
-                .map(|range| match range.split_once('-') {
-                    Some((a, b)) => match (a.parse::<u32>(), b.parse::<u32>()) {
-                        (Ok(a), Ok(b)) if b >= a => b - a + 1,
-                        _ => 0,
-                    },
-                    None => u32::from(range.parse::<u32>().is_ok()),
+                .map(|range| {
+                    // A slot is 0..=16383; anything else is not a slot (and must not overflow).
+                    let slot = |s: &str| s.parse::<u32>().ok().filter(|n| *n < CLUSTER_SLOTS);
+                    match range.split_once('-') {
+                        Some((a, b)) => match (slot(a), slot(b)) {
+                            (Some(a), Some(b)) if b >= a => b - a + 1,
+                            _ => 0,
+                        },
+                        None => u32::from(slot(range).is_some()),
+                    }
                 })
-                .sum();
+                .fold(0u32, u32::saturating_add)
+                .min(CLUSTER_SLOTS);
             Some(ClusterNode {
                 id: fields[0].to_owned(),
                 myself: has("myself"),

@@ -726,14 +726,15 @@ alerting:
         r#"redis_keyspace_hot_key_access_share{target="sessions"}"#,
     ];
     let prom = &prometheus;
-    // The first query still empty, so a timeout names what never came.
+    // The first query still empty, so a timeout names what never came. The deadline is roomy:
+    // CI runs the whole suite at once on 2 cores, and a census plus a stream round can crawl.
     let missing = std::sync::Mutex::new(String::new());
     let missing = &missing;
     let ready_in_time = tokio::time::timeout(
-        Duration::from_secs(120),
+        Duration::from_secs(240),
         wait_for(
             "Prometheus holds every family the dashboards need",
-            Duration::from_secs(125),
+            Duration::from_secs(245),
             || async move {
                 for expr in ready {
                     if !prom.has_series(expr).await {

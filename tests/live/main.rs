@@ -2,6 +2,7 @@
 //!
 //! One test binary (so it links once); the modules group the behaviours.
 
+mod acl;
 mod alerting;
 mod compat;
 mod dashboards;
@@ -12,5 +13,7 @@ mod process;
 mod secrets;
 mod sentinel;
 mod support;
+mod tls;
 mod topology;
 mod watch;
+mod web;

@@ -22,6 +22,19 @@ fn assert_clean(what: &str, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_password_appears_in_no_output_at_debug_level() {
     let redis = RedisServer::start(&["--requirepass", PASSWORD]);
+    // TLS targets with the password in the URL: one polls, one fails its handshake (its
+    // warnings must not carry the URL's password either).
+    let pki = Pki::generate();
+    let tls_redis = RedisServer::start_tls(&pki, true, &["--requirepass", PASSWORD]);
+    let tls_url = format!("rediss://:{PASSWORD}@127.0.0.1:{}", tls_redis.port);
+    let tls = |ca: &str| {
+        format!(
+            "    tls: {{ca_file: {}, cert_file: {}, key_file: {}}}\n",
+            pki.path(ca),
+            pki.path("client.crt"),
+            pki.path("client.key")
+        )
+    };
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
@@ -30,10 +43,12 @@ async fn the_password_appears_in_no_output_at_debug_level() {
     std::fs::write(
         &config,
         format!(
-            "poll_interval: 200ms\ntargets:\n  - name: good\n    url: {}\n    password_file: {}\n  - name: wrong-port\n    url: redis://:{PASSWORD}@127.0.0.1:{closed}\n  - name: in-url\n    url: redis://:{PASSWORD}@127.0.0.1:{}\nscrape_allow:\n  - hosts: [\"127.0.0.1\"]\n    ports: {}\n    password_file: {}\nalerting: {{}}\n",
+            "poll_interval: 200ms\ntargets:\n  - name: good\n    url: {}\n    password_file: {}\n  - name: wrong-port\n    url: redis://:{PASSWORD}@127.0.0.1:{closed}\n  - name: in-url\n    url: redis://:{PASSWORD}@127.0.0.1:{}\n  - name: tls-in-url\n    url: {tls_url}\n{}  - name: tls-wrong-ca\n    url: {tls_url}\n{}scrape_allow:\n  - hosts: [\"127.0.0.1\"]\n    ports: {}\n    password_file: {}\nalerting: {{}}\n",
             redis.url(),
             pw.display(),
             redis.port,
+            tls("ca.crt"),
+            tls("other-ca.crt"),
             redis.port,
             pw.display()
         ),
@@ -49,7 +64,13 @@ async fn the_password_appears_in_no_output_at_debug_level() {
             let (_, body) = http_get(addr, "/metrics").await;
             let m = Exposition::parse(&body);
             let up = |t: &str| m.value("redis_up", &[("target", t)]) == Some(1.0);
-            (up("good") && up("in-url")).then_some(body)
+            let tls_failed = m
+                .value(
+                    "redis_lookout_poll_errors_total",
+                    &[("target", "tls-wrong-ca"), ("kind", "tls")],
+                )
+                .is_some_and(|n| n > 0.0);
+            (up("good") && up("in-url") && up("tls-in-url") && tls_failed).then_some(body)
         },
     )
     .await;
@@ -85,5 +106,9 @@ async fn the_password_appears_in_no_output_at_debug_level() {
 
     let log = p.log_text();
     assert!(log.contains("DEBUG"), "debug logging was on:\n{log}");
+    assert!(
+        log.contains("TLS handshake failed"),
+        "the TLS failure was logged:\n{log}"
+    );
     assert_clean("the log", &log);
 }

@@ -45,9 +45,21 @@ pub struct RedisServer {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Listens with TLS only (`--port 0 --tls-port <port>`).
+    tls: bool,
     /// For a Sentinel: its first configuration (Sentinel rewrites the file as it learns).
     sentinel_conf: Option<String>,
 }
+
+/// What makes a `redis-server` a cluster node with a quick failure detection.
+const CLUSTER_NODE_ARGS: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-node-timeout",
+    "1000",
+    "--cluster-config-file",
+    "nodes.conf",
+];
 
 /// A port below 55535 whose cluster bus port (+10000) is free too.
 pub fn free_cluster_port() -> u16 {
@@ -75,21 +87,28 @@ impl RedisServer {
 
     /// A cluster-enabled node (not yet part of a cluster).
     pub fn cluster_node() -> RedisServer {
-        Self::start_with(
-            free_cluster_port,
-            &[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "1000",
-                "--cluster-config-file",
-                "nodes.conf",
-                // Tests freeze a replica to hold back a failover; without this Redis would
-                // count the frozen time as stale data and refuse to promote it afterwards.
-                "--cluster-replica-validity-factor",
-                "0",
-            ],
-        )
+        let mut args = CLUSTER_NODE_ARGS.to_vec();
+        // Tests freeze a replica to hold back a failover; without this Redis would count the
+        // frozen time as stale data and refuse to promote it afterwards.
+        args.extend_from_slice(&["--cluster-replica-validity-factor", "0"]);
+        Self::start_with(free_cluster_port, &args)
+    }
+
+    /// A server that speaks TLS only, with `pki`'s server certificate; with `auth_clients` it
+    /// demands a client certificate signed by the test CA. `extra` as for [`RedisServer::start`].
+    pub fn start_tls(pki: &Pki, auth_clients: bool, extra: &[&str]) -> RedisServer {
+        let mut args = pki.server_args(auth_clients);
+        args.extend_from_slice(extra);
+        Self::start_inner(free_port, &args, None, true)
+    }
+
+    /// A cluster-enabled node (not yet part of a cluster) that speaks TLS only, on its client
+    /// port and its cluster bus, with `pki`'s certificates (clients must present one).
+    pub fn cluster_node_tls(pki: &Pki) -> RedisServer {
+        let mut args = pki.server_args(true);
+        args.extend_from_slice(&["--tls-cluster", "yes"]);
+        args.extend_from_slice(&CLUSTER_NODE_ARGS);
+        Self::start_inner(free_cluster_port, &args, None, true)
     }
 
     /// A Sentinel monitoring `master` under `name` with the given quorum, quick to judge a
@@ -113,17 +132,18 @@ impl RedisServer {
              sentinel parallel-syncs {name} 1\n{extra_conf}",
             port = master.port
         );
-        Self::start_inner(free_port, &[], Some(conf))
+        Self::start_inner(free_port, &[], Some(conf), false)
     }
 
     fn start_with(pick_port: fn() -> u16, extra: &[&str]) -> RedisServer {
-        Self::start_inner(pick_port, extra, None)
+        Self::start_inner(pick_port, extra, None, false)
     }
 
     fn start_inner(
         pick_port: fn() -> u16,
         extra: &[&str],
         sentinel_conf: Option<String>,
+        tls: bool,
     ) -> RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // A port found free can be taken before redis binds it: try a few.
@@ -134,6 +154,7 @@ impl RedisServer {
                 child: None,
                 extra: extra.clone(),
                 sentinel_conf: sentinel_conf.clone(),
+                tls,
             };
             server.spawn();
             if server.wait_ready(Duration::from_secs(10)) {
@@ -153,8 +174,12 @@ impl RedisServer {
             }
             cmd.arg(path).arg("--sentinel");
         }
-        cmd.arg("--port")
-            .arg(self.port.to_string())
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port"]);
+        } else {
+            cmd.arg("--port");
+        }
+        cmd.arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--enable-debug-command", "yes", "--daemonize", "no"])
             .arg("--dir")
@@ -170,6 +195,17 @@ impl RedisServer {
     fn wait_ready(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
+            if self.tls {
+                // No plain port to PING: the server says when it listens.
+                if self.log_tail(50).contains("Ready to accept connections") {
+                    return true;
+                }
+                if self.log_tail(50).contains("Address already in use") {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             if let Ok(mut c) = self.client().get_connection() {
                 match redis::cmd("PING").query::<String>(&mut c) {
                     Ok(_) => return true,
@@ -184,7 +220,19 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command through `redis-cli` over TLS with the test CA and client certificate.
+    pub fn tls_cli(&self, pki: &Pki, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(pki.cli_args())
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (apt-get install redis-tools)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn client(&self) -> redis::Client {
@@ -803,4 +851,245 @@ pub fn assert_promtool_accepts_config(path: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A test PKI made with the `openssl` command in a temp dir: `ca.crt`/`ca.key`, a server
+/// certificate for `localhost` and `127.0.0.1` signed by it (`server.crt`/`server.key`), a
+/// client certificate (`client.crt`/`client.key`), and an unrelated CA (`other-ca.crt`).
+/// P-256 keys: quick to make.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    paths: BTreeMap<&'static str, String>,
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("openssl (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let (key, crt, subject) = (
+                format!("{ca}.key"),
+                format!("{ca}.crt"),
+                format!("/CN=redis-lookout test {ca}"),
+            );
+            let mut args = vec!["req", "-x509"];
+            args.extend_from_slice(&ec);
+            args.extend_from_slice(&[
+                "-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subject,
+            ]);
+            args.extend_from_slice(&["-addext", "basicConstraints=critical,CA:TRUE"]);
+            args.extend_from_slice(&["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            run(&args);
+        }
+        Pki::issue(
+            &dir,
+            "server",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            &run,
+        );
+        Pki::issue(&dir, "client", "extendedKeyUsage=clientAuth\n", &run);
+        // A second server certificate, for certificate rotation.
+        Pki::issue(
+            &dir,
+            "server2",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            &run,
+        );
+        let mut paths = BTreeMap::new();
+        for name in [
+            "server2.crt",
+            "server2.key",
+            "ca.crt",
+            "ca.key",
+            "other-ca.crt",
+            "server.crt",
+            "server.key",
+            "client.crt",
+            "client.key",
+        ] {
+            paths.insert(name, dir.path().join(name).display().to_string());
+        }
+        Pki { dir, paths }
+    }
+
+    /// Issues `<name>.crt`/`<name>.key` from the test CA with these extensions.
+    fn issue(dir: &tempfile::TempDir, name: &str, extensions: &str, run: &dyn Fn(&[&str])) {
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            dir.path().join(&ext),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{extensions}"),
+        )
+        .expect("extensions file");
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let subject = format!("/CN={name}");
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subject,
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
+
+    /// `redis-server` arguments for TLS with the test server certificate and CA.
+    pub fn server_args(&self, auth_clients: bool) -> Vec<&str> {
+        vec![
+            "--tls-cert-file",
+            self.path("server.crt"),
+            "--tls-key-file",
+            self.path("server.key"),
+            "--tls-ca-cert-file",
+            self.path("ca.crt"),
+            "--tls-auth-clients",
+            if auth_clients { "yes" } else { "no" },
+        ]
+    }
+
+    /// `redis-cli` arguments for TLS with the test CA and client certificate.
+    pub fn cli_args(&self) -> [&str; 7] {
+        [
+            "--tls",
+            "--cacert",
+            self.path("ca.crt"),
+            "--cert",
+            self.path("client.crt"),
+            "--key",
+            self.path("client.key"),
+        ]
+    }
+
+    /// The path of one of the files, as a string for configs and command lines.
+    pub fn path(&self, name: &str) -> &str {
+        self.paths
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no {name} in the test PKI"))
+    }
+}
+
+/// An HTTPS request over a fresh connection that trusts only `ca_file`, optionally with basic
+/// auth. Returns (status, `WWW-Authenticate` header, body, the server's certificate as DER), or
+/// the error of the connection or handshake. Bounded by a 10 s deadline.
+pub async fn https_request(
+    addr: SocketAddr,
+    ca_file: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+) -> std::io::Result<(u16, String, String, Vec<u8>)> {
+    use base64::Engine as _;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).expect("CA file") {
+        roots.add(cert.expect("CA PEM")).expect("CA usable");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await?;
+        let peer = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .unwrap_or_default();
+        let authorization = auth
+            .map(|(u, p)| {
+                let raw = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+                format!("Authorization: Basic {raw}\r\n")
+            })
+            .unwrap_or_default();
+        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{authorization}\r\n");
+        tls.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        // A server may end TLS without close_notify after the body; what was read is the answer.
+        if let Err(e) = tls.read_to_end(&mut raw).await {
+            if raw.is_empty() {
+                return Err(e);
+            }
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let challenge = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("www-authenticate"))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        Ok((status, challenge, body.to_owned(), peer))
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("HTTPS request timed out")))
+}
+
+/// The DER bytes of the first certificate in a PEM file.
+pub fn cert_der(pem_file: &str) -> Vec<u8> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    tokio_rustls::rustls::pki_types::CertificateDer::from_pem_file(pem_file)
+        .expect("certificate PEM")
+        .as_ref()
+        .to_vec()
 }

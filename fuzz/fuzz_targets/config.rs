@@ -1,0 +1,8 @@
+#![no_main]
+//! cargo fuzz run config (see docs/fuzzing.md)
+
+#[allow(dead_code)] // each target uses one of the shared checks
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::config(data));

@@ -1,0 +1,399 @@
+//! The exporter's own HTTP security, from a web config file in the Prometheus exporter-toolkit's
+//! format (`--web.config.file`, or `web_config_file:` in the config): HTTPS whose certificate is
+//! reloaded when its files change, and basic auth with bcrypt-hashed passwords.
+//!
+//! ```yaml
+//! tls_server_config:
+//!   cert_file: server.crt      # relative paths are relative to this file
+//!   key_file: server.key
+//! basic_auth_users:
+//!   prometheus: $2y$10$...     # htpasswd -nBC 10 "" | tr -d ':\n'
+//! ```
+//!
+//! `/-/healthy` answers without credentials (a liveness probe has none). A bcrypt check costs
+//! tens of milliseconds on purpose, so a successful one is remembered (keyed by a salted SHA-256
+//! of the presented user and password) and later scrapes with the same credentials pay a hash,
+//! not a bcrypt. An unknown user still costs one bcrypt check against a dummy hash, so the time
+//! of a 401 does not tell which user names exist.
+
+use crate::config::{locate, yaml_error, ConfigError};
+use hyper::header::HeaderValue;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use subtle::ConstantTimeEq;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+/// The file's shape; unknown keys (toolkit options not supported here) are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebConfigFile {
+    tls_server_config: Option<ServerTlsFile>,
+    #[serde(default)]
+    basic_auth_users: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerTlsFile {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+/// A bcrypt hash from the file. Not a password, but still kept out of `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BcryptHash(String);
+
+impl fmt::Debug for BcryptHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BcryptHash(***)")
+    }
+}
+
+/// The web config file, checked: certificate and key load and match, every hash is bcrypt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebConfig {
+    pub file: PathBuf,
+    /// (certificate chain file, key file), both PEM.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub users: BTreeMap<String, BcryptHash>,
+}
+
+impl WebConfig {
+    /// Reads and checks the file; problems are `file:line:column: what`.
+    pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            file: path.display().to_string(),
+            message: format!("cannot read web config: {e}"),
+        })?;
+        WebConfig::parse(path, &text)
+    }
+
+    /// Checks `text` as if read from `path` (relative file names resolve against its folder).
+    pub fn parse(path: &Path, text: &str) -> Result<WebConfig, ConfigError> {
+        let file = path.display().to_string();
+        let at = |key: &str, value: &str, message: String| match locate(text, key, value, 1) {
+            Some((line, column)) => ConfigError::At {
+                file: file.clone(),
+                line,
+                column,
+                message,
+            },
+            None => ConfigError::File {
+                file: file.clone(),
+                message,
+            },
+        };
+        let parsed: WebConfigFile = if text.trim().is_empty() {
+            WebConfigFile::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| yaml_error(file.clone(), &e))?
+        };
+        let base = path.parent().unwrap_or(Path::new(""));
+        let tls = match parsed.tls_server_config {
+            None => None,
+            Some(t) => {
+                let (cert, key) = (base.join(&t.cert_file), base.join(&t.key_file));
+                server_config(&cert, &key).map_err(|e| {
+                    at(
+                        "cert_file",
+                        &t.cert_file.display().to_string(),
+                        format!("tls_server_config: {e}"),
+                    )
+                })?;
+                Some((cert, key))
+            }
+        };
+        let mut users = BTreeMap::new();
+        for (user, hash) in parsed.basic_auth_users {
+            if user.is_empty() || user.contains(':') {
+                return Err(at(
+                    &user,
+                    &hash,
+                    format!("basic_auth_users: user name {user:?} must be non-empty, without ':'"),
+                ));
+            }
+            if hash.parse::<bcrypt::HashParts>().is_err() {
+                return Err(at(
+                    &user,
+                    &hash,
+                    format!(
+                        "basic_auth_users: the password of {user:?} is not a bcrypt hash \
+                         (make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n')"
+                    ),
+                ));
+            }
+            users.insert(user, BcryptHash(hash));
+        }
+        Ok(WebConfig {
+            file: path.to_owned(),
+            tls,
+            users,
+        })
+    }
+}
+
+/// The server side of HTTPS: certificate chain and key as rustls wants them.
+fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain = crate::tls::read_chain(cert)?;
+    let key = crate::tls::read_key(key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate and key do not match: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What identifies a version of a file without reading it.
+type Stamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some((meta.modified().ok()?, meta.len(), inode))
+}
+
+/// The certificate in use, reloaded when the files change (checked as each connection opens,
+/// a `stat` of two files). A pair that does not load (a key written after its certificate, say)
+/// keeps the previous certificate in service until the files change again.
+struct CertReloader {
+    cert: PathBuf,
+    key: PathBuf,
+    current: Mutex<((Stamp, Stamp), Arc<rustls::ServerConfig>)>,
+}
+
+impl CertReloader {
+    fn new(cert: PathBuf, key: PathBuf) -> Result<CertReloader, String> {
+        let stamps = (stamp(&cert), stamp(&key));
+        let config = server_config(&cert, &key)?;
+        Ok(CertReloader {
+            cert,
+            key,
+            current: Mutex::new((stamps, config)),
+        })
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        let stamps = (stamp(&self.cert), stamp(&self.key));
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if stamps != current.0 {
+            current.0 = stamps;
+            match server_config(&self.cert, &self.key) {
+                Ok(config) => {
+                    current.1 = config;
+                    tracing::info!(cert_file = %self.cert.display(), "HTTPS certificate reloaded");
+                }
+                Err(problem) => tracing::warn!(
+                    cert_file = %self.cert.display(), %problem,
+                    "HTTPS certificate changed but does not load; still serving the previous one"
+                ),
+            }
+        }
+        TlsAcceptor::from(current.1.clone())
+    }
+}
+
+/// Checks `Authorization: Basic` against the configured users.
+struct BasicAuth {
+    users: BTreeMap<String, BcryptHash>,
+    /// Checked for unknown users, at the highest cost among the real hashes.
+    dummy: String,
+    /// A random key per process: the remembered digests are useless outside it.
+    salt: [u8; 32],
+    /// Digests of credentials that passed bcrypt.
+    verified: Mutex<Vec<[u8; 32]>>,
+}
+
+/// At most this many remembered credentials (successes only, so in practice one per user).
+const REMEMBERED: usize = 64;
+
+impl BasicAuth {
+    fn new(users: BTreeMap<String, BcryptHash>) -> Result<BasicAuth, String> {
+        let cost = users
+            .values()
+            .filter_map(|h| h.0.parse::<bcrypt::HashParts>().ok())
+            .map(|p| p.get_cost())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = bcrypt::hash(rand::random::<[u8; 16]>(), cost).map_err(|e| e.to_string())?;
+        Ok(BasicAuth {
+            users,
+            dummy,
+            salt: rand::random(),
+            verified: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn digest(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.salt);
+        h.update((user.len() as u64).to_le_bytes());
+        h.update(user.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    async fn check(self: Arc<Self>, header: Option<&HeaderValue>) -> bool {
+        let Some((user, password)) = header.and_then(parse_basic) else {
+            return false;
+        };
+        let digest = self.digest(&user, &password);
+        let remembered = {
+            let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            verified
+                .iter()
+                .fold(subtle::Choice::from(0), |seen, d| seen | d.ct_eq(&digest))
+        };
+        if bool::from(remembered) {
+            return true;
+        }
+        let (hash, known) = match self.users.get(&user) {
+            Some(h) => (h.0.clone(), true),
+            None => (self.dummy.clone(), false),
+        };
+        // bcrypt is slow on purpose: off the async workers.
+        let matched =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
+        let ok = matched && known;
+        if ok {
+            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if verified.len() >= REMEMBERED {
+                verified.clear();
+            }
+            verified.push(digest);
+        }
+        ok
+    }
+}
+
+/// `Basic base64(user:password)` → (user, password).
+fn parse_basic(header: &HeaderValue) -> Option<(String, String)> {
+    use base64::Engine as _;
+    let text = header.to_str().ok()?;
+    let (scheme, encoded) = text.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") || encoded.len() > 4096 {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// The running form of a [`WebConfig`]: what the HTTP server asks per connection and request.
+pub struct WebSecurity {
+    tls: Option<CertReloader>,
+    auth: Option<Arc<BasicAuth>>,
+}
+
+/// The value of `WWW-Authenticate` on a 401.
+pub const CHALLENGE: &str = "Basic realm=\"redis-lookout\", charset=\"UTF-8\"";
+
+impl WebSecurity {
+    pub fn new(config: &WebConfig) -> Result<WebSecurity, String> {
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(CertReloader::new(cert.clone(), key.clone())?),
+            None => None,
+        };
+        let auth = if config.users.is_empty() {
+            None
+        } else {
+            Some(Arc::new(BasicAuth::new(config.users.clone())?))
+        };
+        Ok(WebSecurity { tls, auth })
+    }
+
+    /// The TLS acceptor for a new connection (the current certificate), when HTTPS is on.
+    pub fn acceptor(&self) -> Option<TlsAcceptor> {
+        self.tls.as_ref().map(CertReloader::acceptor)
+    }
+
+    /// Whether a request to `path` with this `Authorization` header may proceed.
+    pub async fn allows(&self, path: &str, authorization: Option<&HeaderValue>) -> bool {
+        match &self.auth {
+            None => true,
+            Some(_) if path == "/-/healthy" => true,
+            Some(auth) => auth.clone().check(authorization).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<WebConfig, ConfigError> {
+        WebConfig::parse(Path::new("/etc/web.yml"), text)
+    }
+
+    #[test]
+    fn mistakes_name_the_file_line_and_column() {
+        let err = parse("basic_auth_users:\n  alice: $2y$10$abc\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/web.yml:2:3: "), "{err}");
+        assert!(err.contains("not a bcrypt hash"), "{err}");
+        let err =
+            parse("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS13\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.starts_with("/etc/web.yml:4:"), "{err}");
+        assert!(err.contains("min_version"), "{err}");
+        let err = parse("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/web.yml:2:3: "), "{err}");
+        assert!(err.contains("/etc/missing.crt"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn basic_auth_accepts_the_right_password_only_and_healthy_stays_open() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let config = parse(&format!("basic_auth_users:\n  prom: '{hash}'\n")).unwrap();
+        assert!(!format!("{config:?}").contains(&hash));
+        let web = WebSecurity::new(&config).unwrap();
+        let header = |user: &str, pw: &str| {
+            use base64::Engine as _;
+            let raw = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+            HeaderValue::from_str(&format!("Basic {raw}")).unwrap()
+        };
+        assert!(
+            web.allows("/metrics", Some(&header("prom", "s3cret")))
+                .await
+        );
+        // Remembered now; still right, and a wrong one is still wrong.
+        assert!(
+            web.allows("/metrics", Some(&header("prom", "s3cret")))
+                .await
+        );
+        assert!(
+            !web.allows("/metrics", Some(&header("prom", "s3cret!")))
+                .await
+        );
+        assert!(
+            !web.allows("/metrics", Some(&header("nobody", "s3cret")))
+                .await
+        );
+        assert!(!web.allows("/metrics", None).await);
+        assert!(
+            !web.allows("/metrics", Some(&HeaderValue::from_static("Bearer x")))
+                .await
+        );
+        assert!(web.allows("/-/healthy", None).await);
+    }
+}

@@ -1,0 +1,160 @@
+//! The exporter's own HTTP secured by a web config file (`--web.config.file`, the Prometheus
+//! exporter-toolkit format): HTTPS with a certificate reloaded when its files change, basic auth
+//! with bcrypt hashes (`/-/healthy` open), and a bad file refused before anything is served.
+
+use crate::support::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PASSWORD: &str = "Scrape-Pa55-plugh";
+
+/// Puts `from` at `to` by rename, as deployment tools do, so no reader sees half a file.
+fn replace_file(from: &str, to: &std::path::Path) {
+    let staged = to.with_extension("new");
+    std::fs::copy(from, &staged).expect("stage file");
+    std::fs::rename(&staged, to).expect("rename into place");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_basic_auth_serves_scrapes_and_picks_up_a_replaced_certificate() {
+    let pki = Pki::generate();
+    let redis = RedisServer::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    replace_file(pki.path("server.crt"), &cert);
+    replace_file(pki.path("server.key"), &key);
+    let hash = bcrypt::hash(PASSWORD, 6).unwrap();
+    let web = dir.path().join("web.yml");
+    // Relative file names resolve against the web config file's folder.
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\nbasic_auth_users:\n  prometheus: '{hash}'\n"
+        ),
+    )
+    .unwrap();
+    let p = Running::start(&[
+        "--redis.addr",
+        &redis.url(),
+        "--poll-interval",
+        "300ms",
+        "--web.config.file",
+        web.to_str().unwrap(),
+        "--log-level",
+        "debug",
+    ]);
+    let (addr, ca) = (p.addr, pki.path("ca.crt"));
+
+    // /-/healthy needs no credentials; /metrics with them shows the target up.
+    let healthy = wait_for("HTTPS served", Duration::from_secs(20), || async move {
+        https_request(addr, ca, "/-/healthy", None)
+            .await
+            .ok()
+            .filter(|r| r.0 == 200)
+    })
+    .await;
+    assert_eq!(healthy.3, cert_der(pki.path("server.crt")));
+    let creds = Some(("prometheus", PASSWORD));
+    wait_for(
+        "redis_up 1 over HTTPS",
+        Duration::from_secs(20),
+        || async move {
+            let (status, _, body, _) = https_request(addr, ca, "/metrics", creds).await.ok()?;
+            assert_eq!(status, 200, "right credentials");
+            (Exposition::parse(&body).value("redis_up", &[]) == Some(1.0)).then_some(())
+        },
+    )
+    .await;
+
+    // No, wrong or unknown credentials: 401 with a challenge, on every path but /-/healthy.
+    for (path, auth) in [
+        ("/metrics", None),
+        ("/metrics", Some(("prometheus", "wrong"))),
+        ("/metrics", Some(("nobody", PASSWORD))),
+        ("/", None),
+        ("/-/ready", Some(("prometheus", ""))),
+    ] {
+        let (status, challenge, body, _) = https_request(addr, ca, path, auth).await.unwrap();
+        assert_eq!(status, 401, "{path} with {auth:?}");
+        assert!(challenge.starts_with("Basic realm="), "{challenge}");
+        assert!(!body.contains("redis_up"), "{path}: {body}");
+    }
+
+    // Plain HTTP on the HTTPS port gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /-/healthy HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut raw))
+        .await
+        .expect("the server closes a plain-HTTP connection");
+    assert!(
+        !String::from_utf8_lossy(&raw).starts_with("HTTP/"),
+        "plain HTTP was answered"
+    );
+
+    // The certificate is replaced on disk: new connections get the new one, scrapes go on.
+    replace_file(pki.path("server2.key"), &key);
+    replace_file(pki.path("server2.crt"), &cert);
+    let new_cert = cert_der(pki.path("server2.crt"));
+    let expected = &new_cert;
+    wait_for(
+        "the new certificate served",
+        Duration::from_secs(10),
+        || async move {
+            https_request(addr, ca, "/-/healthy", None)
+                .await
+                .ok()
+                .filter(|r| &r.3 == expected)
+        },
+    )
+    .await;
+    let (status, _, _, served) = https_request(addr, ca, "/metrics", creds).await.unwrap();
+    assert_eq!((status, &served), (200, &new_cert));
+
+    let log = p.log_text();
+    assert!(log.contains("HTTPS certificate reloaded"), "{log}");
+    assert!(
+        !log.contains(PASSWORD),
+        "the basic auth password leaked into the log"
+    );
+}
+
+#[test]
+fn a_bad_web_config_file_stops_the_start_naming_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, at, what) in [
+        (
+            "basic_auth_users:\n  prometheus: plain-text-password\n",
+            ":2:3: ",
+            "not a bcrypt hash",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  client_auth_type: RequireAndVerifyClientCert\n",
+            ":4:",
+            "client_auth_type",
+        ),
+        (
+            "tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n",
+            ":2:3: ",
+            "missing.crt",
+        ),
+    ] {
+        let web = dir.path().join("web.yml");
+        std::fs::write(&web, text).unwrap();
+        let port = free_port().to_string();
+        let out = std::process::Command::new(binary())
+            .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
+            .args(["--web.config.file", web.to_str().unwrap()])
+            .args(["--redis.addr", "redis://127.0.0.1:1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let expected = format!("{}{at}", web.display());
+        assert!(stderr.contains(&expected), "want {expected}: {stderr}");
+        assert!(stderr.contains(what), "{stderr}");
+    }
+}
