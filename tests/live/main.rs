@@ -4,6 +4,7 @@
 
 mod acl;
 mod alerting;
+mod chaos;
 mod compat;
 mod dashboards;
 mod exposition;
