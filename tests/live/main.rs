@@ -9,6 +9,7 @@ mod compat;
 mod dashboards;
 mod exposition;
 mod faults;
+mod hostile;
 mod keyspace;
 mod process;
 mod secrets;

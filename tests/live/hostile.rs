@@ -1,0 +1,130 @@
+//! Hostile HTTP input: huge headers, odd paths and query strings, wrong methods, slowloris
+//! connections and a crowd of idle ones. Every answer is a 4xx (never a 5xx), the connections
+//! are closed in bounded time, and a normal scrape keeps working throughout.
+
+use crate::support::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Sends raw bytes and returns the status code of the answer, or None when the server closed
+/// the connection without one. Bounded: the server must answer or close within `limit`.
+async fn raw(addr: SocketAddr, request: &[u8], limit: Duration) -> Option<u16> {
+    let work = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        // The server may close before reading everything it was sent: that is an answer too.
+        let _ = stream.write_all(request).await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        text.split_whitespace().nth(1).and_then(|s| s.parse().ok())
+    };
+    tokio::time::timeout(limit, work)
+        .await
+        .expect("the server neither answered nor closed the connection")
+}
+
+fn client_error(status: Option<u16>) -> bool {
+    status.is_none_or(|s| (400..500).contains(&s))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_4xx_and_never_stop_a_scrape() {
+    let redis = RedisServer::start(&[]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\nscrape_allow:\n  - hosts: [\"127.0.0.1\"]\n    ports: \"{}\"\ntargets:\n  - name: r\n    url: {}\n",
+        redis.port,
+        redis.url()
+    ))
+    .await;
+    d.wait_up("r").await;
+    let limit = Duration::from_secs(15);
+
+    // A header far past the 64 KiB buffer.
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Junk: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let status = raw(d.addr, huge.as_bytes(), limit).await;
+    assert!(client_error(status), "huge header: {status:?}");
+
+    // Many headers, a path far too long, bytes that are not HTTP.
+    let many: String = (0..5000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let status = raw(
+        d.addr,
+        format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+        limit,
+    )
+    .await;
+    assert!(client_error(status), "many headers: {status:?}");
+    let long_path = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "p".repeat(100_000));
+    let status = raw(d.addr, long_path.as_bytes(), limit).await;
+    assert!(client_error(status), "long path: {status:?}");
+    let status = raw(
+        d.addr,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n",
+        limit,
+    )
+    .await;
+    assert!(client_error(status), "not HTTP: {status:?}");
+
+    // Odd paths and query strings: each a 4xx with a reason, none a 5xx.
+    for (method, path) in [
+        ("GET", "/nope"),
+        ("GET", "/metrics/../../etc/passwd"),
+        ("GET", "/runbooks/../../Cargo.toml"),
+        ("GET", "/runbooks/%00"),
+        ("GET", "/scrape"),
+        ("GET", "/scrape?target="),
+        ("GET", "/scrape?target=%zz%zz"),
+        ("GET", "/scrape?target=10.0.0.1:6379"),
+        ("GET", "/scrape?target=127.0.0.1:1"),
+        ("GET", "/scrape?target=127.0.0.1:99999"),
+        ("GET", "/scrape?target=[::1"),
+        ("GET", "/scrape?target=redis://user:pw@127.0.0.1:1"),
+        ("POST", "/metrics"),
+        ("DELETE", "/-/ready"),
+    ] {
+        let (status, _) = http_request(d.addr, method, path).await;
+        assert!(
+            (400..500).contains(&status),
+            "{method} {path} answered {status}"
+        );
+    }
+
+    // Slowloris: connections that send half a request header and then dribble.
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(d.addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // ... and idle connections that never send a byte.
+    let idle: Vec<TcpStream> =
+        futures_util::future::join_all((0..200).map(|_| TcpStream::connect(d.addr)))
+            .await
+            .into_iter()
+            .map(|s| s.expect("connect"))
+            .collect();
+    // None of them stops a scrape.
+    let m = d.metrics().await;
+    assert_eq!(m.value("redis_up", &[("target", "r")]), Some(1.0));
+    // The half-sent headers are cut off by the header read timeout: every one is closed within
+    // a bounded time (read returns EOF or an error), with at most a 4xx.
+    for mut s in slow {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a slowloris connection was held open");
+        let text = String::from_utf8_lossy(&buf);
+        let status: Option<u16> = text.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+        assert!(client_error(status), "slowloris answered {status:?}");
+    }
+    drop(idle);
+    let (status, body) = http_get(d.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("redis_up{target=\"r\"} 1"));
+    d.stop().await;
+}
