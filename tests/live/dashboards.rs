@@ -595,6 +595,11 @@ fn traffic(master: &RedisServer) -> tokio::task::JoinHandle<()> {
             pipe.cmd("HGETALL").arg("cache:user:7:profile").ignore();
             pipe.cmd("GET").arg("cache:user:missing").ignore();
             pipe.cmd("DEBUG").arg("SLEEP").arg("0.012").ignore();
+            // Keeps the hot key hot: LFU counters decay by one a minute, and on a slow CI
+            // machine the sampler may reach the key minutes after populate() read it.
+            for _ in 0..100 {
+                pipe.cmd("GET").arg("cache:config:flags").ignore();
+            }
             let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
             let _: redis::RedisResult<i64> = redis::cmd("LPUSH")
                 .arg("config:features")
