@@ -963,9 +963,19 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         }
     };
 
-    let web = match o.web_config_file.as_ref().or(f.web_config_file.as_ref()) {
-        Some(file) => Some(crate::web_config::WebConfig::load(file)?),
-        None => None,
+    let web = match (&o.web_config_file, &f.web_config_file) {
+        (Some(file), _) => Some(crate::web_config::WebConfig::load(file)?),
+        // Named in this file: an unreadable web config is an error of this file too (a
+        // problem inside a readable one names that file, line and column).
+        (None, Some(file)) => Some(crate::web_config::WebConfig::load(file).map_err(
+            |e| match e {
+                ConfigError::File { file, message } => {
+                    where_(format!("web_config_file: {file}: {message}"))
+                }
+                other => other,
+            },
+        )?),
+        (None, None) => None,
     };
 
     Ok(Config {
