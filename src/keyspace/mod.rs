@@ -171,10 +171,55 @@ pub struct Pass {
     pub started: Instant,
     groups: HashMap<String, GroupStats>,
     must_expire: BTreeMap<String, u64>,
-    largest: Vec<(u64, Vec<u8>, String)>,
+    largest: TopKeys,
     /// `lfu-log-factor` when the node runs an LFU policy (then keys carry OBJECT FREQ).
     pub lfu_log_factor: Option<f64>,
-    hottest: Vec<(u8, Vec<u8>, String)>,
+    hottest: TopKeys,
+}
+
+/// The k keys with the highest value seen in a pass (memory, LFU counter), with their group.
+/// Kept to at most 4k between trims, so a pass over millions of keys holds a few hundred.
+#[derive(Debug, Clone, Default)]
+struct TopKeys(Vec<(u64, Vec<u8>, String)>);
+
+impl TopKeys {
+    fn push(&mut self, value: u64, name: &[u8], group: &str, k: usize) {
+        if k == 0 {
+            return;
+        }
+        self.0.push((value, name.to_vec(), group.to_owned()));
+        if self.0.len() > k * 4 {
+            self.trim(k);
+        }
+    }
+
+    fn trim(&mut self, k: usize) {
+        self.0.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        self.0.truncate(k);
+    }
+
+    /// Publishes the top `k` by rank (`key` label only with `export_key_names`).
+    fn publish(
+        &mut self,
+        out: &mut FamilySet,
+        family: &str,
+        help: &str,
+        db: &str,
+        config: &KeyspaceConfig,
+    ) {
+        self.trim(config.top_keys);
+        for (rank, (value, name, group)) in self.0.iter().enumerate() {
+            let mut labels = vec![
+                ("db", db.to_owned()),
+                ("prefix", group.clone()),
+                ("rank", (rank + 1).to_string()),
+            ];
+            if config.export_key_names {
+                labels.push(("key", String::from_utf8_lossy(name).into_owned()));
+            }
+            out.add(family, help, Kind::Gauge, labels, *value as f64);
+        }
+    }
 }
 
 impl Pass {
@@ -186,9 +231,9 @@ impl Pass {
             started: now,
             groups: HashMap::new(),
             must_expire: BTreeMap::new(),
-            largest: Vec::new(),
+            largest: TopKeys::default(),
             lfu_log_factor: None,
-            hottest: Vec::new(),
+            hottest: TopKeys::default(),
         }
     }
 
@@ -230,25 +275,11 @@ impl Pass {
             if stats.hottest.as_ref().is_none_or(|(f, _)| freq > *f) {
                 stats.hottest = Some((freq, key.name.clone()));
             }
-            if config.top_keys > 0 {
-                self.hottest.push((freq, key.name.clone(), group.clone()));
-                if self.hottest.len() > config.top_keys * 4 {
-                    self.hottest.sort_by_key(|entry| std::cmp::Reverse(entry.0));
-                    self.hottest.truncate(config.top_keys);
-                }
-            }
+            self.hottest
+                .push(u64::from(freq), &key.name, &group, config.top_keys);
         }
-        if config.top_keys > 0 {
-            self.largest.push((key.memory, key.name.clone(), group));
-            if self.largest.len() > config.top_keys * 4 {
-                self.trim_largest(config.top_keys);
-            }
-        }
-    }
-
-    fn trim_largest(&mut self, k: usize) {
-        self.largest.sort_by_key(|entry| std::cmp::Reverse(entry.0));
-        self.largest.truncate(k);
+        self.largest
+            .push(key.memory, &key.name, &group, config.top_keys);
     }
 
     /// The factor from counts seen to the database's total (1 for a finished pass).
@@ -443,43 +474,20 @@ impl Pass {
                 seen as f64 * scale,
             );
         }
-        self.trim_largest(config.top_keys);
-        for (rank, (memory, name, group)) in self.largest.iter().enumerate() {
-            let mut labels = vec![
-                ("db", db.clone()),
-                ("prefix", group.clone()),
-                ("rank", (rank + 1).to_string()),
-            ];
-            if config.export_key_names {
-                labels.push(("key", String::from_utf8_lossy(name).into_owned()));
-            }
-            out.add(
-                "redis_keyspace_largest_key_bytes",
-                "The largest keys seen in the pass, by MEMORY USAGE (names only with export_key_names)",
-                Kind::Gauge,
-                labels,
-                *memory as f64,
-            );
-        }
-        self.hottest.sort_by_key(|entry| std::cmp::Reverse(entry.0));
-        self.hottest.truncate(config.top_keys);
-        for (rank, (freq, name, group)) in self.hottest.iter().enumerate() {
-            let mut labels = vec![
-                ("db", db.clone()),
-                ("prefix", group.clone()),
-                ("rank", (rank + 1).to_string()),
-            ];
-            if config.export_key_names {
-                labels.push(("key", String::from_utf8_lossy(name).into_owned()));
-            }
-            out.add(
-                "redis_keyspace_hottest_key_lfu_freq",
-                "LFU counters (OBJECT FREQ) of the most accessed keys seen in the pass (names only with export_key_names)",
-                Kind::Gauge,
-                labels,
-                f64::from(*freq),
-            );
-        }
+        self.largest.publish(
+            out,
+            "redis_keyspace_largest_key_bytes",
+            "The largest keys seen in the pass, by MEMORY USAGE (names only with export_key_names)",
+            &db,
+            config,
+        );
+        self.hottest.publish(
+            out,
+            "redis_keyspace_hottest_key_lfu_freq",
+            "LFU counters (OBJECT FREQ) of the most accessed keys seen in the pass (names only with export_key_names)",
+            &db,
+            config,
+        );
         out.add(
             "redis_keyspace_estimate",
             "1 while the figures are estimates from a running pass, 0 once they come from a completed census",
@@ -488,6 +496,23 @@ impl Pass {
             if exact { 0.0 } else { 1.0 },
         );
     }
+}
+
+/// The kept connection of a budgeted task (sampler, key watcher), opened within the poll
+/// timeout when there is none; errors are short labels for the debug log.
+pub(crate) async fn kept_connection<'a>(
+    conn: &'a mut Option<MultiplexedConnection>,
+    target: &Target,
+) -> Result<&'a mut MultiplexedConnection, &'static str> {
+    if conn.is_none() {
+        let opened =
+            tokio::time::timeout(target.poll_timeout, open_connection(target, &target.url))
+                .await
+                .map_err(|_| "connect timed out")?
+                .map_err(|e| e.label())?;
+        *conn = Some(opened);
+    }
+    conn.as_mut().ok_or("no connection")
 }
 
 /// The rest after `busy` that keeps busy / (busy + rest) at `budget` (a share of wall time):
@@ -626,7 +651,6 @@ const SLOW_SCAN: Duration = Duration::from_micros(150);
 impl Sampler {
     /// One batch of work; returns how long to rest before the next (the budget).
     async fn step(&mut self) -> Duration {
-        let started = Instant::now();
         match self.batch().await {
             Ok((round_trips, inspected)) => {
                 let busy = match self.cost_per_key {
@@ -648,24 +672,13 @@ impl Sampler {
             Err(why) => {
                 tracing::debug!(target_name = %self.target.name, problem = why, "keyspace sampler paused");
                 self.conn = None;
-                let _ = started;
                 Duration::from_secs(5)
             }
         }
     }
 
     async fn connection(&mut self) -> Result<&mut MultiplexedConnection, &'static str> {
-        if self.conn.is_none() {
-            let conn = tokio::time::timeout(
-                self.target.poll_timeout,
-                open_connection(&self.target, &self.target.url),
-            )
-            .await
-            .map_err(|_| "connect timed out")?
-            .map_err(|e| e.label())?;
-            self.conn = Some(conn);
-        }
-        self.conn.as_mut().ok_or("no connection")
+        kept_connection(&mut self.conn, &self.target).await
     }
 
     /// Reads commandstats: Redis' time per inspected key, and per SCAN (which sets COUNT).

@@ -19,7 +19,6 @@
 use crate::collector::{value_int, value_items, value_text};
 use crate::config::Target;
 use crate::metrics::{FamilySet, Kind};
-use crate::poller::open_connection;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -531,17 +530,9 @@ struct Expansion {
 
 impl Watcher {
     async fn connection(&mut self) -> Result<MultiplexedConnection, &'static str> {
-        if self.conn.is_none() {
-            let conn = tokio::time::timeout(
-                self.target.poll_timeout,
-                open_connection(&self.target, &self.target.url),
-            )
+        super::kept_connection(&mut self.conn, &self.target)
             .await
-            .map_err(|_| "connect timed out")?
-            .map_err(|e| e.label())?;
-            self.conn = Some(conn);
-        }
-        self.conn.clone().ok_or("no connection")
+            .cloned()
     }
 
     /// Sends a pipeline, charges its round trip, and rests so the budget holds.
