@@ -482,6 +482,33 @@ pub struct SentinelTarget {
 }
 
 impl Target {
+    /// One node, nothing discovered and no keyspace tasks (an on-demand `/scrape` target, a
+    /// Sentinel).
+    pub fn plain(
+        name: String,
+        url: RedisUrl,
+        username: Option<String>,
+        password: PasswordSource,
+        poll_interval: Duration,
+        poll_timeout: Duration,
+    ) -> Target {
+        Target {
+            name,
+            url,
+            username,
+            password,
+            poll_interval,
+            poll_timeout,
+            follow_replicas: false,
+            cluster: false,
+            seeds: Vec::new(),
+            keyspace: None,
+            sentinel: None,
+            watch: None,
+            tls: Default::default(),
+        }
+    }
+
     /// The same target reached at another node (same credentials, TLS and timing).
     pub fn for_node(&self, addr: &str) -> Result<Target, String> {
         Ok(Target {
@@ -499,16 +526,15 @@ impl Target {
     pub fn for_sentinel(&self, url: &RedisUrl) -> Option<Target> {
         let sentinel = self.sentinel.as_ref()?;
         Some(Target {
-            url: url.clone(),
-            username: sentinel.username.clone(),
-            password: sentinel.password.clone(),
-            follow_replicas: false,
-            cluster: false,
-            seeds: Vec::new(),
-            keyspace: None,
-            sentinel: None,
-            watch: None,
-            ..self.clone()
+            tls: self.tls.clone(),
+            ..Target::plain(
+                self.name.clone(),
+                url.clone(),
+                sentinel.username.clone(),
+                sentinel.password.clone(),
+                self.poll_interval,
+                self.poll_timeout,
+            )
         })
     }
 }

@@ -127,21 +127,14 @@ impl OnDemand {
         let Ok(url) = RedisUrl::parse(&format!("{scheme}://{address}")) else {
             return false;
         };
-        let target = Arc::new(Target {
-            name: address.to_owned(),
+        let target = Arc::new(Target::plain(
+            address.to_owned(),
             url,
-            username: rule.username.clone(),
-            password: rule.password.clone(),
-            poll_interval: self.poll_interval,
-            poll_timeout: self.poll_timeout,
-            follow_replicas: false,
-            cluster: false,
-            seeds: Vec::new(),
-            keyspace: None,
-            sentinel: None,
-            watch: None,
-            tls: Default::default(),
-        });
+            rule.username.clone(),
+            rule.password.clone(),
+            self.poll_interval,
+            self.poll_timeout,
+        ));
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();
         let poller = NodePoller::new(target, None, &self.ctx);
