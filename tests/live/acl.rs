@@ -119,18 +119,7 @@ async fn the_readme_acl_user_runs_every_feature_and_nothing_outside_it_is_sent()
         .ignore();
     pipe.cmd("SADD").arg("watch:set").arg("a").ignore();
     pipe.cmd("ZADD").arg("watch:zset").arg(1).arg("a").ignore();
-    pipe.cmd("XADD")
-        .arg("events:orders")
-        .arg("*")
-        .arg("n")
-        .arg(1)
-        .ignore();
-    pipe.cmd("XGROUP")
-        .arg("CREATE")
-        .arg("events:orders")
-        .arg("workers")
-        .arg("0")
-        .ignore();
+    stream_with_group(&mut pipe, "events:orders", "workers", 1);
     let _: () = pipe.query(&mut conn).unwrap();
     wait_for("replica in sync", Duration::from_secs(20), || async {
         (replica

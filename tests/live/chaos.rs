@@ -332,7 +332,6 @@ async fn a_fleet_survives_a_fault_campaign_and_recovers_within_two_polls() {
             failover
         );
         recoveries.extend([a, b, c, e, f, g, h, i]);
-        let _ = round;
     }
 
     let end = until(&d, "every target up after the campaign", |m| {

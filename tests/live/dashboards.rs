@@ -513,20 +513,7 @@ fn populate(master: &RedisServer) {
             .arg(n)
             .ignore();
     }
-    for n in 0..20 {
-        pipe.cmd("XADD")
-            .arg("events:orders")
-            .arg("*")
-            .arg("n")
-            .arg(n)
-            .ignore();
-    }
-    pipe.cmd("XGROUP")
-        .arg("CREATE")
-        .arg("events:orders")
-        .arg("workers")
-        .arg("0")
-        .ignore();
+    stream_with_group(&mut pipe, "events:orders", "workers", 20);
     pipe.cmd("XREADGROUP")
         .arg("GROUP")
         .arg("workers")

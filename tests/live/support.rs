@@ -321,6 +321,24 @@ impl Drop for RedisServer {
     }
 }
 
+/// Adds to `pipe` a stream of `entries` entries and a consumer group reading it from the start.
+pub fn stream_with_group(pipe: &mut redis::Pipeline, stream: &str, group: &str, entries: usize) {
+    for n in 0..entries {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .ignore();
+    }
+    pipe.cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .ignore();
+}
+
 /// A Redis Cluster of 3 masters and 3 replicas made with `redis-cli --cluster create`.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
