@@ -212,18 +212,19 @@ async fn a_sentinel_target_follows_a_failover_and_survives_losing_sentinels() {
         .metrics()
         .await
         .value("redis_sentinel_failovers_total", &[("target", "ha")]);
-    let lost = addr(&s.sentinels[2]);
-    s.sentinels[2].kill();
+    // The one lost is the first listed: the one the view asked first and the +switch-master
+    // subscription listens on, so both must move to another Sentinel.
+    let observer = addr(&s.sentinels[1]);
+    let lost = addr(&s.sentinels[0]);
+    s.sentinels[0].kill();
     let m = d
         .metrics_when("one Sentinel down, still quorum", WAIT, |m| {
             up(m, &lost) == Some(0.0)
-                && m.value(
-                    "redis_sentinel_master_ok_sentinels",
-                    &[("node", &sentinel0)],
-                ) == Some(2.0)
+                && m.value("redis_sentinel_master_ok_sentinels", &[("node", &observer)])
+                    == Some(2.0)
         })
         .await;
-    let said: Vec<String> = s.sentinels[0].cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER]);
+    let said: Vec<String> = s.sentinels[1].cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER]);
     let current = said.join(":");
     if current == new_master {
         assert_eq!(
@@ -241,7 +242,7 @@ async fn a_sentinel_target_follows_a_failover_and_survives_losing_sentinels() {
     assert_eq!(
         m.value(
             "redis_sentinel_master_ckquorum_status",
-            &[("node", &sentinel0), ("message", "OK")]
+            &[("node", &observer), ("message", "OK")]
         ),
         Some(1.0),
         "two Sentinels of three still make the quorum of 2"
@@ -251,19 +252,19 @@ async fn a_sentinel_target_follows_a_failover_and_survives_losing_sentinels() {
         Some(1.0)
     );
     // Two down: the surviving Sentinel cannot authorize a failover, and says so.
-    s.sentinels[1].kill();
+    s.sentinels[2].kill();
     let m = d
         .metrics_when("quorum lost", WAIT, |m| {
             m.value(
                 "redis_sentinel_master_ckquorum_status",
-                &[("node", &sentinel0)],
+                &[("node", &observer)],
             ) == Some(0.0)
         })
         .await;
     assert_eq!(
         m.value(
             "redis_sentinel_master_ckquorum_status",
-            &[("node", &sentinel0), ("message", "NOQUORUM")]
+            &[("node", &observer), ("message", "NOQUORUM")]
         ),
         Some(0.0)
     );
