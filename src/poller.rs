@@ -12,7 +12,7 @@ use crate::config::{read_password, Target};
 use crate::error::PollError;
 use crate::metrics::{FamilySet, Histogram, Interner, Kind};
 use crate::snapshot::{Snapshot, SnapshotStore};
-use rand::Rng;
+use rand::RngExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisResult, Value};
 use std::sync::Arc;

@@ -63,7 +63,7 @@ const CLUSTER_NODE_ARGS: [&str; 6] = [
 
 /// A port below 55535 whose cluster bus port (+10000) is free too.
 pub fn free_cluster_port() -> u16 {
-    use rand::Rng;
+    use rand::RngExt;
     for _ in 0..200 {
         let port: u16 = rand::rng().random_range(20000..30000);
         let ok = StdListener::bind(("127.0.0.1", port)).is_ok()
