@@ -3,7 +3,7 @@
 //! in-flight requests get a few seconds to finish.
 
 use crate::alerts::eval::Evaluator;
-use crate::metrics::Merger;
+use crate::metrics::{Merger, WINDOW};
 use crate::scrape::{OnDemand, ScrapeAnswer};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::telemetry::Telemetry;
@@ -120,15 +120,51 @@ async fn serve_connection<I>(
 /// Every response body: whole (small pages) or streamed (the exposition).
 pub type Body = BoxBody<Bytes, Infallible>;
 
-/// Bytes per frame of a streamed exposition: big enough to be cheap, small enough that a
-/// scrape of 1000 targets never holds its megabytes of text at once.
-const CHUNK: usize = 256 * 1024;
-
 /// `/metrics` as a stream: merged families from the snapshots taken when the request came,
-/// produced a chunk at a time as hyper asks for them, then the process self-metrics.
+/// produced a window at a time as hyper asks for them, then the process self-metrics.
 struct ExpositionBody {
-    merger: Merger<Arc<Snapshot>>,
+    source: Source,
     tail: Option<String>,
+}
+
+/// Where the windows of an exposition come from.
+enum Source {
+    /// Small expositions: merged on the connection's task when hyper asks for the next frame.
+    Inline(Merger<Arc<Snapshot>>),
+    /// Large ones (hundreds of targets): merged on a blocking thread one window ahead of the
+    /// socket, so copying the next window overlaps the kernel sending this one.
+    Ahead(tokio::sync::mpsc::Receiver<Vec<u8>>),
+}
+
+/// Sample bytes from which an exposition is merged ahead on its own thread; below it, the
+/// hand-off would cost more than it saves.
+const AHEAD_FROM: usize = 2 * WINDOW;
+
+impl ExpositionBody {
+    fn new(snapshots: Vec<Arc<Snapshot>>, tail: String) -> Self {
+        let mut merger = Merger::new(snapshots);
+        let source = if merger.body_len() < AHEAD_FROM {
+            Source::Inline(merger)
+        } else {
+            // One window queued while the next is merged and the last is written: a few
+            // megabytes in flight whatever the fleet's size.
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::task::spawn_blocking(move || {
+                let mut chunk = Vec::new();
+                while merger.write_next(&mut chunk) {
+                    // An error means the client went away: stop merging.
+                    if tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                        break;
+                    }
+                }
+            });
+            Source::Ahead(rx)
+        };
+        Self {
+            source,
+            tail: Some(tail),
+        }
+    }
 }
 
 impl hyper::body::Body for ExpositionBody {
@@ -137,15 +173,24 @@ impl hyper::body::Body for ExpositionBody {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        let mut chunk = String::with_capacity(CHUNK + CHUNK / 4);
-        while chunk.len() < CHUNK && this.merger.write_next(&mut chunk) {}
-        if chunk.is_empty() {
-            return Poll::Ready(this.tail.take().map(|t| Ok(Frame::data(Bytes::from(t)))));
-        }
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+        let chunk = match &mut this.source {
+            Source::Inline(merger) => {
+                let mut chunk = Vec::new();
+                while chunk.is_empty() && merger.write_next(&mut chunk) {}
+                (!chunk.is_empty()).then_some(chunk)
+            }
+            Source::Ahead(windows) => match windows.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(chunk) => chunk,
+            },
+        };
+        Poll::Ready(match chunk {
+            Some(chunk) => Some(Ok(Frame::data(Bytes::from(chunk)))),
+            None => this.tail.take().map(|t| Ok(Frame::data(Bytes::from(t)))),
+        })
     }
 }
 
@@ -222,10 +267,7 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
         "metrics" => {
             let mut tail = String::new();
             state.telemetry.render_into(&mut tail);
-            let body = ExpositionBody {
-                merger: Merger::new(state.store.snapshots(|_, _| true)),
-                tail: Some(tail),
-            };
+            let body = ExpositionBody::new(state.store.snapshots(|_, _| true), tail);
             let mut resp = Response::new(body.boxed());
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));

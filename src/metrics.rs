@@ -399,33 +399,70 @@ impl HasFamilies for Rendered {
     }
 }
 
+impl<T: HasFamilies> HasFamilies for &T {
+    fn rendered(&self) -> &Rendered {
+        (**self).rendered()
+    }
+}
+
 impl<T: HasFamilies> HasFamilies for Arc<T> {
     fn rendered(&self) -> &Rendered {
         (**self).rendered()
     }
 }
 
-/// Merges the families of many snapshots into one exposition, one family at a time: one
-/// header per family name, then the samples of every snapshot under it, families in name order.
-/// Resumable, so a response can be produced in bounded chunks.
+/// Output bytes one merge step aims for. A step copies, list by list, the sample text of a run
+/// of families that lies contiguous in each list's text, so memory is read sequentially
+/// instead of one short piece of a thousand buffers per family.
+pub const WINDOW: usize = 1 << 20;
+
+/// Merges the families of many snapshots into one exposition: one header per family name, then
+/// the samples of every snapshot under it, families in name order. Resumable: each
+/// [`Merger::write_next`] writes the next window of families, so a response is produced in
+/// bounded chunks.
 pub struct Merger<T> {
     lists: Vec<T>,
     positions: Vec<usize>,
-    /// The smallest family name at any list's position, found while writing the previous one.
-    next: Option<Arc<FamilyMeta>>,
+    window: usize,
+    // Scratch reused from window to window.
+    ends: Vec<usize>,
+    slots: Vec<Slot>,
+    pieces: Vec<Piece>,
+    headers: String,
+}
+
+/// A family of the current window: its name, the header chosen (the first list's), and where
+/// its next sample bytes go in the output.
+struct Slot {
+    meta: Arc<FamilyMeta>,
+    header: Option<Arc<FamilyMeta>>,
+    len: usize,
+    cursor: usize,
+}
+
+/// One list's sample text for one slot.
+struct Piece {
+    list: u32,
+    slot: u32,
+    start: u32,
+    end: u32,
 }
 
 impl<T: HasFamilies> Merger<T> {
     pub fn new(lists: Vec<T>) -> Self {
+        Self::with_window(lists, WINDOW)
+    }
+
+    fn with_window(lists: Vec<T>, window: usize) -> Self {
         let positions = vec![0; lists.len()];
-        let next = lists
-            .iter()
-            .filter_map(|list| list.rendered().families.first().map(|f| f.meta.clone()))
-            .min_by(|a, b| a.name.cmp(&b.name));
         Self {
+            ends: Vec::with_capacity(lists.len()),
             lists,
             positions,
-            next,
+            window: window.max(1),
+            slots: Vec::new(),
+            pieces: Vec::new(),
+            headers: String::new(),
         }
     }
 
@@ -434,51 +471,150 @@ impl<T: HasFamilies> Merger<T> {
         self.lists.iter().map(|l| l.rendered().text.len()).sum()
     }
 
-    /// Writes the next family; false when all are written. Every list is sorted by name, so
-    /// this is linear in the output: one pass over the lists per family, which writes the
-    /// family and finds the name that comes next.
-    pub fn write_next(&mut self, out: &mut String) -> bool {
-        let Some(name) = self.next.take() else {
+    /// Writes the next window of families; false when all are written.
+    ///
+    /// Every list is sorted by name and almost every list has the same families in the same
+    /// order, so a window is chosen on the list with the most families left (enough of them for
+    /// about `window` bytes over all lists), each list's share of it is found with one pointer
+    /// comparison, and the names the other lists add are merged in, in order. Then the samples
+    /// are copied list by list into their family's place in the output.
+    pub fn write_next(&mut self, out: &mut Vec<u8>) -> bool {
+        let Self {
+            lists,
+            positions,
+            window,
+            ends,
+            slots,
+            pieces,
+            headers,
+        } = self;
+        let remaining = |i: usize| lists[i].rendered().families.len() - positions[i];
+        let Some(pilot) = (0..lists.len())
+            .filter(|&i| remaining(i) > 0)
+            .max_by_key(|&i| remaining(i))
+        else {
             return false;
         };
-        let mut header_kind = None;
-        let mut next: Option<&Arc<FamilyMeta>> = None;
-        for (list, pos) in self.lists.iter().zip(self.positions.iter_mut()) {
-            let rendered = list.rendered();
-            let families = &rendered.families;
-            let Some(mut family) = families.get(*pos) else {
-                continue;
+        let pilot_families = &lists[pilot].rendered().families[positions[pilot]..];
+        let budget = (*window / lists.len()).max(1);
+        let mut take = 0;
+        let mut bytes = 0;
+        while take < pilot_families.len() && (take == 0 || bytes < budget) {
+            bytes += pilot_families[take].range().len();
+            take += 1;
+        }
+        let chosen = &pilot_families[..take];
+        let last = chosen[take - 1].meta.clone();
+
+        // The window's names: the pilot's, plus any other list's up to the same last name.
+        slots.clear();
+        slots.extend(chosen.iter().map(|f| Slot {
+            meta: f.meta.clone(),
+            header: None,
+            len: 0,
+            cursor: 0,
+        }));
+        ends.clear();
+        for (list, &pos) in lists.iter().zip(positions.iter()) {
+            let families = &list.rendered().families[pos..];
+            let end = if families
+                .get(take - 1)
+                .is_some_and(|f| Arc::ptr_eq(&f.meta, &last))
+            {
+                take
+            } else {
+                families.partition_point(|f| same_name(&f.meta, &last) || f.meta.name < last.name)
             };
-            if same_name(&family.meta, &name) {
-                let meta = &family.meta;
-                let kind = *header_kind.get_or_insert_with(|| {
-                    write_header(out, &meta.name, &meta.help, meta.kind);
-                    meta.kind
-                });
-                // A family whose type disagrees across targets (a Redis fork reusing a name)
-                // would make the exposition invalid: keep the first type's samples only.
-                if meta.kind == kind {
-                    out.push_str(rendered.text.get(family.range()).unwrap_or_default());
-                }
-                *pos += 1;
-                match families.get(*pos) {
-                    Some(following) => family = following,
-                    None => continue,
+            ends.push(pos + end);
+            let mine = &families[..end];
+            let identical = end == take
+                && mine
+                    .iter()
+                    .zip(chosen)
+                    .all(|(a, b)| Arc::ptr_eq(&a.meta, &b.meta));
+            if !identical {
+                for family in mine {
+                    if let Err(at) = slots.binary_search_by(|s| s.meta.name.cmp(&family.meta.name))
+                    {
+                        slots.insert(
+                            at,
+                            Slot {
+                                meta: family.meta.clone(),
+                                header: None,
+                                len: 0,
+                                cursor: 0,
+                            },
+                        );
+                    }
                 }
             }
-            next = match next {
-                Some(best) if same_name(best, &family.meta) || best.name <= family.meta.name => {
-                    Some(best)
-                }
-                _ => Some(&family.meta),
-            };
         }
-        self.next = next.cloned();
+
+        // Which list's text goes under which family, and how much.
+        pieces.clear();
+        for (index, (list, (&pos, &end))) in lists
+            .iter()
+            .zip(positions.iter().zip(ends.iter()))
+            .enumerate()
+        {
+            let families = &list.rendered().families[pos..end];
+            let mut slot_index = 0;
+            for family in families {
+                while slot_index < slots.len() && !same_name(&slots[slot_index].meta, &family.meta)
+                {
+                    slot_index += 1;
+                }
+                let Some(slot) = slots.get_mut(slot_index) else {
+                    break;
+                };
+                let header = slot.header.get_or_insert_with(|| family.meta.clone());
+                // A family whose type disagrees across targets (a Redis fork reusing a name)
+                // would make the exposition invalid: keep the first type's samples only.
+                if header.kind != family.meta.kind || family.start == family.end {
+                    continue;
+                }
+                slot.len += family.range().len();
+                pieces.push(Piece {
+                    list: index as u32,
+                    slot: slot_index as u32,
+                    start: family.start,
+                    end: family.end,
+                });
+            }
+        }
+
+        // Headers in place, room for the samples after each.
+        headers.clear();
+        for slot in slots.iter_mut() {
+            if let Some(header) = &slot.header {
+                write_header(headers, &header.name, &header.help, header.kind);
+            }
+            slot.cursor = headers.len();
+        }
+        let samples: usize = slots.iter().map(|s| s.len).sum();
+        out.reserve(headers.len() + samples);
+        let mut header_start = 0;
+        for slot in slots.iter_mut() {
+            out.extend_from_slice(&headers.as_bytes()[header_start..slot.cursor]);
+            header_start = slot.cursor;
+            slot.cursor = out.len();
+            out.resize(out.len() + slot.len, 0);
+        }
+        for piece in pieces.iter() {
+            let text = lists[piece.list as usize].rendered().text.as_bytes();
+            let Some(src) = text.get(piece.start as usize..piece.end as usize) else {
+                continue;
+            };
+            let slot = &mut slots[piece.slot as usize];
+            out[slot.cursor..slot.cursor + src.len()].copy_from_slice(src);
+            slot.cursor += src.len();
+        }
+        positions.copy_from_slice(ends);
         true
     }
 
     /// Writes everything left.
-    pub fn write_all(&mut self, out: &mut String) {
+    pub fn write_all(&mut self, out: &mut Vec<u8>) {
         out.reserve(self.body_len());
         while self.write_next(out) {}
     }
@@ -491,7 +627,13 @@ fn same_name(a: &Arc<FamilyMeta>, b: &Arc<FamilyMeta>) -> bool {
 
 /// Merges the families of many snapshots into one exposition (see [`Merger`]).
 pub fn merge_exposition<T: HasFamilies>(out: &mut String, lists: Vec<T>) {
-    Merger::new(lists).write_all(out);
+    let mut bytes = Vec::new();
+    Merger::new(lists).write_all(&mut bytes);
+    // Whole lines of UTF-8 texts joined at line ends: always UTF-8.
+    match String::from_utf8(bytes) {
+        Ok(text) => out.push_str(&text),
+        Err(err) => out.push_str(&String::from_utf8_lossy(err.as_bytes())),
+    }
 }
 
 #[cfg(test)]
@@ -569,7 +711,78 @@ mod properties {
         out
     }
 
+    /// The merge as the format defines it, one family at a time: what [`Merger`] must equal.
+    fn merged_by_name(lists: &[Rendered]) -> String {
+        let mut names: Vec<&str> = lists
+            .iter()
+            .flat_map(|l| l.families.iter().map(|f| &*f.meta.name))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut out = String::new();
+        for name in names {
+            let mut kind = None;
+            for list in lists {
+                let Some(index) = list.families.iter().position(|f| &*f.meta.name == name) else {
+                    continue;
+                };
+                let meta = &list.families[index].meta;
+                let first = *kind.get_or_insert_with(|| {
+                    write_header(&mut out, name, &meta.help, meta.kind);
+                    meta.kind
+                });
+                if first == meta.kind {
+                    out.push_str(list.body(index));
+                }
+            }
+        }
+        out
+    }
+
+    /// A node's families: which of twelve names it has, each a gauge or (rarely) a counter, with
+    /// one to three samples.
+    fn node_families() -> impl Strategy<Value = Vec<(usize, bool, usize)>> {
+        proptest::collection::vec(
+            (0..12usize, proptest::bool::weighted(0.1), 1..4usize),
+            0..12,
+        )
+    }
+
     proptest! {
+        /// Whatever families each node has, in whatever windows the merge goes: one header per
+        /// name, names in order, every node's samples in node order, the first type winning.
+        #[test]
+        fn windowed_merge_equals_merge_by_name(
+            nodes in proptest::collection::vec(node_families(), 0..8),
+            window in 1..400usize,
+            shared_names in proptest::bool::ANY,
+        ) {
+            let shared = Interner::default();
+            let lists: Vec<Rendered> = nodes
+                .iter()
+                .enumerate()
+                .map(|(n, families)| {
+                    let mut set = FamilySet::new();
+                    for &(name, counter, samples) in families {
+                        let kind = if counter { Kind::Counter } else { Kind::Gauge };
+                        for s in 0..samples {
+                            let labels = vec![("s", s.to_string())];
+                            set.add(&format!("redis_f{name:02}"), "help", kind, labels, n as f64);
+                        }
+                    }
+                    // Interned names, or each node its own copies (the slow comparisons).
+                    let own = Interner::default();
+                    let interner = if shared_names { &shared } else { &own };
+                    set.render(&[("target", format!("t{n}"))], interner)
+                })
+                .collect();
+            let want = merged_by_name(&lists);
+            let mut merger = Merger::with_window(lists, window);
+            let mut got = Vec::new();
+            while merger.write_next(&mut got) {}
+            prop_assert_eq!(String::from_utf8(got).unwrap(), want);
+        }
+
         /// Whatever bytes a label value holds (key names, client names), the sample stays one
         /// line and the value reads back exactly.
         #[test]

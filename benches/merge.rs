@@ -1,0 +1,74 @@
+//! `/metrics` assembly at fleet scale, without HTTP: 1000 nodes' snapshots rendered from the
+//! INFO of a real Redis 7.0 master (`tests/fixtures/info_master_7.0.txt`, about 200 families
+//! each), then merged into one exposition, the way a scrape does.
+//!
+//! `cargo bench --bench merge` prints the time per merge and the throughput. Under `cargo test`
+//! (no `--bench` argument) it runs once on a small fleet, as a smoke check.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use redis_lookout::collector::info::{info_families, parse_info};
+use redis_lookout::metrics::{FamilySet, Interner, Merger, Rendered};
+
+fn fleet(nodes: usize) -> Vec<Rendered> {
+    let text = include_str!("../tests/fixtures/info_master_7.0.txt");
+    let interner = Interner::default();
+    (0..nodes)
+        .map(|n| {
+            let info = parse_info(text);
+            let mut set = FamilySet::new();
+            info_families(&info, Some(16), &mut set);
+            // Every tenth node a replica-ish extra family, so not every layout is the same.
+            if n % 10 == 0 {
+                set.gauge("redis_extra_family", "only on some nodes", 1.0);
+            }
+            let base = [
+                ("target", format!("t{n:04}")),
+                ("node", format!("127.0.0.1:{}", 7000 + n)),
+            ];
+            set.render(&base, &interner)
+        })
+        .collect()
+}
+
+fn merge(lists: &[Rendered]) -> usize {
+    let mut merger = Merger::new(lists.iter().collect::<Vec<_>>());
+    let mut written = 0;
+    let mut chunk = Vec::new();
+    while merger.write_next(&mut chunk) {
+        written += chunk.len();
+        black_box(&chunk);
+        chunk.clear();
+    }
+    written
+}
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let nodes = if benching { 1000 } else { 10 };
+    let lists = fleet(nodes);
+    let bytes = merge(&lists);
+    let input: usize = lists.iter().map(|l| l.text.len()).sum();
+    assert!(bytes > input, "headers and samples: {bytes} <= {input}");
+    if !benching {
+        return;
+    }
+    let mut times = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while times.len() < 200 && Instant::now() < deadline {
+        let start = Instant::now();
+        black_box(merge(&lists));
+        times.push(start.elapsed());
+    }
+    times.sort();
+    let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+    println!(
+        "merge of {nodes} nodes, {bytes} bytes: p50 {:.3} ms, p99 {:.3} ms, min {:.3} ms over {} runs ({:.0} MB/s at p50)",
+        pct(0.5),
+        pct(0.99),
+        pct(0.0),
+        times.len(),
+        bytes as f64 / pct(0.5) / 1e3,
+    );
+}
