@@ -118,18 +118,6 @@ impl FamilySet {
         self.families.is_empty()
     }
 
-    /// A copy of the named families that exist here.
-    pub fn subset(&self, names: &[&str]) -> FamilySet {
-        FamilySet {
-            families: self
-                .families
-                .iter()
-                .filter(|(name, _)| names.contains(&name.as_str()))
-                .map(|(name, family)| (name.clone(), family.clone()))
-                .collect(),
-        }
-    }
-
     /// Moves every family of `other` into this set (samples appended where a name exists).
     pub fn merge(&mut self, other: FamilySet) {
         for (name, family) in other.families {
