@@ -151,7 +151,9 @@ impl NodePoller {
             if now < next_poll {
                 // A reconnect attempt between polls; on success, poll at once.
                 let deadline = self.target.poll_timeout;
-                match timeout(deadline, self.connect()).await {
+                // Boxed here and below: a thousand idle pollers then hold only the small state
+                // of this loop, and the big one of a poll exists while a poll runs.
+                match timeout(deadline, Box::pin(self.connect())).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) | Err(_) => {
                         // Each failed attempt lengthens the next wait (up to the interval).
@@ -162,7 +164,7 @@ impl NodePoller {
                     }
                 }
             }
-            self.poll_and_publish().await;
+            Box::pin(self.poll_and_publish()).await;
             let after = tokio::time::Instant::now();
             next_poll = if std::mem::take(&mut first) {
                 // Every node polls at once at start-up (so `redis_up` is known quickly); the
