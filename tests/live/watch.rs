@@ -225,12 +225,17 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
 
     // SLOWLOG records wall time, and on a busy 2-core machine Redis itself is descheduled now
     // and then, so a 40 us SCAN can show up (a CI run of the whole suite logged three SCANs of
-    // COUNT 20-40 at 1.0-1.2 ms out of 3458): such entries must be rare (one per thousand), and
-    // Redis' own average per SCAN far below 1 ms (asserted below) is what the budget is about.
+    // COUNT 20-40 at 1.0-1.2 ms out of 3458; a plain client's loop of SCAN COUNT 50 over 1M
+    // keys, no redis-lookout running, logged 8 of 3000 once and 0 of 3000 the next time, and
+    // real-time priority for Redis did not stop it): such entries must be rare (one per
+    // thousand), and Redis' own average per SCAN far below 1 ms (asserted below) is what the
+    // budget is about.
     let entries: Vec<redis::Value> = redis.cmd(&["SLOWLOG", "GET", "10000"]);
+    // The watcher's commands: the poller beside it sends the INFO (judged elsewhere).
     let ours: Vec<&redis::Value> = entries
         .iter()
         .filter(|e| format!("{e:?}").contains("redis-lookout"))
+        .filter(|e| !format!("{e:?}").contains("bulk-string('\"INFO\"')"))
         .collect();
     let stats: String = redis.cmd(&["INFO", "commandstats"]);
     let scans: f64 = stats
