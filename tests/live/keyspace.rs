@@ -78,13 +78,14 @@ async fn estimates_on_a_million_keys_match_a_full_scan_and_no_sampler_command_is
         "--slowlog-log-slower-than",
         "1000",
         "--slowlog-max-len",
-        "10000",
+        "1000000",
     ]);
     generate(&redis, 1_000_000).await;
     let truth = truth(&redis).await;
     // Only the sampler's own commands count from here on.
     let _: () = redis.cmd(&["SLOWLOG", "RESET"]);
     let _: () = redis.cmd(&["CONFIG", "RESETSTAT"]);
+    let control = StallControl::start(&redis).await;
     let d = Daemon::start(&format!(
         "poll_interval: 1s\ntargets:\n  - name: big\n    url: {}\n    keyspace:\n      must_expire: [\"session:\"]\n      budget: 0.05\n",
         redis.url()
@@ -92,7 +93,9 @@ async fn estimates_on_a_million_keys_match_a_full_scan_and_no_sampler_command_is
     .await;
     // 60k keys seen: the smallest family (5%) then has a relative standard error under 2%.
     let m = d
-        .metrics_when("6% of the keys inspected", Duration::from_secs(120), |m| {
+        // About 11 s on a quiet machine; minutes where the host makes Redis itself slow (the
+        // sampler then keeps to its budget by inspecting fewer keys a second).
+        .metrics_when("6% of the keys inspected", Duration::from_secs(360), |m| {
             m.value("redis_keyspace_sampler_pass_progress", &[("db", "db0")])
                 .unwrap_or(0.0)
                 >= 0.06
@@ -136,40 +139,46 @@ async fn estimates_on_a_million_keys_match_a_full_scan_and_no_sampler_command_is
         "{flagged} vs {legacy}"
     );
 
-    // SLOWLOG records wall time, and on a shared 2-core test machine Redis itself gets
-    // descheduled now and then, so even a tiny TYPE can show up. What must hold: such entries
-    // are rare, and Redis' own average time per sampler command is far below 1 ms.
-    let entries: Vec<redis::Value> = redis.cmd(&["SLOWLOG", "GET", "10000"]);
-    let ours = entries
-        .iter()
-        .filter(|e| format!("{e:?}").contains("redis-lookout"))
-        .count();
+    // SLOWLOG records wall time: what must hold is that our commands show up there no more
+    // often than the stall control's RANDOMKEY does (three times its rate, plus one per ten
+    // thousand keys inspected), and that Redis' own average per command is far below 1 ms
+    // (scaled by how much slower than usual the control finds Redis).
+    let control_calls = control.stop().await;
     let inspected = m
         .value("redis_keyspace_sampler_keys_inspected_total", &[])
         .unwrap();
+    let slow = SlowlogVerdict::read(&redis, control_calls, |_| true);
+    eprintln!(
+        "SLOWLOG: {} of our {} commands, {} of the control's {} (RANDOMKEY {} us on average)",
+        slow.ours.len(),
+        slow.our_calls,
+        slow.control_slow,
+        slow.control_calls,
+        slow.control_usec
+    );
     assert!(
-        (ours as f64) <= (inspected * 3.0 / 10_000.0).max(2.0),
-        "{ours} sampler commands over 1 ms for {inspected} keys inspected: {entries:?}"
+        slow.ours.len() as f64 <= slow.allowed((inspected / 10_000.0).max(2.0)),
+        "{} of our {} commands over 1 ms ({inspected} keys inspected), against {} of the \
+         control's {}: {:?}",
+        slow.ours.len(),
+        slow.our_calls,
+        slow.control_slow,
+        slow.control_calls,
+        slow.ours
     );
     let stats: String = redis.cmd(&["INFO", "commandstats"]);
-    let per_call = |command: &str| -> f64 {
-        stats
-            .lines()
-            .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
-            .and_then(|l| l.split("usec_per_call=").nth(1))
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let per_call = |command: &str| usec_per_call(&stats, command);
     assert!(
-        per_call("scan") < 500.0,
-        "SCAN takes {} us on average",
-        per_call("scan")
+        per_call("scan") < 500.0 * slow.slowdown(),
+        "SCAN takes {} us on average (Redis {:.1} times slower than quiet)",
+        per_call("scan"),
+        slow.slowdown()
     );
     assert!(
-        per_call("memory|usage") < 50.0,
-        "MEMORY USAGE takes {} us on average",
-        per_call("memory|usage")
+        per_call("memory|usage") < 50.0 * slow.slowdown(),
+        "MEMORY USAGE takes {} us on average (Redis {:.1} times slower than quiet)",
+        per_call("memory|usage"),
+        slow.slowdown()
     );
     let used = m
         .value("redis_keyspace_sampler_redis_seconds_total", &[])

@@ -20,6 +20,120 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A client named `stall-control` that keeps sending `RANDOMKEY` (a command of a few
+/// microseconds that touches a random part of the keyspace, and one redis-lookout never sends)
+/// while a test runs. SLOWLOG and commandstats record wall time, so when this machine stalls
+/// Redis mid-command (another process preempting it on 2 cores, or the host paging the VM's
+/// memory back in after an idle second: seen here, 256 MB re-read in 80-180 ms after one idle
+/// second against 3-8 ms hot), the control's commands show it too. Their rate and average are
+/// the baseline that "no command of ours over 1 ms" is judged against.
+pub struct StallControl {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+/// The client name [`StallControl`] runs under.
+pub const STALL_CONTROL: &str = "stall-control";
+
+impl StallControl {
+    pub async fn start(redis: &RedisServer) -> StallControl {
+        let mut conn = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("control connection");
+        let _: () = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(STALL_CONTROL)
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT SETNAME");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut sent = 0u64;
+            // Bounded: 200 a second for at most an hour and a half.
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && sent < 1_000_000 {
+                let _: redis::RedisResult<redis::Value> =
+                    redis::cmd("RANDOMKEY").query_async(&mut conn).await;
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        });
+        StallControl { stop, task }
+    }
+
+    /// Stops the control; the number of commands it sent.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("control task")
+    }
+}
+
+/// What SLOWLOG says about our commands against the stall control's, since `CONFIG RESETSTAT`
+/// and `SLOWLOG RESET` (the test's own few commands count as ours: a handful).
+pub struct SlowlogVerdict {
+    /// Our entries (client name redis-lookout), as printed by redis-rs.
+    pub ours: Vec<String>,
+    /// Commands Redis ran for everyone but the control.
+    pub our_calls: f64,
+    pub control_slow: usize,
+    pub control_calls: u64,
+    /// The control's average time per command in Redis, µs.
+    pub control_usec: f64,
+}
+
+impl SlowlogVerdict {
+    /// Reads SLOWLOG and the command counts; `keep` picks which of our entries count.
+    pub fn read(redis: &RedisServer, control_calls: u64, keep: impl Fn(&str) -> bool) -> Self {
+        let entries: Vec<redis::Value> = redis.cmd(&["SLOWLOG", "GET", "-1"]);
+        let printed: Vec<String> = entries.iter().map(|e| format!("{e:?}")).collect();
+        let stats: String = redis.cmd(&["INFO", "commandstats"]);
+        let calls: f64 = stats
+            .lines()
+            .filter_map(|l| l.split("calls=").nth(1))
+            .filter_map(|v| v.split(',').next())
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum();
+        SlowlogVerdict {
+            ours: printed
+                .iter()
+                .filter(|e| e.contains("\"redis-lookout\"") && keep(e))
+                .cloned()
+                .collect(),
+            our_calls: (calls - control_calls as f64).max(0.0),
+            control_slow: printed.iter().filter(|e| e.contains(STALL_CONTROL)).count(),
+            control_calls,
+            control_usec: usec_per_call(&stats, "randomkey"),
+        }
+    }
+
+    /// How much slower than usual this machine makes Redis right now: the control's average
+    /// against the 5 µs a RANDOMKEY takes on a quiet one, at least 1.
+    pub fn slowdown(&self) -> f64 {
+        (self.control_usec / 5.0).max(1.0)
+    }
+
+    /// How many of our commands may be in SLOWLOG: `floor`, plus three times as many as the
+    /// stall rate the control measured over our number of commands.
+    pub fn allowed(&self, floor: f64) -> f64 {
+        let stall_rate = self.control_slow as f64 / (self.control_calls.max(1)) as f64;
+        floor + 3.0 * stall_rate * self.our_calls
+    }
+}
+
+/// `usec_per_call` of `command` in `INFO commandstats` text (NaN when absent).
+pub fn usec_per_call(stats: &str, command: &str) -> f64 {
+    stats
+        .lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|l| l.split("usec_per_call=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// Polls `check` every 25 ms until it returns Some or `limit` passes.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where

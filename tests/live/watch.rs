@@ -181,7 +181,7 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
         "--slowlog-log-slower-than",
         "1000",
         "--slowlog-max-len",
-        "10000",
+        "1000000",
     ]);
     let mut conn = redis
         .client()
@@ -197,6 +197,7 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
     }
     let _: () = redis.cmd(&["SLOWLOG", "RESET"]);
     let _: () = redis.cmd(&["CONFIG", "RESETSTAT"]);
+    let control = StallControl::start(&redis).await;
     let d = Daemon::start(&format!(
         "poll_interval: 1s\ntargets:\n  - name: many\n    url: {}\n    watch:\n      keys: [\"job:*\"]\n      count: [\"job:*\"]\n      max_matches: 500\n      budget: 0.05\n",
         redis.url()
@@ -205,7 +206,9 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
     let m = d
         .metrics_when(
             "a round over the glob and the count",
-            Duration::from_secs(120),
+            // Seconds on a quiet machine; minutes where the host makes Redis itself slow (the
+            // watcher keeps to its budget by scanning less a second).
+            Duration::from_secs(360),
             |m| m.value("redis_keys_count", &[("key", "job:*")]).is_some(),
         )
         .await;
@@ -223,20 +226,16 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
     let redis_seconds = m.value("redis_watch_redis_seconds_total", &[]);
     d.stop().await;
 
-    // SLOWLOG records wall time, and on a busy 2-core machine Redis itself is descheduled now
-    // and then, so a 40 us SCAN can show up (a CI run of the whole suite logged three SCANs of
-    // COUNT 20-40 at 1.0-1.2 ms out of 3458; a plain client's loop of SCAN COUNT 50 over 1M
-    // keys, no redis-lookout running, logged 8 of 3000 once and 0 of 3000 the next time, and
-    // real-time priority for Redis did not stop it): such entries must be rare (one per
-    // thousand), and Redis' own average per SCAN far below 1 ms (asserted below) is what the
-    // budget is about.
-    let entries: Vec<redis::Value> = redis.cmd(&["SLOWLOG", "GET", "10000"]);
-    // The watcher's commands: the poller beside it sends the INFO (judged elsewhere).
-    let ours: Vec<&redis::Value> = entries
-        .iter()
-        .filter(|e| format!("{e:?}").contains("redis-lookout"))
-        .filter(|e| !format!("{e:?}").contains("bulk-string('\"INFO\"')"))
-        .collect();
+    // SLOWLOG records wall time, and on a busy 2-core machine Redis itself is stalled now and
+    // then, so a 40 us SCAN can show up (a CI run of the whole suite logged three SCANs of COUNT
+    // 20-40 at 1.0-1.2 ms out of 3458). What must hold: the watcher's commands show up no more
+    // often than the stall control's RANDOMKEY does (three times its rate, plus one per
+    // thousand SCANs), and Redis' own average per SCAN is far below 1 ms (scaled by how much
+    // slower than usual the control finds Redis). The poller beside the watcher sends the INFO.
+    let control_calls = control.stop().await;
+    let slow = SlowlogVerdict::read(&redis, control_calls, |e| {
+        !e.contains("bulk-string('\"INFO\"')")
+    });
     let stats: String = redis.cmd(&["INFO", "commandstats"]);
     let scans: f64 = stats
         .lines()
@@ -246,20 +245,18 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(
-        (ours.len() as f64) <= (scans / 1_000.0).max(5.0),
-        "{} watcher commands over 1 ms in {scans} SCANs: {ours:?}",
-        ours.len()
+        slow.ours.len() as f64 <= slow.allowed((scans / 1_000.0).max(5.0)),
+        "{} watcher commands over 1 ms in {scans} SCANs, against {} of the control's {}: {:?}",
+        slow.ours.len(),
+        slow.control_slow,
+        slow.control_calls,
+        slow.ours
     );
-    let scan_per_call: f64 = stats
-        .lines()
-        .find(|l| l.starts_with("cmdstat_scan:"))
-        .and_then(|l| l.split("usec_per_call=").nth(1))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
+    let scan_per_call = usec_per_call(&stats, "scan");
     assert!(
-        scan_per_call < 500.0,
-        "SCAN takes {scan_per_call} us on average"
+        scan_per_call < 500.0 * slow.slowdown(),
+        "SCAN takes {scan_per_call} us on average (Redis {:.1} times slower than quiet)",
+        slow.slowdown()
     );
     eprintln!(
         "SCAN MATCH over 100k keys: {scan_per_call} us per call; round {:?} s, round trips {:?} s",
