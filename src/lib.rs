@@ -33,7 +33,8 @@
 //!   must_expire findings, hot keys under LFU), whose figures join the node's snapshots; the
 //!   test keyspace generator; [`keyspace::watched`]: the keys, streams and patterns a target
 //!   names in `watch:` (lengths, consumer-group lag), read on their own schedule.
-//! - [`metrics`]: the family/sample model, text rendering, interning, the merge of snapshots.
+//! - [`metrics`]: the family/sample model, text rendering, interning, the merge of snapshots
+//!   (a window of families at a time, copied list by list).
 //! - [`snapshot`]: the shared map of nodes and their latest snapshots; readiness, discovery.
 //! - [`scrape`]: `/scrape?target=` with its allow-list and on-demand pollers.
 //! - [`alerts`]: the alert pack (one definition per alert → rule file and evaluator),
@@ -41,6 +42,7 @@
 //! - [`check`]: the one-shot `check` command.
 //! - [`telemetry`]: process self-metrics on one `prometheus` registry (HTTP, alerts, process).
 //! - [`http`]: hyper 1 server and the handlers; HTTPS and basic auth from [`web_config`].
+//!   A large `/metrics` is merged on a blocking thread one window ahead of the socket.
 //! - [`tls`]: TLS to Redis for `rediss://` targets (CA, client certificate, server name); the
 //!   poller does the handshake and hands the stream to redis-rs.
 //! - [`web_config`]: the exporter-toolkit style web config file (HTTPS certificate reloaded on
