@@ -140,16 +140,29 @@ enum Source {
 /// hand-off would cost more than it saves.
 const AHEAD_FROM: usize = 2 * WINDOW;
 
+/// Scrapes merged ahead at once; more concurrent ones are merged inline, so a flood of
+/// requests costs neither threads nor the windows queued for them.
+const AHEAD_AT_ONCE: usize = 4;
+
+fn ahead_permits() -> &'static Arc<tokio::sync::Semaphore> {
+    static PERMITS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(AHEAD_AT_ONCE)))
+}
+
 impl ExpositionBody {
     fn new(snapshots: Vec<Arc<Snapshot>>, tail: String) -> Self {
         let mut merger = Merger::new(snapshots);
-        let source = if merger.body_len() < AHEAD_FROM {
-            Source::Inline(merger)
+        let permit = if merger.body_len() < AHEAD_FROM {
+            None
         } else {
+            ahead_permits().clone().try_acquire_owned().ok()
+        };
+        let source = if let Some(permit) = permit {
             // One window queued while the next is merged and the last is written: a few
             // megabytes in flight whatever the fleet's size.
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             tokio::task::spawn_blocking(move || {
+                let _permit = permit;
                 let mut chunk = Vec::new();
                 while merger.write_next(&mut chunk) {
                     // An error means the client went away: stop merging.
@@ -159,6 +172,8 @@ impl ExpositionBody {
                 }
             });
             Source::Ahead(rx)
+        } else {
+            Source::Inline(merger)
         };
         Self {
             source,
