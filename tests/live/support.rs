@@ -20,23 +20,32 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// A client named `stall-control` that keeps sending `RANDOMKEY` (a command of a few
-/// microseconds that touches a random part of the keyspace, and one redis-lookout never sends)
-/// while a test runs. SLOWLOG and commandstats record wall time, so when this machine stalls
-/// Redis mid-command (another process preempting it on 2 cores, or the host paging the VM's
-/// memory back in after an idle second: seen here, 256 MB re-read in 80-180 ms after one idle
-/// second against 3-8 ms hot), the control's commands show it too. Their rate and average are
-/// the baseline that "no command of ours over 1 ms" is judged against.
+/// A client named `stall-control` that, while a test runs, keeps sending `RANDOMKEY` (a few
+/// microseconds, and a command redis-lookout never sends) and `SCAN <random cursor> COUNT 10`
+/// (the shape of the sampler's and the watcher's commands). SLOWLOG and commandstats record
+/// wall time, so when this machine stalls Redis mid-command (another process preempting it on
+/// 2 cores, or the host paging the VM's memory back in after an idle second: seen here, 256 MB
+/// re-read in 80-180 ms after one idle second against 3-8 ms hot), the control's commands show
+/// it too. Its SCANs' rate in SLOWLOG and its RANDOMKEY's average are the baseline that "no
+/// command of ours over 1 ms" is judged against.
 pub struct StallControl {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<u64>,
+    task: tokio::task::JoinHandle<ControlCounts>,
 }
 
 /// The client name [`StallControl`] runs under.
 pub const STALL_CONTROL: &str = "stall-control";
 
+/// Commands the stall control sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ControlCounts {
+    pub randomkeys: u64,
+    pub scans: u64,
+}
+
 impl StallControl {
     pub async fn start(redis: &RedisServer) -> StallControl {
+        use rand::RngExt;
         let mut conn = redis
             .client()
             .get_multiplexed_async_connection()
@@ -51,42 +60,53 @@ impl StallControl {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
-            let mut sent = 0u64;
-            // Bounded: 200 a second for at most an hour and a half.
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) && sent < 1_000_000 {
+            let mut sent = ControlCounts::default();
+            // Bounded: a pair every 10 ms, for at most about three hours.
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && sent.scans < 1_000_000 {
                 let _: redis::RedisResult<redis::Value> =
                     redis::cmd("RANDOMKEY").query_async(&mut conn).await;
-                sent += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                sent.randomkeys += 1;
+                let cursor: u64 = rand::rng().random_range(0..1 << 20);
+                let _: redis::RedisResult<redis::Value> = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(10)
+                    .query_async(&mut conn)
+                    .await;
+                sent.scans += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             sent
         });
         StallControl { stop, task }
     }
 
-    /// Stops the control; the number of commands it sent.
-    pub async fn stop(self) -> u64 {
+    /// Stops the control; what it sent.
+    pub async fn stop(self) -> ControlCounts {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.task.await.expect("control task")
     }
 }
 
-/// What SLOWLOG says about our commands against the stall control's, since `CONFIG RESETSTAT`
-/// and `SLOWLOG RESET` (the test's own few commands count as ours: a handful).
+/// What SLOWLOG and commandstats say about our commands against the stall control's, since
+/// `CONFIG RESETSTAT` and `SLOWLOG RESET` (the test's own few commands count as ours).
 pub struct SlowlogVerdict {
-    /// Our entries (client name redis-lookout), as printed by redis-rs.
+    /// Our entries (client name redis-lookout) that the test counts, as redis-rs prints them.
     pub ours: Vec<String>,
     /// Commands Redis ran for everyone but the control.
     pub our_calls: f64,
+    /// The control's SCANs in SLOWLOG, and how many it sent.
     pub control_slow: usize,
-    pub control_calls: u64,
-    /// The control's average time per command in Redis, µs.
+    pub control: ControlCounts,
+    /// The control's average RANDOMKEY in Redis, µs.
     pub control_usec: f64,
+    /// `INFO commandstats` as read.
+    pub stats: String,
 }
 
 impl SlowlogVerdict {
     /// Reads SLOWLOG and the command counts; `keep` picks which of our entries count.
-    pub fn read(redis: &RedisServer, control_calls: u64, keep: impl Fn(&str) -> bool) -> Self {
+    pub fn read(redis: &RedisServer, control: ControlCounts, keep: impl Fn(&str) -> bool) -> Self {
         let entries: Vec<redis::Value> = redis.cmd(&["SLOWLOG", "GET", "-1"]);
         let printed: Vec<String> = entries.iter().map(|e| format!("{e:?}")).collect();
         let stats: String = redis.cmd(&["INFO", "commandstats"]);
@@ -102,34 +122,65 @@ impl SlowlogVerdict {
                 .filter(|e| e.contains("\"redis-lookout\"") && keep(e))
                 .cloned()
                 .collect(),
-            our_calls: (calls - control_calls as f64).max(0.0),
-            control_slow: printed.iter().filter(|e| e.contains(STALL_CONTROL)).count(),
-            control_calls,
-            control_usec: usec_per_call(&stats, "randomkey"),
+            our_calls: (calls - (control.randomkeys + control.scans) as f64).max(0.0),
+            control_slow: printed
+                .iter()
+                .filter(|e| e.contains(STALL_CONTROL) && e.contains("bulk-string('\"SCAN\"')"))
+                .count(),
+            control,
+            control_usec: cmdstat(&stats, "randomkey", "usec_per_call"),
+            stats,
         }
     }
 
-    /// How much slower than usual this machine makes Redis right now: the control's average
-    /// against the 5 µs a RANDOMKEY takes on a quiet one, at least 1.
+    /// How many of our commands may be in SLOWLOG: `floor`, plus three times the control's
+    /// rate of slow SCANs over our number of commands.
+    pub fn allowed(&self, floor: f64) -> f64 {
+        let stall_rate = self.control_slow as f64 / (self.control.scans.max(1)) as f64;
+        floor + 3.0 * stall_rate * self.our_calls
+    }
+
+    /// How much slower than usual this machine makes Redis right now: the control's RANDOMKEY
+    /// average against the 5 µs it takes on a quiet one (3.7 µs measured here back-to-back), at
+    /// least 1.
     pub fn slowdown(&self) -> f64 {
         (self.control_usec / 5.0).max(1.0)
     }
 
-    /// How many of our commands may be in SLOWLOG: `floor`, plus three times as many as the
-    /// stall rate the control measured over our number of commands.
-    pub fn allowed(&self, floor: f64) -> f64 {
-        let stall_rate = self.control_slow as f64 / (self.control_calls.max(1)) as f64;
-        floor + 3.0 * stall_rate * self.our_calls
+    /// At least our average time per SCAN in Redis, µs: all SCAN time (the control's too) over
+    /// our SCANs only.
+    pub fn our_scan_usec_at_most(&self) -> f64 {
+        let ours = cmdstat(&self.stats, "scan", "calls") - self.control.scans as f64;
+        cmdstat(&self.stats, "scan", "usec") / ours.max(1.0)
+    }
+
+    /// The line to print after a run, passed or not.
+    pub fn summary(&self) -> String {
+        format!(
+            "SLOWLOG: {} of our {} commands over 1 ms, {} of the control's {} SCANs; \
+             RANDOMKEY {:.1} us on average (slowdown {:.1})",
+            self.ours.len(),
+            self.our_calls,
+            self.control_slow,
+            self.control.scans,
+            self.control_usec,
+            self.slowdown()
+        )
     }
 }
 
-/// `usec_per_call` of `command` in `INFO commandstats` text (NaN when absent).
-pub fn usec_per_call(stats: &str, command: &str) -> f64 {
+/// A field (`calls`, `usec`, `usec_per_call`) of `command` in `INFO commandstats` text (NaN when
+/// absent).
+pub fn cmdstat(stats: &str, command: &str, field: &str) -> f64 {
     stats
         .lines()
         .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
-        .and_then(|l| l.split("usec_per_call=").nth(1))
-        .and_then(|v| v.split(',').next())
+        .and_then(|l| {
+            l.split_once(':')?
+                .1
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
 }
