@@ -38,25 +38,13 @@ fn command_stats(redis: &RedisServer) -> (BTreeSet<String>, Vec<String>) {
     let text: String = redis.cmd(&["INFO", "commandstats"]);
     let mut called = BTreeSet::new();
     let mut refused = Vec::new();
-    for line in text.lines() {
-        let Some((name, fields)) = line
-            .strip_prefix("cmdstat_")
-            .and_then(|l| l.split_once(':'))
-        else {
-            continue;
-        };
-        let field = |k: &str| {
-            fields
-                .split(',')
-                .find_map(|f| f.strip_prefix(&format!("{k}=")))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        if field("calls") > 0 {
-            called.insert(name.to_owned());
+    for (name, fields) in crate::support::command_stats(&text) {
+        let field = |k: &str| fields.get(k).copied().unwrap_or(0.0);
+        if field("calls") > 0.0 {
+            called.insert(name.clone());
         }
-        if field("rejected_calls") > 0 || field("failed_calls") > 0 {
-            refused.push(line.to_owned());
+        if field("rejected_calls") > 0.0 || field("failed_calls") > 0.0 {
+            refused.push(format!("{name}: {fields:?}"));
         }
     }
     (called, refused)

@@ -110,11 +110,9 @@ impl SlowlogVerdict {
         let entries: Vec<redis::Value> = redis.cmd(&["SLOWLOG", "GET", "-1"]);
         let printed: Vec<String> = entries.iter().map(|e| format!("{e:?}")).collect();
         let stats: String = redis.cmd(&["INFO", "commandstats"]);
-        let calls: f64 = stats
-            .lines()
-            .filter_map(|l| l.split("calls=").nth(1))
-            .filter_map(|v| v.split(',').next())
-            .filter_map(|v| v.parse::<f64>().ok())
+        let calls: f64 = command_stats(&stats)
+            .values()
+            .filter_map(|fields| fields.get("calls"))
             .sum();
         SlowlogVerdict {
             ours: printed
@@ -147,11 +145,15 @@ impl SlowlogVerdict {
         (self.control_usec / 5.0).max(1.0)
     }
 
+    /// SCANs Redis ran for everyone but the control.
+    pub fn our_scans(&self) -> f64 {
+        cmdstat(&self.stats, "scan", "calls") - self.control.scans as f64
+    }
+
     /// At least our average time per SCAN in Redis, µs: all SCAN time (the control's too) over
     /// our SCANs only.
     pub fn our_scan_usec_at_most(&self) -> f64 {
-        let ours = cmdstat(&self.stats, "scan", "calls") - self.control.scans as f64;
-        cmdstat(&self.stats, "scan", "usec") / ours.max(1.0)
+        cmdstat(&self.stats, "scan", "usec") / self.our_scans().max(1.0)
     }
 
     /// The line to print after a run, passed or not.
@@ -169,19 +171,28 @@ impl SlowlogVerdict {
     }
 }
 
+/// `INFO commandstats` text as command name (`get`, `client|setname`) → its numeric fields
+/// (`calls`, `usec`, `usec_per_call`, `rejected_calls`, `failed_calls`).
+pub fn command_stats(text: &str) -> BTreeMap<String, BTreeMap<String, f64>> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(':'))
+        .map(|(name, fields)| {
+            let fields = fields
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+                .collect();
+            (name.to_owned(), fields)
+        })
+        .collect()
+}
+
 /// A field (`calls`, `usec`, `usec_per_call`) of `command` in `INFO commandstats` text (NaN when
 /// absent).
 pub fn cmdstat(stats: &str, command: &str, field: &str) -> f64 {
-    stats
-        .lines()
-        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
-        .and_then(|l| {
-            l.split_once(':')?
-                .1
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
-        })
-        .and_then(|v| v.parse().ok())
+    command_stats(stats)
+        .get(command)
+        .and_then(|fields| fields.get(field).copied())
         .unwrap_or(f64::NAN)
 }
 

@@ -206,8 +206,8 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
     let m = d
         .metrics_when(
             "a round over the glob and the count",
-            // Seconds on a quiet machine; minutes where the host makes Redis itself slow (the
-            // watcher keeps to its budget by scanning less a second).
+            // Where the host makes Redis itself slow the watcher keeps to its budget by scanning
+            // less a second: rounds of 126 and 152 s were measured here, past the old 120 s.
             Duration::from_secs(360),
             |m| m.value("redis_keys_count", &[("key", "job:*")]).is_some(),
         )
@@ -235,7 +235,7 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
     let control = control.stop().await;
     let slow = SlowlogVerdict::read(&redis, control, |e| !e.contains("bulk-string('\"INFO\"')"));
     eprintln!("{}", slow.summary());
-    let scans = cmdstat(&slow.stats, "scan", "calls") - control.scans as f64;
+    let scans = slow.our_scans();
     assert!(
         slow.ours.len() as f64 <= slow.allowed((scans / 1_000.0).max(5.0)),
         "{} ({scans} watcher SCANs): {:?}",
