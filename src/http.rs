@@ -142,12 +142,7 @@ const AHEAD_FROM: usize = 2 * WINDOW;
 
 /// Scrapes merged ahead at once; more concurrent ones are merged inline, so a flood of
 /// requests costs neither threads nor the windows queued for them.
-const AHEAD_AT_ONCE: usize = 4;
-
-fn ahead_permits() -> &'static Arc<tokio::sync::Semaphore> {
-    static PERMITS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
-    PERMITS.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(AHEAD_AT_ONCE)))
-}
+static AHEAD_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 impl ExpositionBody {
     fn new(snapshots: Vec<Arc<Snapshot>>, tail: String) -> Self {
@@ -155,7 +150,7 @@ impl ExpositionBody {
         let permit = if merger.body_len() < AHEAD_FROM {
             None
         } else {
-            ahead_permits().clone().try_acquire_owned().ok()
+            AHEAD_PERMITS.try_acquire().ok()
         };
         let source = if let Some(permit) = permit {
             // One window queued while the next is merged and the last is written: a few

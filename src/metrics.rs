@@ -428,6 +428,17 @@ struct Slot {
     cursor: usize,
 }
 
+impl Slot {
+    fn new(meta: Arc<FamilyMeta>) -> Self {
+        Slot {
+            meta,
+            header: None,
+            len: 0,
+            cursor: 0,
+        }
+    }
+}
+
 /// One list's sample text for one slot.
 struct Piece {
     list: u32,
@@ -496,12 +507,7 @@ impl<T: HasFamilies> Merger<T> {
 
         // The window's names: the pilot's, plus any other list's up to the same last name.
         slots.clear();
-        slots.extend(chosen.iter().map(|f| Slot {
-            meta: f.meta.clone(),
-            header: None,
-            len: 0,
-            cursor: 0,
-        }));
+        slots.extend(chosen.iter().map(|f| Slot::new(f.meta.clone())));
         ends.clear();
         for (list, &pos) in lists.iter().zip(positions.iter()) {
             let families = &list.rendered().families[pos..];
@@ -524,15 +530,7 @@ impl<T: HasFamilies> Merger<T> {
                 for family in mine {
                     if let Err(at) = slots.binary_search_by(|s| s.meta.name.cmp(&family.meta.name))
                     {
-                        slots.insert(
-                            at,
-                            Slot {
-                                meta: family.meta.clone(),
-                                header: None,
-                                len: 0,
-                                cursor: 0,
-                            },
-                        );
+                        slots.insert(at, Slot::new(family.meta.clone()));
                     }
                 }
             }
