@@ -21,8 +21,9 @@ pub fn free_port() -> u16 {
 }
 
 /// A client named `stall-control` that, while a test runs, keeps sending `RANDOMKEY` (a few
-/// microseconds, and a command redis-lookout never sends) and `SCAN <random cursor> COUNT 10`
-/// (the shape of the sampler's and the watcher's commands). SLOWLOG and commandstats record
+/// microseconds, and a command redis-lookout never sends) and, `with_scans`, `SCAN <random
+/// cursor> COUNT 10` (the shape of the watcher's commands; not beside the keyspace sampler,
+/// which sizes its SCANs from the SCAN average in commandstats that these would dilute). SLOWLOG and commandstats record
 /// wall time, so when this machine stalls Redis mid-command (another process preempting it on
 /// 2 cores, or the host paging the VM's memory back in after an idle second: seen here, 256 MB
 /// re-read in 80-180 ms after one idle second against 3-8 ms hot), the control's commands show
@@ -43,8 +44,27 @@ pub struct ControlCounts {
     pub scans: u64,
 }
 
+impl ControlCounts {
+    /// The command whose SLOWLOG rate is the baseline: SCAN when it sent them.
+    fn probe_entry(&self) -> &'static str {
+        if self.scans > 0 {
+            "bulk-string('\"SCAN\"')"
+        } else {
+            "bulk-string('\"RANDOMKEY\"')"
+        }
+    }
+
+    fn probes(&self) -> u64 {
+        if self.scans > 0 {
+            self.scans
+        } else {
+            self.randomkeys
+        }
+    }
+}
+
 impl StallControl {
-    pub async fn start(redis: &RedisServer) -> StallControl {
+    pub async fn start(redis: &RedisServer, with_scans: bool) -> StallControl {
         use rand::RngExt;
         let mut conn = redis
             .client()
@@ -62,10 +82,14 @@ impl StallControl {
         let task = tokio::spawn(async move {
             let mut sent = ControlCounts::default();
             // Bounded: a pair every 10 ms, for at most about three hours.
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) && sent.scans < 1_000_000 {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) && sent.randomkeys < 1_000_000 {
                 let _: redis::RedisResult<redis::Value> =
                     redis::cmd("RANDOMKEY").query_async(&mut conn).await;
                 sent.randomkeys += 1;
+                if !with_scans {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
                 let cursor: u64 = rand::rng().random_range(0..1 << 20);
                 let _: redis::RedisResult<redis::Value> = redis::cmd("SCAN")
                     .arg(cursor)
@@ -95,7 +119,7 @@ pub struct SlowlogVerdict {
     pub ours: Vec<String>,
     /// Commands Redis ran for everyone but the control.
     pub our_calls: f64,
-    /// The control's SCANs in SLOWLOG, and how many it sent.
+    /// The control's probes in SLOWLOG (its SCANs when it sends them, else its RANDOMKEYs).
     pub control_slow: usize,
     pub control: ControlCounts,
     /// The control's average RANDOMKEY in Redis, µs.
@@ -123,7 +147,7 @@ impl SlowlogVerdict {
             our_calls: (calls - (control.randomkeys + control.scans) as f64).max(0.0),
             control_slow: printed
                 .iter()
-                .filter(|e| e.contains(STALL_CONTROL) && e.contains("bulk-string('\"SCAN\"')"))
+                .filter(|e| e.contains(STALL_CONTROL) && e.contains(control.probe_entry()))
                 .count(),
             control,
             control_usec: cmdstat(&stats, "randomkey", "usec_per_call"),
@@ -132,9 +156,9 @@ impl SlowlogVerdict {
     }
 
     /// How many of our commands may be in SLOWLOG: `floor`, plus three times the control's
-    /// rate of slow SCANs over our number of commands.
+    /// rate of slow probes over our number of commands.
     pub fn allowed(&self, floor: f64) -> f64 {
-        let stall_rate = self.control_slow as f64 / (self.control.scans.max(1)) as f64;
+        let stall_rate = self.control_slow as f64 / (self.control.probes().max(1)) as f64;
         floor + 3.0 * stall_rate * self.our_calls
     }
 
@@ -159,12 +183,13 @@ impl SlowlogVerdict {
     /// The line to print after a run, passed or not.
     pub fn summary(&self) -> String {
         format!(
-            "SLOWLOG: {} of our {} commands over 1 ms, {} of the control's {} SCANs; \
+            "SLOWLOG: {} of our {} commands over 1 ms, {} of the control's {} {}; \
              RANDOMKEY {:.1} us on average (slowdown {:.1})",
             self.ours.len(),
             self.our_calls,
             self.control_slow,
-            self.control.scans,
+            self.control.probes(),
+            self.control.probe_entry(),
             self.control_usec,
             self.slowdown()
         )

@@ -197,7 +197,7 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
     }
     let _: () = redis.cmd(&["SLOWLOG", "RESET"]);
     let _: () = redis.cmd(&["CONFIG", "RESETSTAT"]);
-    let control = StallControl::start(&redis).await;
+    let control = StallControl::start(&redis, true).await;
     let d = Daemon::start(&format!(
         "poll_interval: 1s\ntargets:\n  - name: many\n    url: {}\n    watch:\n      keys: [\"job:*\"]\n      count: [\"job:*\"]\n      max_matches: 500\n      budget: 0.05\n",
         redis.url()
