@@ -18,7 +18,12 @@
 //!   the sampler rests so that the charged time stays under `budget` (default 1%) of wall time.
 //!   Other clients' use of those commands is charged to the sampler too, which only slows it.
 //!   Until the first reading (or where commandstats is unavailable) round trips are charged in
-//!   full. `SCAN COUNT` follows Redis' time per SCAN so no command it sends runs long.
+//!   full.
+//! - **Short commands.** `SCAN COUNT` halves when a SCAN costs over 150 µs and doubles under a
+//!   quarter of that. The cost is Redis' own time per SCAN from commandstats when every SCAN
+//!   since the last reading was the sampler's; when other clients scan too, their average says
+//!   nothing about ours, so COUNT follows the sampler's SCAN round trips (an upper bound, with
+//!   the key watcher's 500 µs threshold) instead.
 
 pub mod generate;
 pub mod grouping;
@@ -522,6 +527,27 @@ pub fn rest_for(busy: Duration, budget: f64) -> Duration {
     busy.mul_f64((1.0 - budget) / budget)
 }
 
+/// SCAN COUNT for a budgeted task (sampler, key watcher): halves when a SCAN took longer than
+/// `slow`, doubles when it took under a quarter of that, within 10..=1000.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ScanCount(u64);
+
+impl ScanCount {
+    pub(crate) const START: ScanCount = ScanCount(100);
+
+    pub(crate) fn get(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn follow(&mut self, took: Duration, slow: Duration) {
+        if took > slow {
+            self.0 = (self.0 / 2).max(10);
+        } else if took < slow / 4 {
+            self.0 = (self.0 * 2).min(1000);
+        }
+    }
+}
+
 /// The sampler's own counters, published with its figures.
 #[derive(Debug, Default, Clone)]
 struct SamplerStats {
@@ -567,7 +593,9 @@ pub async fn run_sampler(
         ),
         config,
         conn: None,
-        count: 100,
+        count: ScanCount::START,
+        scans_sent: 0,
+        scan_round_trips: (Duration::ZERO, 0),
         stats: SamplerStats::default(),
         census: BTreeMap::new(),
         running: None,
@@ -575,6 +603,7 @@ pub async fn run_sampler(
         facts,
         cost_per_key: None,
         last_reading: None,
+        calibrated_at: None,
         lfu_log_factor: None,
     };
     loop {
@@ -593,8 +622,12 @@ struct Sampler {
     config: KeyspaceConfig,
     grouper: Grouper,
     conn: Option<MultiplexedConnection>,
-    /// SCAN COUNT, adapted so that a batch stays short.
-    count: u64,
+    /// SCAN COUNT, adapted so that each SCAN stays short.
+    count: ScanCount,
+    /// SCANs this sampler has sent.
+    scans_sent: u64,
+    /// Sum and number of the SCAN round trips since the last calibration.
+    scan_round_trips: (Duration, u32),
     stats: SamplerStats,
     /// Last completed pass per database, with when it finished.
     census: BTreeMap<u32, (Pass, Instant)>,
@@ -604,11 +637,36 @@ struct Sampler {
     facts: SharedFacts,
     /// Redis' own time for the sampler's commands, per inspected key (from commandstats).
     cost_per_key: Option<Duration>,
-    /// The last commandstats reading: (when, keys inspected then, usec in our commands, SCAN
-    /// calls, SCAN usec).
-    last_reading: Option<(Instant, u64, f64, f64, f64)>,
+    /// The last commandstats reading.
+    last_reading: Option<Reading>,
+    /// When the sampler last calibrated (whether or not commandstats could be read).
+    calibrated_at: Option<Instant>,
     /// `lfu-log-factor` while maxmemory-policy is an LFU policy (read at each pass start).
     lfu_log_factor: Option<f64>,
+}
+
+/// One reading of INFO commandstats, with the sampler's own counters at that moment.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    keys_inspected: u64,
+    scans_sent: u64,
+    /// Redis' usec in the commands the sampler sends (everyone's calls).
+    usec: f64,
+    /// SCAN calls and usec (everyone's).
+    scans: f64,
+    scan_usec: f64,
+}
+
+impl Reading {
+    /// Redis' time per SCAN of the sampler's between this reading and `now`, when every SCAN
+    /// Redis served in between was the sampler's (None when others scanned too, when the
+    /// sampler sent none, or when the counters were reset).
+    fn own_scan_time(&self, now: &Reading) -> Option<Duration> {
+        let ours = now.scans_sent.checked_sub(self.scans_sent)?;
+        let usec = now.scan_usec - self.scan_usec;
+        (ours > 0 && now.scans - self.scans == ours as f64 && usec >= 0.0)
+            .then(|| Duration::from_secs_f64(usec / ours as f64 / 1e6))
+    }
 }
 
 /// How often the sampler reads commandstats to calibrate its cost.
@@ -659,8 +717,8 @@ impl Sampler {
                 };
                 self.stats.redis_seconds += busy.as_secs_f64();
                 if self
-                    .last_reading
-                    .is_none_or(|(at, ..)| at.elapsed() >= CALIBRATE_EVERY)
+                    .calibrated_at
+                    .is_none_or(|at| at.elapsed() >= CALIBRATE_EVERY)
                 {
                     self.calibrate().await;
                 }
@@ -682,9 +740,15 @@ impl Sampler {
     }
 
     /// Reads commandstats: Redis' time per inspected key, and per SCAN (which sets COUNT).
+    ///
+    /// Redis' SCAN time is only the sampler's when every SCAN since the last reading was its
+    /// own; when other clients scanned too (their average says nothing about ours), or
+    /// commandstats cannot be read, COUNT follows the sampler's own SCAN round trips instead,
+    /// which bound its SCANs' Redis time from above.
     async fn calibrate(&mut self) {
         let limit = self.target.poll_timeout;
-        let keys_now = self.stats.keys_inspected;
+        let (rtt_sum, rtt_n) = std::mem::take(&mut self.scan_round_trips);
+        self.calibrated_at = Some(Instant::now());
         let Ok(conn) = self.connection().await else {
             return;
         };
@@ -695,28 +759,38 @@ impl Sampler {
                 .query_async::<String>(conn),
         )
         .await;
-        let Ok(Ok(text)) = reply else { return };
-        let (usec, scans, scan_usec) = sampler_command_usage(&text);
-        let now = Instant::now();
-        if let Some((_, keys_then, usec_then, scans_then, scan_usec_then)) = self.last_reading {
-            let keys = keys_now.saturating_sub(keys_then);
-            if keys > 0 && usec >= usec_then {
+        let reading = match reply {
+            Ok(Ok(text)) => {
+                let (usec, scans, scan_usec) = sampler_command_usage(&text);
+                Some(Reading {
+                    keys_inspected: self.stats.keys_inspected,
+                    scans_sent: self.scans_sent,
+                    usec,
+                    scans,
+                    scan_usec,
+                })
+            }
+            _ => None,
+        };
+        let mut own_scan_time = None;
+        if let (Some(now), Some(then)) = (reading, self.last_reading) {
+            let keys = now.keys_inspected.saturating_sub(then.keys_inspected);
+            if keys > 0 && now.usec >= then.usec {
                 self.cost_per_key = Some(Duration::from_secs_f64(
-                    (usec - usec_then) / keys as f64 / 1e6,
+                    (now.usec - then.usec) / keys as f64 / 1e6,
                 ));
             }
-            if scans > scans_then && scan_usec >= scan_usec_then {
-                let per_scan = Duration::from_secs_f64(
-                    (scan_usec - scan_usec_then) / (scans - scans_then) / 1e6,
-                );
-                if per_scan > SLOW_SCAN {
-                    self.count = (self.count / 2).max(10);
-                } else if per_scan < SLOW_SCAN / 4 {
-                    self.count = (self.count * 2).min(1000);
-                }
-            }
+            own_scan_time = then.own_scan_time(&now);
         }
-        self.last_reading = Some((now, keys_now, usec, scans, scan_usec));
+        match own_scan_time {
+            Some(per_scan) => self.count.follow(per_scan, SLOW_SCAN),
+            None if rtt_n > 0 => self.count.follow(rtt_sum / rtt_n, watched::SLOW_ROUND_TRIP),
+            None => {}
+        }
+        // A failed reading keeps the last good one, so the next delta spans both windows.
+        if let Some(reading) = reading {
+            self.last_reading = Some(reading);
+        }
     }
 
     /// Scans and inspects one batch; returns the round-trip time and the keys inspected.
@@ -728,7 +802,7 @@ impl Sampler {
         let Some((pass, cursor)) = self.running.take() else {
             return Ok((Duration::ZERO, 0));
         };
-        let count = self.count;
+        let count = self.count.get();
         let samples = self.config.memory_samples;
         let lfu = self.lfu_log_factor.is_some();
         let per_key = if lfu { 4 } else { 3 };
@@ -742,6 +816,7 @@ impl Sampler {
                 .await
                 .map_err(|_| "SCAN timed out")?
                 .map_err(|_| "SCAN failed")?;
+        let scan_took = t0.elapsed();
         let (next, keys) = scanned.into_iter().next().ok_or("SCAN reply")?;
         let mut inspect = redis::pipe();
         inspect.ignore_errors();
@@ -768,6 +843,9 @@ impl Sampler {
                 .map_err(|_| "inspection failed")?
         };
         let round_trips = t0.elapsed();
+        self.scans_sent += 1;
+        self.scan_round_trips.0 += scan_took;
+        self.scan_round_trips.1 += 1;
         let inspected_before = self.stats.keys_inspected;
         let mut pass = pass;
         for (key, replies) in keys.into_iter().zip(replies.chunks(per_key)) {
@@ -923,7 +1001,7 @@ impl Sampler {
         );
         out.add(
             "redis_keyspace_sampler_redis_seconds_total",
-            "Round-trip time of the sampler's commands: an upper bound of the Redis time it used",
+            "Redis time charged to the sampler: its commands' time per key from INFO commandstats (round trips until the first reading)",
             Kind::Counter,
             Vec::new(),
             self.stats.redis_seconds,
@@ -938,7 +1016,7 @@ impl Sampler {
         out.gauge(
             "redis_keyspace_sampler_scan_batch",
             "SCAN COUNT in use (adapted so each SCAN stays short)",
-            self.count as f64,
+            self.count.get() as f64,
         );
         *self.facts.lock().unwrap_or_else(|p| p.into_inner()) = out;
     }
@@ -963,6 +1041,54 @@ mod tests {
         let text = "cmdstat_scan:calls=10,usec=300,usec_per_call=30.00\r\ncmdstat_type:calls=100,usec=90\r\n\
                     cmdstat_memory|usage:calls=100,usec=200\r\ncmdstat_get:calls=5,usec=5000\r\n";
         assert_eq!(sampler_command_usage(text), (590.0, 10.0, 300.0));
+    }
+
+    #[test]
+    fn scan_count_halves_when_slow_and_doubles_when_fast_within_bounds() {
+        let slow = Duration::from_micros(100);
+        let mut c = ScanCount::START;
+        c.follow(Duration::from_micros(101), slow);
+        assert_eq!(c.get(), 50);
+        c.follow(Duration::from_micros(50), slow);
+        assert_eq!(c.get(), 50, "between a quarter and the limit: unchanged");
+        c.follow(Duration::from_micros(24), slow);
+        assert_eq!(c.get(), 100);
+        for _ in 0..20 {
+            c.follow(Duration::ZERO, slow);
+        }
+        assert_eq!(c.get(), 1000);
+        for _ in 0..20 {
+            c.follow(Duration::from_secs(1), slow);
+        }
+        assert_eq!(c.get(), 10);
+    }
+
+    #[test]
+    fn own_scan_time_only_when_every_scan_was_ours() {
+        let then = Reading {
+            keys_inspected: 0,
+            scans_sent: 10,
+            usec: 0.0,
+            scans: 1000.0,
+            scan_usec: 50_000.0,
+        };
+        let mut now = Reading {
+            scans_sent: 20,
+            scans: 1010.0,
+            scan_usec: 51_000.0,
+            ..then
+        };
+        assert_eq!(then.own_scan_time(&now), Some(Duration::from_micros(100)));
+        // Another client's 10 cheap SCANs would make the average 50 µs: not ours, not used.
+        now.scans = 1020.0;
+        now.scan_usec = 51_100.0;
+        assert_eq!(then.own_scan_time(&now), None);
+        // CONFIG RESETSTAT between the readings.
+        now.scans = 10.0;
+        now.scan_usec = 1_000.0;
+        assert_eq!(then.own_scan_time(&now), None);
+        // No SCAN of ours in between.
+        assert_eq!(then.own_scan_time(&then), None);
     }
 
     #[test]

@@ -457,7 +457,7 @@ const VALUE_MAX_BYTES: i64 = 40;
 const PIPELINE_KEYS: usize = 200;
 
 /// Round trip above which SCAN COUNT halves; a quarter of it doubles COUNT.
-const SLOW_ROUND_TRIP: Duration = Duration::from_micros(500);
+pub(crate) const SLOW_ROUND_TRIP: Duration = Duration::from_micros(500);
 
 /// Runs the watcher for one node until shutdown.
 pub async fn run_watcher(
@@ -470,7 +470,7 @@ pub async fn run_watcher(
         target,
         config,
         conn: None,
-        count: 100,
+        count: super::ScanCount::START,
         busy: Duration::ZERO,
         stalled: HashMap::new(),
         rounds: 0,
@@ -510,7 +510,7 @@ struct Watcher {
     config: WatchConfig,
     conn: Option<MultiplexedConnection>,
     /// SCAN COUNT for glob expansion.
-    count: u64,
+    count: super::ScanCount,
     /// Round-trip time charged and not yet rested for.
     busy: Duration,
     /// (db, stream, group) → when it was first seen with entries waiting and no consumer.
@@ -575,13 +575,9 @@ impl Watcher {
                 .arg("MATCH")
                 .arg(pattern)
                 .arg("COUNT")
-                .arg(self.count);
+                .arg(self.count.get());
             let (reply, took): (Vec<ScanReply>, Duration) = self.send(&pipe).await?;
-            if took > SLOW_ROUND_TRIP {
-                self.count = (self.count / 2).max(10);
-            } else if took < SLOW_ROUND_TRIP / 4 {
-                self.count = (self.count * 2).min(1000);
-            }
+            self.count.follow(took, SLOW_ROUND_TRIP);
             let (next, found) = reply.into_iter().next().ok_or("SCAN reply")?;
             matched += found.len() as u64;
             if let Some(cap) = cap {
