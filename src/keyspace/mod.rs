@@ -19,11 +19,16 @@
 //!   Other clients' use of those commands is charged to the sampler too, which only slows it.
 //!   Until the first reading (or where commandstats is unavailable) round trips are charged in
 //!   full.
-//! - **Short commands.** `SCAN COUNT` halves when a SCAN costs over 150 µs and doubles under a
-//!   quarter of that. The cost is Redis' own time per SCAN from commandstats when every SCAN
-//!   since the last reading was the sampler's; when other clients scan too, their average says
-//!   nothing about ours, so COUNT follows the sampler's SCAN round trips (an upper bound, with
-//!   the key watcher's 500 µs threshold) instead.
+//! - **Backing off.** The same reading takes `INFO cpu` and `INFO persistence`: while Redis'
+//!   main thread used over 80% of a core since the last reading the sampler rests ten times
+//!   longer (a tenth of its budget), and while Redis is loading it sends nothing but its
+//!   readings (`redis_keyspace_sampler_backing_off{reason}`).
+//! - **Short commands.** `SCAN COUNT` follows the cost of a SCAN toward 50 µs of Redis time
+//!   (about 25 keys on a 1M-key database), a twentieth of the 1 ms limit. The cost is Redis'
+//!   own time per SCAN from commandstats when every SCAN since the last reading was the
+//!   sampler's; when other clients scan too, their average says nothing about ours, so COUNT
+//!   follows the sampler's SCAN round trips toward 200 µs (an upper bound of Redis' time, as the
+//!   key watcher does) instead.
 
 pub mod generate;
 pub mod grouping;
@@ -527,8 +532,17 @@ pub fn rest_for(busy: Duration, budget: f64) -> Duration {
     busy.mul_f64((1.0 - budget) / budget)
 }
 
-/// SCAN COUNT for a budgeted task (sampler, key watcher): halves when a SCAN took longer than
-/// `slow`, doubles when it took under a quarter of that, within 10..=1000.
+/// Redis' own time per SCAN the sampler aims at (from commandstats). A SCAN costs Redis about
+/// 2 µs per key on a 1M-key database (measured: COUNT 50 took 97 µs, COUNT 1000 1.7 ms), so this
+/// is COUNT ≈ 25 there: a twentieth of the 1 ms limit, which leaves room for a Redis that the
+/// machine stalls mid-command.
+pub(crate) const SCAN_TIME: Duration = Duration::from_micros(50);
+
+/// The SCAN round trip aimed at where only round trips are known (the key watcher; the sampler
+/// while other clients scan): an upper bound of Redis' time, network and client included.
+pub(crate) const SCAN_ROUND_TRIP: Duration = Duration::from_micros(200);
+
+/// SCAN COUNT for a budgeted task (sampler, key watcher), within 10..=1000.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct ScanCount(u64);
 
@@ -539,12 +553,16 @@ impl ScanCount {
         self.0
     }
 
-    pub(crate) fn follow(&mut self, took: Duration, slow: Duration) {
-        if took > slow {
-            self.0 = (self.0 / 2).max(10);
-        } else if took < slow / 4 {
-            self.0 = (self.0 * 2).min(1000);
-        }
+    /// Moves COUNT toward the one at which a SCAN takes `aim`, taking the time as proportional
+    /// to COUNT: down by up to half at once, up by at most half again, so one slow reading
+    /// acts at once and growth needs several fast ones.
+    pub(crate) fn follow(&mut self, took: Duration, aim: Duration) {
+        let ratio = if took.is_zero() {
+            1.5
+        } else {
+            (aim.as_secs_f64() / took.as_secs_f64()).clamp(0.5, 1.5)
+        };
+        self.0 = ((self.0 as f64 * ratio).round() as u64).clamp(10, 1000);
     }
 }
 
@@ -604,6 +622,7 @@ pub async fn run_sampler(
         cost_per_key: None,
         last_reading: None,
         calibrated_at: None,
+        backoff: Backoff::No,
         lfu_log_factor: None,
     };
     loop {
@@ -641,13 +660,21 @@ struct Sampler {
     last_reading: Option<Reading>,
     /// When the sampler last calibrated (whether or not commandstats could be read).
     calibrated_at: Option<Instant>,
+    /// Whether the last reading found Redis busy or loading.
+    backoff: Backoff,
     /// `lfu-log-factor` while maxmemory-policy is an LFU policy (read at each pass start).
     lfu_log_factor: Option<f64>,
 }
 
-/// One reading of INFO commandstats, with the sampler's own counters at that moment.
+/// One reading of INFO commandstats, cpu and persistence, with the sampler's own counters at
+/// that moment.
 #[derive(Debug, Clone, Copy)]
 struct Reading {
+    at: Instant,
+    /// CPU seconds of Redis' main thread (of the whole process before Redis 6.2).
+    cpu: Option<f64>,
+    /// Redis is loading its data set (at start, or a replica's full sync).
+    loading: bool,
     keys_inspected: u64,
     scans_sent: u64,
     /// Redis' usec in the commands the sampler sends (everyone's calls).
@@ -657,7 +684,60 @@ struct Reading {
     scan_usec: f64,
 }
 
+/// Why the sampler holds back, from its last reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backoff {
+    No,
+    /// Redis' main thread was over [`BUSY_CPU`] of a core since the last reading: the sampler
+    /// rests [`BUSY_SLOWDOWN`] times longer (a tenth of its budget).
+    Busy,
+    /// Redis is loading: the sampler sends nothing but its readings until it is done.
+    Loading,
+}
+
+/// Share of one core above which Redis' main thread counts as busy.
+const BUSY_CPU: f64 = 0.8;
+
+/// How many times longer the sampler rests while Redis is busy.
+const BUSY_SLOWDOWN: u32 = 10;
+
 impl Reading {
+    /// Parses the replies of `INFO commandstats`, `INFO cpu` and `INFO persistence` (one section
+    /// each, which every Redis version accepts), joined.
+    fn parse(info: &str, at: Instant, keys_inspected: u64, scans_sent: u64) -> Reading {
+        let (usec, scans, scan_usec) = sampler_command_usage(info);
+        let fields = crate::collector::info::parse_info(info);
+        let cpu = |a: &str, b: &str| Some(fields.number(a)? + fields.number(b)?);
+        Reading {
+            at,
+            cpu: cpu("used_cpu_sys_main_thread", "used_cpu_user_main_thread")
+                .or_else(|| cpu("used_cpu_sys", "used_cpu_user")),
+            loading: fields.get("loading") == Some("1") || fields.get("async_loading") == Some("1"),
+            keys_inspected,
+            scans_sent,
+            usec,
+            scans,
+            scan_usec,
+        }
+    }
+
+    /// Whether the sampler holds back after this reading, `then` being the one before.
+    fn backoff(&self, then: Option<&Reading>) -> Backoff {
+        if self.loading {
+            return Backoff::Loading;
+        }
+        let busy = then.and_then(|then| {
+            let wall = self.at.checked_duration_since(then.at)?.as_secs_f64();
+            let cpu = self.cpu? - then.cpu?;
+            (wall > 0.0).then_some(cpu / wall)
+        });
+        if busy.is_some_and(|share| share > BUSY_CPU) {
+            Backoff::Busy
+        } else {
+            Backoff::No
+        }
+    }
+
     /// Redis' time per SCAN of the sampler's between this reading and `now`, when every SCAN
     /// Redis served in between was the sampler's (None when others scanned too, when the
     /// sampler sent none, or when the counters were reset).
@@ -702,13 +782,19 @@ pub fn sampler_command_usage(commandstats: &str) -> (f64, f64, f64) {
     )
 }
 
-/// Redis time per SCAN above which COUNT shrinks (each command must stay well under a
-/// millisecond); a SCAN four times faster grows it.
-const SLOW_SCAN: Duration = Duration::from_micros(150);
-
 impl Sampler {
     /// One batch of work; returns how long to rest before the next (the budget).
     async fn step(&mut self) -> Duration {
+        if self
+            .calibrated_at
+            .is_none_or(|at| at.elapsed() >= CALIBRATE_EVERY)
+        {
+            self.calibrate().await;
+        }
+        if self.backoff == Backoff::Loading {
+            self.publish();
+            return CALIBRATE_EVERY;
+        }
         match self.batch().await {
             Ok((round_trips, inspected)) => {
                 let busy = match self.cost_per_key {
@@ -716,16 +802,16 @@ impl Sampler {
                     None => round_trips,
                 };
                 self.stats.redis_seconds += busy.as_secs_f64();
-                if self
-                    .calibrated_at
-                    .is_none_or(|at| at.elapsed() >= CALIBRATE_EVERY)
-                {
-                    self.calibrate().await;
-                }
                 if self.last_publish.elapsed() >= Duration::from_secs(1) {
                     self.publish();
                 }
-                rest_for(busy, self.config.budget).max(Duration::from_millis(1))
+                let rest = rest_for(busy, self.config.budget);
+                let rest = if self.backoff == Backoff::Busy {
+                    rest * BUSY_SLOWDOWN
+                } else {
+                    rest
+                };
+                rest.max(Duration::from_millis(1))
             }
             Err(why) => {
                 tracing::debug!(target_name = %self.target.name, problem = why, "keyspace sampler paused");
@@ -739,7 +825,8 @@ impl Sampler {
         kept_connection(&mut self.conn, &self.target).await
     }
 
-    /// Reads commandstats: Redis' time per inspected key, and per SCAN (which sets COUNT).
+    /// Reads commandstats: Redis' time per inspected key, and per SCAN (which sets COUNT); and
+    /// cpu and persistence: whether Redis is busy or loading (see [`Backoff`]).
     ///
     /// Redis' SCAN time is only the sampler's when every SCAN since the last reading was its
     /// own; when other clients scanned too (their average says nothing about ours), or
@@ -752,26 +839,27 @@ impl Sampler {
         let Ok(conn) = self.connection().await else {
             return;
         };
-        let reply = tokio::time::timeout(
-            limit,
-            redis::cmd("INFO")
-                .arg("commandstats")
-                .query_async::<String>(conn),
-        )
-        .await;
+        let mut sections = redis::pipe();
+        for section in ["commandstats", "cpu", "persistence"] {
+            sections.cmd("INFO").arg(section);
+        }
+        let reply = tokio::time::timeout(limit, sections.query_async::<Vec<String>>(conn)).await;
         let reading = match reply {
-            Ok(Ok(text)) => {
-                let (usec, scans, scan_usec) = sampler_command_usage(&text);
-                Some(Reading {
-                    keys_inspected: self.stats.keys_inspected,
-                    scans_sent: self.scans_sent,
-                    usec,
-                    scans,
-                    scan_usec,
-                })
-            }
+            Ok(Ok(texts)) => Some(Reading::parse(
+                &texts.join("\n"),
+                Instant::now(),
+                self.stats.keys_inspected,
+                self.scans_sent,
+            )),
             _ => None,
         };
+        if let Some(now) = &reading {
+            let backoff = now.backoff(self.last_reading.as_ref());
+            if backoff != self.backoff {
+                tracing::info!(target_name = %self.target.name, ?backoff, "keyspace sampler pace");
+            }
+            self.backoff = backoff;
+        }
         let mut own_scan_time = None;
         if let (Some(now), Some(then)) = (reading, self.last_reading) {
             let keys = now.keys_inspected.saturating_sub(then.keys_inspected);
@@ -783,8 +871,8 @@ impl Sampler {
             own_scan_time = then.own_scan_time(&now);
         }
         match own_scan_time {
-            Some(per_scan) => self.count.follow(per_scan, SLOW_SCAN),
-            None if rtt_n > 0 => self.count.follow(rtt_sum / rtt_n, watched::SLOW_ROUND_TRIP),
+            Some(per_scan) => self.count.follow(per_scan, SCAN_TIME),
+            None if rtt_n > 0 => self.count.follow(rtt_sum / rtt_n, SCAN_ROUND_TRIP),
             None => {}
         }
         // A failed reading keeps the last good one, so the next delta spans both windows.
@@ -868,16 +956,15 @@ impl Sampler {
     async fn start_pass(&mut self) -> Result<(), &'static str> {
         let limit = self.target.poll_timeout;
         let conn = self.connection().await?;
-        let text: String = tokio::time::timeout(
-            limit,
-            redis::cmd("INFO")
-                .arg("replication")
-                .arg("keyspace")
-                .query_async(conn),
-        )
-        .await
-        .map_err(|_| "INFO timed out")?
-        .map_err(|_| "INFO failed")?;
+        // One section per INFO: Redis before 7 refuses several in one.
+        let mut sections = redis::pipe();
+        sections.cmd("INFO").arg("replication");
+        sections.cmd("INFO").arg("keyspace");
+        let texts: Vec<String> = tokio::time::timeout(limit, sections.query_async(conn))
+            .await
+            .map_err(|_| "INFO timed out")?
+            .map_err(|_| "INFO failed")?;
+        let text = texts.join("\n");
         let info = crate::collector::info::parse_info(&text);
         let replica = info.get("role") == Some("slave");
         if replica != self.config.on_replicas {
@@ -1013,6 +1100,15 @@ impl Sampler {
             Vec::new(),
             self.stats.passes as f64,
         );
+        for (reason, state) in [("busy", Backoff::Busy), ("loading", Backoff::Loading)] {
+            out.add(
+                "redis_keyspace_sampler_backing_off",
+                "1 while the sampler holds back: busy (Redis' main thread over 80% of a core; a tenth of the budget), loading (paused)",
+                Kind::Gauge,
+                vec![("reason", reason.to_owned())],
+                f64::from(u8::from(self.backoff == state)),
+            );
+        }
         out.gauge(
             "redis_keyspace_sampler_scan_batch",
             "SCAN COUNT in use (adapted so each SCAN stays short)",
@@ -1044,21 +1140,23 @@ mod tests {
     }
 
     #[test]
-    fn scan_count_halves_when_slow_and_doubles_when_fast_within_bounds() {
-        let slow = Duration::from_micros(100);
+    fn scan_count_moves_toward_the_aim_fast_down_slowly_up_within_bounds() {
+        let aim = Duration::from_micros(50);
         let mut c = ScanCount::START;
-        c.follow(Duration::from_micros(101), slow);
-        assert_eq!(c.get(), 50);
-        c.follow(Duration::from_micros(50), slow);
-        assert_eq!(c.get(), 50, "between a quarter and the limit: unchanged");
-        c.follow(Duration::from_micros(24), slow);
-        assert_eq!(c.get(), 100);
-        for _ in 0..20 {
-            c.follow(Duration::ZERO, slow);
+        c.follow(Duration::from_micros(80), aim);
+        assert_eq!(c.get(), 63, "100 × 50/80");
+        c.follow(Duration::from_micros(1000), aim);
+        assert_eq!(c.get(), 32, "at most halved at once");
+        c.follow(Duration::from_micros(50), aim);
+        assert_eq!(c.get(), 32, "on the aim: unchanged");
+        c.follow(Duration::from_micros(1), aim);
+        assert_eq!(c.get(), 48, "at most half again at once");
+        for _ in 0..30 {
+            c.follow(Duration::ZERO, aim);
         }
         assert_eq!(c.get(), 1000);
-        for _ in 0..20 {
-            c.follow(Duration::from_secs(1), slow);
+        for _ in 0..30 {
+            c.follow(Duration::from_secs(1), aim);
         }
         assert_eq!(c.get(), 10);
     }
@@ -1066,6 +1164,9 @@ mod tests {
     #[test]
     fn own_scan_time_only_when_every_scan_was_ours() {
         let then = Reading {
+            at: Instant::now(),
+            cpu: None,
+            loading: false,
             keys_inspected: 0,
             scans_sent: 10,
             usec: 0.0,
@@ -1089,6 +1190,40 @@ mod tests {
         assert_eq!(then.own_scan_time(&now), None);
         // No SCAN of ours in between.
         assert_eq!(then.own_scan_time(&then), None);
+    }
+
+    #[test]
+    fn readings_say_when_redis_is_busy_or_loading() {
+        let at = Instant::now();
+        let info = |cpu: f64, loading: u8| {
+            format!(
+                "# Commandstats\r\ncmdstat_scan:calls=4,usec=200,usec_per_call=50.00\r\n\n\
+                 # CPU\r\nused_cpu_sys:90.0\r\nused_cpu_user:90.0\r\n\
+                 used_cpu_sys_main_thread:{cpu}\r\nused_cpu_user_main_thread:0.5\r\n\n\
+                 # Persistence\r\nloading:{loading}\r\nasync_loading:0\r\n"
+            )
+        };
+        let first = Reading::parse(&info(10.0, 0), at, 0, 0);
+        assert_eq!(first.cpu, Some(10.5), "the main thread's, not the process'");
+        assert_eq!((first.scans, first.scan_usec), (4.0, 200.0));
+        assert_eq!(
+            first.backoff(None),
+            Backoff::No,
+            "one reading cannot tell busy"
+        );
+        // 4.5 s of the main thread's CPU in 5 s: busy.
+        let busy = Reading::parse(&info(14.5, 0), at + Duration::from_secs(5), 0, 0);
+        assert_eq!(busy.backoff(Some(&first)), Backoff::Busy);
+        // 1 s in 5 s: not.
+        let calm = Reading::parse(&info(15.5, 0), at + Duration::from_secs(10), 0, 0);
+        assert_eq!(calm.backoff(Some(&busy)), Backoff::No);
+        let loading = Reading::parse(&info(15.5, 1), at + Duration::from_secs(15), 0, 0);
+        assert_eq!(loading.backoff(Some(&calm)), Backoff::Loading);
+        assert_eq!(loading.backoff(None), Backoff::Loading);
+        // Before Redis 6.2 there is no main-thread figure: the process' stands in.
+        let old = Reading::parse("used_cpu_sys:1.25\r\nused_cpu_user:2.5\r\n", at, 0, 0);
+        assert_eq!(old.cpu, Some(3.75));
+        assert!(!old.loading);
     }
 
     #[test]

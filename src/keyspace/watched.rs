@@ -8,7 +8,7 @@
 //!   patterns count every match of a whole SCAN (no series per key, so no cap).
 //! - Each round trip is charged to the budget in full (the round trip bounds Redis' time from
 //!   above) and the task rests so that its share of wall time stays under `budget`; SCAN COUNT
-//!   shrinks when a SCAN comes back slowly, so no command runs long.
+//!   follows the SCAN round trip toward 200 µs, so no command runs long.
 //! - Keys are inspected with pipelined `TYPE`, then the length command of each type (LLEN,
 //!   SCARD, ZCARD, HLEN, XLEN, STRLEN; PFCOUNT for HyperLogLogs), streams with `XINFO STREAM`,
 //!   `XINFO GROUPS` and `XINFO CONSUMERS`. Every round rebuilds the figures, so a key that is
@@ -456,9 +456,6 @@ const VALUE_MAX_BYTES: i64 = 40;
 /// Keys per pipeline: a pipeline of O(1) commands this long keeps Redis well under 1 ms.
 const PIPELINE_KEYS: usize = 200;
 
-/// Round trip above which SCAN COUNT halves; a quarter of it doubles COUNT.
-pub(crate) const SLOW_ROUND_TRIP: Duration = Duration::from_micros(500);
-
 /// Runs the watcher for one node until shutdown.
 pub async fn run_watcher(
     target: Arc<Target>,
@@ -577,7 +574,7 @@ impl Watcher {
                 .arg("COUNT")
                 .arg(self.count.get());
             let (reply, took): (Vec<ScanReply>, Duration) = self.send(&pipe).await?;
-            self.count.follow(took, SLOW_ROUND_TRIP);
+            self.count.follow(took, super::SCAN_ROUND_TRIP);
             let (next, found) = reply.into_iter().next().ok_or("SCAN reply")?;
             matched += found.len() as u64;
             if let Some(cap) = cap {

@@ -288,3 +288,72 @@ async fn hostile_key_names_keep_the_exposition_valid() {
     assert!(bad.is_empty(), "{bad:#?}");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_holds_back_while_redis_is_busy() {
+    let redis = RedisServer::start(&[]);
+    generate(&redis, 20_000).await;
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\ntargets:\n  - name: busy\n    url: {}\n    keyspace:\n      budget: 0.05\n",
+        redis.url()
+    ))
+    .await;
+    let busy =
+        |m: &Exposition| m.value("redis_keyspace_sampler_backing_off", &[("reason", "busy")]);
+    d.metrics_when(
+        "the sampler at work, not holding back",
+        Duration::from_secs(60),
+        |m| {
+            m.value("redis_keyspace_sampler_keys_inspected_total", &[])
+                .is_some_and(|k| k > 0.0)
+                && busy(m) == Some(0.0)
+        },
+    )
+    .await;
+
+    // Keep Redis' main thread busy with short Lua loops (each a few ms, so our commands still
+    // get through between them), back to back, until told to stop or for two minutes at most.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burner = {
+        let stop = stop.clone();
+        let client = redis.client();
+        std::thread::spawn(move || {
+            let mut conn = client.get_connection().expect("burner connection");
+            let started = std::time::Instant::now();
+            let mut scripts = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(120)
+            {
+                let _: i64 = redis::cmd("EVAL")
+                    .arg("local i = 0 while i < 300000 do i = i + 1 end return i")
+                    .arg(0)
+                    .query(&mut conn)
+                    .expect("EVAL");
+                scripts += 1;
+            }
+            scripts
+        })
+    };
+    let m = d
+        .metrics_when("the sampler holding back", Duration::from_secs(60), |m| {
+            busy(m) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        m.value(
+            "redis_keyspace_sampler_backing_off",
+            &[("reason", "loading")]
+        ),
+        Some(0.0)
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scripts = burner.join().expect("burner thread");
+    assert!(scripts > 0);
+    d.metrics_when(
+        "the sampler back at its pace",
+        Duration::from_secs(60),
+        |m| busy(m) == Some(0.0),
+    )
+    .await;
+    d.stop().await;
+}

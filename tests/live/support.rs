@@ -117,6 +117,8 @@ impl StallControl {
 pub struct SlowlogVerdict {
     /// Our entries (client name redis-lookout) that the test counts, as redis-rs prints them.
     pub ours: Vec<String>,
+    /// The same entries as `COMMAND duration_us`, for the summary.
+    pub ours_brief: Vec<String>,
     /// Commands Redis ran for everyone but the control.
     pub our_calls: f64,
     /// The control's probes in SLOWLOG (its SCANs when it sends them, else its RANDOMKEYs).
@@ -138,12 +140,15 @@ impl SlowlogVerdict {
             .values()
             .filter_map(|fields| fields.get("calls"))
             .sum();
+        let (ours, ours_brief) = printed
+            .iter()
+            .zip(&entries)
+            .filter(|(e, _)| e.contains("\"redis-lookout\"") && keep(e))
+            .map(|(e, entry)| (e.clone(), slowlog_brief(entry)))
+            .unzip();
         SlowlogVerdict {
-            ours: printed
-                .iter()
-                .filter(|e| e.contains("\"redis-lookout\"") && keep(e))
-                .cloned()
-                .collect(),
+            ours,
+            ours_brief,
             our_calls: (calls - (control.randomkeys + control.scans) as f64).max(0.0),
             control_slow: printed
                 .iter()
@@ -183,10 +188,11 @@ impl SlowlogVerdict {
     /// The line to print after a run, passed or not.
     pub fn summary(&self) -> String {
         format!(
-            "SLOWLOG: {} of our {} commands over 1 ms, {} of the control's {} {}; \
+            "SLOWLOG: {} of our {} commands over 1 ms {:?}, {} of the control's {} {}; \
              RANDOMKEY {:.1} us on average (slowdown {:.1})",
             self.ours.len(),
             self.our_calls,
+            self.ours_brief,
             self.control_slow,
             self.control.probes(),
             self.control.probe_entry(),
@@ -194,6 +200,26 @@ impl SlowlogVerdict {
             self.slowdown()
         )
     }
+}
+
+/// A SLOWLOG entry (`[id, time, duration, [args…], …]`) as `COMMAND duration_us`.
+fn slowlog_brief(entry: &redis::Value) -> String {
+    use redis::Value;
+    let Value::Array(fields) = entry else {
+        return format!("{entry:?}");
+    };
+    let duration = match fields.get(2) {
+        Some(Value::Int(us)) => *us,
+        _ => -1,
+    };
+    let command = match fields.get(3) {
+        Some(Value::Array(args)) => match args.first() {
+            Some(Value::BulkString(name)) => String::from_utf8_lossy(name).into_owned(),
+            _ => "?".to_owned(),
+        },
+        _ => "?".to_owned(),
+    };
+    format!("{command} {duration}us")
 }
 
 /// `INFO commandstats` text as command name (`get`, `client|setname`) → its numeric fields
