@@ -19,10 +19,11 @@
 //!   Other clients' use of those commands is charged to the sampler too, which only slows it.
 //!   Until the first reading (or where commandstats is unavailable) round trips are charged in
 //!   full.
-//! - **Backing off.** The same reading takes `INFO cpu` and `INFO persistence`: while Redis'
-//!   main thread used over 80% of a core since the last reading the sampler rests ten times
-//!   longer (a tenth of its budget), and while Redis is loading it sends nothing but its
-//!   readings (`redis_keyspace_sampler_backing_off{reason}`).
+//! - **Backing off.** The same reading takes `INFO cpu` and `INFO persistence`. While Redis'
+//!   main thread used over 80% of a core since the last reading (not counting its time in the
+//!   kinds of command the sampler sends), the sampler rests ten times longer (a tenth of its
+//!   budget); while Redis is loading it sends nothing but its readings
+//!   (`redis_keyspace_sampler_backing_off{reason}`).
 //! - **Short commands.** `SCAN COUNT` follows the cost of a SCAN toward 50 µs of Redis time
 //!   (about 25 keys on a 1M-key database), a twentieth of the 1 ms limit. The cost is Redis'
 //!   own time per SCAN from commandstats when every SCAN since the last reading was the
@@ -721,14 +722,17 @@ impl Reading {
         }
     }
 
-    /// Whether the sampler holds back after this reading, `then` being the one before.
+    /// Whether the sampler holds back after this reading, `then` being the one before. The
+    /// time Redis spent in the sampler's kind of commands is not counted as busy, so a large
+    /// `budget` does not make the sampler hold itself back.
     fn backoff(&self, then: Option<&Reading>) -> Backoff {
         if self.loading {
             return Backoff::Loading;
         }
         let busy = then.and_then(|then| {
             let wall = self.at.checked_duration_since(then.at)?.as_secs_f64();
-            let cpu = self.cpu? - then.cpu?;
+            let ours = (self.usec - then.usec).max(0.0) / 1e6;
+            let cpu = self.cpu? - then.cpu? - ours;
             (wall > 0.0).then_some(cpu / wall)
         });
         if busy.is_some_and(|share| share > BUSY_CPU) {
@@ -1214,6 +1218,10 @@ mod tests {
         // 4.5 s of the main thread's CPU in 5 s: busy.
         let busy = Reading::parse(&info(14.5, 0), at + Duration::from_secs(5), 0, 0);
         assert_eq!(busy.backoff(Some(&first)), Backoff::Busy);
+        // The same, but 1 s of it in the sampler's own kind of commands: 3.5 s in 5 s, not busy.
+        let mut own = busy;
+        own.usec = first.usec + 1e6;
+        assert_eq!(own.backoff(Some(&first)), Backoff::No);
         // 1 s in 5 s: not.
         let calm = Reading::parse(&info(15.5, 0), at + Duration::from_secs(10), 0, 0);
         assert_eq!(calm.backoff(Some(&busy)), Backoff::No);
