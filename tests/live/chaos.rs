@@ -306,12 +306,13 @@ async fn a_fleet_survives_a_fault_campaign_and_recovers_within_two_polls() {
                 .find(|(i, master)| !master && !initial_masters.contains(i))
                 .unwrap();
             let node = cluster.addr(replica);
-            let mut c = conn(&cluster.nodes[replica]).await;
-            run(&mut c, &["CLUSTER", "FAILOVER"]).await.unwrap();
             let before = scrape(d)
                 .await
                 .value("redis_cluster_failovers_total", &[("target", "cluster")])
                 .unwrap_or(0.0);
+            // The fault ends when the replica reports itself master, as the resync's ends at
+            // its link up.
+            cluster.fail_over_to(replica, WAIT).await;
             recovery(d, "cluster failover", "cluster", Some(&node), |m| {
                 m.value("redis_cluster_failovers_total", &[("target", "cluster")]) > Some(before)
                     && m.all("redis_instance_info").iter().any(|l| {

@@ -609,6 +609,28 @@ impl RedisCluster {
     }
 
     /// (node index, is master) for every node, from each node's own INFO.
+    /// Makes node `replica` take over with `CLUSTER FAILOVER` and returns once it reports
+    /// itself master. Redis gives a manual failover 5 s to complete and drops it silently after
+    /// that, which a busy 2-core machine can exceed (CI runs timed out waiting for it), so the
+    /// request is sent again every 6 s until `limit`.
+    pub async fn fail_over_to(&self, replica: usize, limit: Duration) {
+        let node = &self.nodes[replica];
+        let mut asked: Option<Instant> = None;
+        wait_for("the replica to take over", limit, || {
+            if asked.is_none_or(|at| at.elapsed() > Duration::from_secs(6)) {
+                // An error is fine: the node may have been promoted since the last check.
+                let _: redis::RedisResult<()> = node
+                    .client()
+                    .get_connection()
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("FAILOVER").query(&mut c));
+                asked = Some(Instant::now());
+            }
+            let promoted = node.info_field("replication", "role") == "master";
+            async move { promoted.then_some(()) }
+        })
+        .await
+    }
+
     pub fn roles(&self) -> Vec<(usize, bool)> {
         self.nodes
             .iter()

@@ -184,23 +184,8 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
         .map(|(i, _)| *i)
         .unwrap();
     let replica_addr = cluster.addr(replica);
-    // Redis gives a manual failover 5 s to complete and drops it silently after that, which a
-    // busy 2-core machine can exceed (a full CI run here timed out waiting for it once): ask
-    // again until the replica reports itself master. Only then is redis-lookout judged.
-    let mut asked: Option<Instant> = None;
-    wait_for("the replica to take over", WAIT, || {
-        if asked.is_none_or(|at| at.elapsed() > Duration::from_secs(6)) {
-            // An error is fine: the node may have been promoted since the check below.
-            let _: redis::RedisResult<()> = cluster.nodes[replica]
-                .client()
-                .get_connection()
-                .and_then(|mut c| redis::cmd("CLUSTER").arg("FAILOVER").query(&mut c));
-            asked = Some(Instant::now());
-        }
-        let promoted = cluster.nodes[replica].info_field("replication", "role") == "master";
-        async move { promoted.then_some(()) }
-    })
-    .await;
+    // Only once the replica reports itself master is redis-lookout judged.
+    cluster.fail_over_to(replica, WAIT).await;
     // The roll-up (CLUSTER NODES) and the node's own INFO come from separate polls, each at
     // its own phase of the interval: wait for both.
     let info_role = |m: &Exposition| {
