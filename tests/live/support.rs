@@ -608,7 +608,6 @@ impl RedisCluster {
         cluster
     }
 
-    /// (node index, is master) for every node, from each node's own INFO.
     /// Makes node `replica` take over with `CLUSTER FAILOVER` and returns once it reports
     /// itself master. Redis gives a manual failover 5 s to complete and drops it silently after
     /// that, which a busy 2-core machine can exceed (CI runs timed out waiting for it), so the
@@ -631,6 +630,7 @@ impl RedisCluster {
         .await
     }
 
+    /// (node index, is master) for every node, from each node's own INFO.
     pub fn roles(&self) -> Vec<(usize, bool)> {
         self.nodes
             .iter()
