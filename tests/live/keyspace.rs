@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The truth per family: (keys, memory), by the test's own full SCAN + MEMORY USAGE.
-async fn truth(redis: &RedisServer) -> BTreeMap<&'static str, (f64, f64)> {
+pub(crate) async fn truth(redis: &RedisServer) -> BTreeMap<&'static str, (f64, f64)> {
     let mut conn = redis
         .client()
         .get_multiplexed_async_connection()
@@ -57,7 +57,7 @@ fn family_index(key: &str) -> usize {
         .unwrap_or_else(|| panic!("{key} -> {pattern}"))
 }
 
-async fn generate(redis: &RedisServer, n: u64) {
+pub(crate) async fn generate(redis: &RedisServer, n: u64) {
     let mut conn = redis
         .client()
         .get_multiplexed_async_connection()
@@ -68,7 +68,7 @@ async fn generate(redis: &RedisServer, n: u64) {
     assert_eq!(size, n);
 }
 
-fn family_value(m: &Exposition, name: &str, pattern: &str) -> f64 {
+pub(crate) fn family_value(m: &Exposition, name: &str, pattern: &str) -> f64 {
     m.value(name, &[("prefix", pattern)]).unwrap_or(f64::NAN)
 }
 

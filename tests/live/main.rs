@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod keyspace;
 mod process;
+mod redis6;
 mod secrets;
 mod sentinel;
 mod support;

@@ -276,6 +276,8 @@ pub struct RedisServer {
     tls: bool,
     /// For a Sentinel: its first configuration (Sentinel rewrites the file as it learns).
     sentinel_conf: Option<String>,
+    /// An older redis-server than the installed one, started without Redis 7's options.
+    program: Option<PathBuf>,
 }
 
 /// What makes a `redis-server` a cluster node with a quick failure detection.
@@ -366,11 +368,26 @@ impl RedisServer {
         Self::start_inner(pick_port, extra, None, false)
     }
 
+    /// A server run by `program`, a redis-server older than 7 (no `--enable-debug-command`).
+    pub fn start_program(program: &Path, extra: &[&str]) -> RedisServer {
+        Self::start_program_inner(free_port, extra, None, false, Some(program.to_owned()))
+    }
+
     fn start_inner(
         pick_port: fn() -> u16,
         extra: &[&str],
         sentinel_conf: Option<String>,
         tls: bool,
+    ) -> RedisServer {
+        Self::start_program_inner(pick_port, extra, sentinel_conf, tls, None)
+    }
+
+    fn start_program_inner(
+        pick_port: fn() -> u16,
+        extra: &[&str],
+        sentinel_conf: Option<String>,
+        tls: bool,
+        program: Option<PathBuf>,
     ) -> RedisServer {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // A port found free can be taken before redis binds it: try a few.
@@ -382,6 +399,7 @@ impl RedisServer {
                 extra: extra.clone(),
                 sentinel_conf: sentinel_conf.clone(),
                 tls,
+                program: program.clone(),
             };
             server.spawn();
             if server.wait_ready(Duration::from_secs(10)) {
@@ -392,7 +410,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = Command::new(self.program.as_deref().unwrap_or(Path::new("redis-server")));
         if let Some(conf) = &self.sentinel_conf {
             let path = self.dir.path().join("sentinel.conf");
             // On a restart the file Sentinel rewrote is kept: it holds what it learned.
@@ -408,7 +426,7 @@ impl RedisServer {
         }
         cmd.arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--enable-debug-command", "yes", "--daemonize", "no"])
+            .args(["--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -416,6 +434,9 @@ impl RedisServer {
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if self.program.is_none() {
+            cmd.args(["--enable-debug-command", "yes"]);
+        }
         self.child = Some(cmd.spawn().expect("spawn redis-server"));
     }
 
@@ -860,6 +881,20 @@ impl Exposition {
 
     pub fn all(&self, name: &str) -> Vec<&Line> {
         self.lines.iter().filter(|l| l.name == name).collect()
+    }
+
+    /// Asserts `redis_lookout_collector_success` is 1 for each of `collectors`.
+    pub fn assert_collectors_succeeded(&self, collectors: &[&str], why: &str) {
+        for collector in collectors {
+            assert_eq!(
+                self.value(
+                    "redis_lookout_collector_success",
+                    &[("collector", collector)]
+                ),
+                Some(1.0),
+                "{collector}: {why}"
+            );
+        }
     }
 
     /// The family a sample line belongs to (strips histogram/summary suffixes when typed so).
