@@ -706,8 +706,8 @@ impl Reading {
     /// Parses the replies of `INFO commandstats`, `INFO cpu` and `INFO persistence` (one section
     /// each, which every Redis version accepts), joined.
     fn parse(info: &str, at: Instant, keys_inspected: u64, scans_sent: u64) -> Reading {
-        let (usec, scans, scan_usec) = sampler_command_usage(info);
         let fields = crate::collector::info::parse_info(info);
+        let (usec, scans, scan_usec) = sampler_command_usage(&fields);
         let cpu = |a: &str, b: &str| Some(fields.number(a)? + fields.number(b)?);
         Reading {
             at,
@@ -766,9 +766,8 @@ const SAMPLER_COMMANDS: &[&str] = &[
     "cmdstat_object|freq",
 ];
 
-/// From INFO commandstats: (usec in the sampler's commands, SCAN calls, SCAN usec).
-pub fn sampler_command_usage(commandstats: &str) -> (f64, f64, f64) {
-    let info = crate::collector::info::parse_info(commandstats);
+/// From parsed INFO commandstats: (usec in the sampler's commands, SCAN calls, SCAN usec).
+pub fn sampler_command_usage(info: &crate::collector::info::Info) -> (f64, f64, f64) {
     let field = |line: &str, name: &str| -> f64 {
         info.get(line)
             .and_then(|v| {
@@ -1140,7 +1139,8 @@ mod tests {
     fn commandstats_give_the_samplers_own_redis_time() {
         let text = "cmdstat_scan:calls=10,usec=300,usec_per_call=30.00\r\ncmdstat_type:calls=100,usec=90\r\n\
                     cmdstat_memory|usage:calls=100,usec=200\r\ncmdstat_get:calls=5,usec=5000\r\n";
-        assert_eq!(sampler_command_usage(text), (590.0, 10.0, 300.0));
+        let info = crate::collector::info::parse_info(text);
+        assert_eq!(sampler_command_usage(&info), (590.0, 10.0, 300.0));
     }
 
     #[test]
