@@ -328,7 +328,7 @@ impl RedisServer {
     pub fn start_tls(pki: &Pki, auth_clients: bool, extra: &[&str]) -> RedisServer {
         let mut args = pki.server_args(auth_clients);
         args.extend_from_slice(extra);
-        Self::start_inner(free_port, &args, None, true)
+        Self::start_inner(free_port, &args, None, true, None)
     }
 
     /// A cluster-enabled node (not yet part of a cluster) that speaks TLS only, on its client
@@ -337,7 +337,7 @@ impl RedisServer {
         let mut args = pki.server_args(true);
         args.extend_from_slice(&["--tls-cluster", "yes"]);
         args.extend_from_slice(&CLUSTER_NODE_ARGS);
-        Self::start_inner(free_cluster_port, &args, None, true)
+        Self::start_inner(free_cluster_port, &args, None, true, None)
     }
 
     /// A Sentinel monitoring `master` under `name` with the given quorum, quick to judge a
@@ -361,28 +361,19 @@ impl RedisServer {
              sentinel parallel-syncs {name} 1\n{extra_conf}",
             port = master.port
         );
-        Self::start_inner(free_port, &[], Some(conf), false)
+        Self::start_inner(free_port, &[], Some(conf), false, None)
     }
 
     fn start_with(pick_port: fn() -> u16, extra: &[&str]) -> RedisServer {
-        Self::start_inner(pick_port, extra, None, false)
+        Self::start_inner(pick_port, extra, None, false, None)
     }
 
     /// A server run by `program`, a redis-server older than 7 (no `--enable-debug-command`).
     pub fn start_program(program: &Path, extra: &[&str]) -> RedisServer {
-        Self::start_program_inner(free_port, extra, None, false, Some(program.to_owned()))
+        Self::start_inner(free_port, extra, None, false, Some(program.to_owned()))
     }
 
     fn start_inner(
-        pick_port: fn() -> u16,
-        extra: &[&str],
-        sentinel_conf: Option<String>,
-        tls: bool,
-    ) -> RedisServer {
-        Self::start_program_inner(pick_port, extra, sentinel_conf, tls, None)
-    }
-
-    fn start_program_inner(
         pick_port: fn() -> u16,
         extra: &[&str],
         sentinel_conf: Option<String>,
