@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The truth per family: (keys, memory), by the test's own full SCAN + MEMORY USAGE.
-pub(crate) async fn truth(redis: &RedisServer) -> BTreeMap<&'static str, (f64, f64)> {
+async fn truth(redis: &RedisServer) -> Truth {
     let mut conn = redis
         .client()
         .get_multiplexed_async_connection()
@@ -57,7 +57,7 @@ fn family_index(key: &str) -> usize {
         .unwrap_or_else(|| panic!("{key} -> {pattern}"))
 }
 
-pub(crate) async fn generate(redis: &RedisServer, n: u64) {
+async fn generate(redis: &RedisServer, n: u64) {
     let mut conn = redis
         .client()
         .get_multiplexed_async_connection()
@@ -68,7 +68,7 @@ pub(crate) async fn generate(redis: &RedisServer, n: u64) {
     assert_eq!(size, n);
 }
 
-pub(crate) fn family_value(m: &Exposition, name: &str, pattern: &str) -> f64 {
+fn family_value(m: &Exposition, name: &str, pattern: &str) -> f64 {
     m.value(name, &[("prefix", pattern)]).unwrap_or(f64::NAN)
 }
 
@@ -180,21 +180,55 @@ async fn estimates_on_a_million_keys_match_a_full_scan_and_no_sampler_command_is
     d.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_completed_pass_is_an_exact_census_with_the_expected_patterns() {
-    let redis = RedisServer::start(&[]);
-    generate(&redis, 20_000).await;
-    let truth = truth(&redis).await;
+/// Per family: (keys, memory) as the test's own full SCAN found them.
+pub(crate) type Truth = BTreeMap<&'static str, (f64, f64)>;
+
+/// 20,000 generated keys on `redis`, and a daemon polling it every 300 ms with the sampler at
+/// budget 0.3, until its census is complete and `also` holds. `keyspace_yaml` and `target_yaml`
+/// are more lines under `keyspace:` and under the target, indented to match. Asserts that every
+/// family's census count equals the test's own SCAN; returns the daemon, that exposition and the
+/// truth.
+pub(crate) async fn exact_census(
+    redis: &RedisServer,
+    keyspace_yaml: &str,
+    target_yaml: &str,
+    what: &str,
+    also: impl Fn(&Exposition) -> bool,
+) -> (Daemon, Exposition, Truth) {
+    generate(redis, 20_000).await;
+    let truth = truth(redis).await;
     let d = Daemon::start(&format!(
-        "poll_interval: 300ms\ntargets:\n  - name: small\n    url: {}\n    keyspace:\n      must_expire: [\"session:\", \"cache:\"]\n      budget: 0.3\n",
+        "poll_interval: 300ms\ntargets:\n  - name: census\n    url: {}\n    keyspace:\n      budget: 0.3\n{keyspace_yaml}{target_yaml}",
         redis.url()
     ))
     .await;
     let m = d
-        .metrics_when("a completed census", Duration::from_secs(60), |m| {
-            m.value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0)
+        .metrics_when(what, Duration::from_secs(60), |m| {
+            m.value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0) && also(m)
         })
         .await;
+    for family in FAMILIES {
+        assert_eq!(
+            family_value(&m, "redis_keyspace_prefix_keys", family.pattern),
+            truth[family.pattern].0,
+            "{}",
+            family.pattern
+        );
+    }
+    (d, m, truth)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_pass_is_an_exact_census_with_the_expected_patterns() {
+    let redis = RedisServer::start(&[]);
+    let (d, m, truth) = exact_census(
+        &redis,
+        "      must_expire: [\"session:\", \"cache:\"]\n",
+        "",
+        "a completed census",
+        |_| true,
+    )
+    .await;
     let prefixes: std::collections::BTreeSet<String> = m
         .all("redis_keyspace_prefix_keys")
         .iter()
@@ -204,12 +238,6 @@ async fn a_completed_pass_is_an_exact_census_with_the_expected_patterns() {
         FAMILIES.iter().map(|f| f.pattern.to_owned()).collect();
     assert_eq!(prefixes, expected);
     for family in FAMILIES {
-        assert_eq!(
-            family_value(&m, "redis_keyspace_prefix_keys", family.pattern),
-            truth[family.pattern].0,
-            "{}",
-            family.pattern
-        );
         let no_ttl = family_value(&m, "redis_keyspace_prefix_keys_without_ttl", family.pattern);
         let want = if family.ttl == 0 {
             truth[family.pattern].0
