@@ -534,9 +534,9 @@ pub fn rest_for(busy: Duration, budget: f64) -> Duration {
 }
 
 /// Redis' own time per SCAN the sampler aims at (from commandstats). A SCAN costs Redis about
-/// 2 µs per key on a 1M-key database (measured: COUNT 50 took 97 µs, COUNT 1000 1.7 ms), so this
-/// is COUNT ≈ 25 there: a twentieth of the 1 ms limit, which leaves room for a Redis that the
-/// machine stalls mid-command.
+/// 1.7–1.9 µs per key on a 1M-key database (measured: COUNT 50 took 97 µs, COUNT 1000 1.7 ms),
+/// so this is COUNT ≈ 25 there: a twentieth of the 1 ms limit, which leaves room for a Redis that
+/// the machine stalls mid-command.
 pub(crate) const SCAN_TIME: Duration = Duration::from_micros(50);
 
 /// The SCAN round trip aimed at where only round trips are known (the key watcher; the sampler
