@@ -202,24 +202,13 @@ impl SlowlogVerdict {
     }
 }
 
-/// A SLOWLOG entry (`[id, time, duration, [args…], …]`) as `COMMAND duration_us`.
+/// A SLOWLOG entry as `command duration_us`, read by the daemon's own SLOWLOG parser.
 fn slowlog_brief(entry: &redis::Value) -> String {
-    use redis::Value;
-    let Value::Array(fields) = entry else {
-        return format!("{entry:?}");
-    };
-    let duration = match fields.get(2) {
-        Some(Value::Int(us)) => *us,
-        _ => -1,
-    };
-    let command = match fields.get(3) {
-        Some(Value::Array(args)) => match args.first() {
-            Some(Value::BulkString(name)) => String::from_utf8_lossy(name).into_owned(),
-            _ => "?".to_owned(),
-        },
-        _ => "?".to_owned(),
-    };
-    format!("{command} {duration}us")
+    let one = redis::Value::Array(vec![entry.clone()]);
+    match redis_lookout::collector::slowlog::parse_slowlog(&one).first() {
+        Some(e) => format!("{} {:.0}us", e.command, e.duration_seconds * 1e6),
+        None => format!("{entry:?}"),
+    }
 }
 
 /// `INFO commandstats` text as command name (`get`, `client|setname`) → its numeric fields
