@@ -17,7 +17,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisResult, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, timeout};
 
 /// The client name redis-lookout's connections carry in `CLIENT LIST`.
@@ -70,6 +70,8 @@ pub struct NodePoller {
     interner: Arc<Interner>,
     observations: Option<mpsc::Sender<Observation>>,
     connects: Arc<Semaphore>,
+    /// A connect slot taken before a deadline started (see `reserve_connect`).
+    connect_slot: Option<OwnedSemaphorePermit>,
     polls: Arc<Semaphore>,
     collectors: Vec<Box<dyn Collector>>,
     conn: Option<MultiplexedConnection>,
@@ -102,6 +104,7 @@ impl NodePoller {
             observations: ctx.observations.clone(),
 
             connects: ctx.connects.clone(),
+            connect_slot: None,
             polls: ctx.polls.clone(),
             collectors: standard_set(ctx.refresh),
             conn: None,
@@ -151,6 +154,7 @@ impl NodePoller {
             if now < next_poll {
                 // A reconnect attempt between polls; on success, poll at once.
                 let deadline = self.target.poll_timeout;
+                self.reserve_connect().await;
                 // Boxed here and below: a thousand idle pollers then hold only the small state
                 // of this loop, and the big one of a poll exists while a poll runs.
                 match timeout(deadline, Box::pin(self.connect())).await {
@@ -223,6 +227,7 @@ impl NodePoller {
         self.polls_total += 1;
         let polls = self.polls.clone();
         let _permit = polls.acquire().await;
+        self.reserve_connect().await;
         let result = match timeout(self.target.poll_timeout, self.poll_once()).await {
             Ok(result) => result,
             Err(_) => {
@@ -387,12 +392,23 @@ impl NodePoller {
         );
     }
 
+    /// Waits for a connect slot if a connection will be needed, before the caller starts its
+    /// deadline: time spent queued behind this process' other connects (a thousand targets at
+    /// start-up) is not the target's slowness and must not turn into a poll timeout.
+    async fn reserve_connect(&mut self) {
+        if self.conn.is_none() && self.connect_slot.is_none() {
+            self.connect_slot = self.connects.clone().acquire_owned().await.ok();
+        }
+    }
+
     async fn connect(&mut self) -> Result<(), PollError> {
         if self.conn.is_some() {
             return Ok(());
         }
-        let connects = self.connects.clone();
-        let _permit = connects.acquire().await;
+        let _permit = match self.connect_slot.take() {
+            Some(slot) => Some(slot),
+            None => self.connects.clone().acquire_owned().await.ok(),
+        };
         let started = Instant::now();
         self.connections_total += 1;
         tracing::debug!(target_name = %self.target.name, url = %self.target.url, "connecting");
