@@ -179,7 +179,9 @@ async fn check_names_what_is_wrong_and_exits_by_the_worst_finding() {
     let blocked = std::thread::spawn(move || {
         let mut c = blocker.get_connection().unwrap();
         let _: redis::RedisResult<redis::Value> =
-            redis::cmd("BLPOP").arg("queue:empty").arg(20).query(&mut c);
+            // Blocked until the test unblocks it (or its server goes): three `check` runs
+            // on a loaded machine may take longer than any fixed timeout here.
+            redis::cmd("BLPOP").arg("queue:empty").arg(0).query(&mut c);
     });
     wait_for("the client is blocked", WAIT, || async {
         (sick.info_field("clients", "blocked_clients") == "1").then_some(())

@@ -447,7 +447,7 @@ impl Prometheus {
     /// Like `query`, but an empty result is asked again for a few seconds: a poll that timed out
     /// on a busy machine leaves a node's series stale for one scrape, not a broken query.
     async fn query_expecting_series(&self, expr: &str) -> Result<Vec<Value>, String> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             let result = self.query(expr).await;
             let empty = result.as_ref().is_ok_and(|s| s.is_empty());
@@ -459,7 +459,9 @@ impl Prometheus {
     }
 
     async fn has_series(&self, expr: &str) -> bool {
-        self.query(expr).await.is_ok_and(|r| !r.is_empty())
+        self.query_expecting_series(expr)
+            .await
+            .is_ok_and(|r| !r.is_empty())
     }
 
     /// Values of a label on the series of `selector`, as Grafana's `label_values()` asks.

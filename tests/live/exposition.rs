@@ -48,8 +48,14 @@ async fn every_series_carries_its_target_and_each_family_has_one_header() {
         cache.url()
     ))
     .await;
-    d.wait_up("sessions").await;
-    let m = d.wait_up("cache").await;
+    // Both up in one exposition: either one's 200 ms poll can time out once under load.
+    let m = d
+        .metrics_when("sessions and cache up", WAIT, |m| {
+            ["sessions", "cache"]
+                .iter()
+                .all(|t| m.value("redis_up", &[("target", t)]) == Some(1.0))
+        })
+        .await;
 
     assert_eq!(
         m.type_lines,
@@ -116,11 +122,11 @@ async fn live_output_passes_promtool_check_metrics() {
     .await;
     let target = format!("127.0.0.1:{}", redis.port);
     d.wait_up(&target).await;
-    let (_, body) = http_get(d.addr, "/metrics").await;
-    assert!(
-        body.contains("redis_latency_spike_duration_seconds"),
-        "latency collector ran"
-    );
+    let body = d
+        .body_when("the latency collector's spike", WAIT, |b| {
+            b.contains("redis_latency_spike_duration_seconds")
+        })
+        .await;
     let Some((_, complaints)) = promtool_check_metrics(&body) else {
         panic!("promtool not found: apt-get install prometheus");
     };
@@ -143,7 +149,13 @@ async fn families_match_the_golden_file() {
     ))
     .await;
     let target = format!("127.0.0.1:{}", redis.port);
-    let m = d.wait_up(&target).await;
+    // The HTTP counter appears after the first response, which may already find the target up.
+    let m = d
+        .metrics_when("up, and a response counted", WAIT, |m| {
+            m.value("redis_up", &[("target", &target)]) == Some(1.0)
+                && !m.all("redis_lookout_http_requests_total").is_empty()
+        })
+        .await;
     let volatile = |name: &str| {
         name.starts_with("process_")
             || name.starts_with("redis_errors_total")
@@ -197,19 +209,25 @@ async fn slow_entries_are_counted_once_each_by_command() {
         })
         .await;
     let seen_at = m.polls(&target);
-    assert_eq!(m.value("redis_slowlog_length", &[]), Some(5.0));
+    // Our five, plus any other command a loaded machine stretched past 10 ms: every entry is
+    // counted once, under its own command.
+    let length = m.value("redis_slowlog_length", &[]).unwrap();
+    assert!(length >= 5.0, "slowlog length {length}");
+    assert_eq!(m.sum("redis_slowlog_entries_total", &[]), length);
     assert!(
         m.value("redis_last_slow_execution_duration_seconds", &[])
             .unwrap()
-            >= 0.02
+            >= 0.01
     );
     assert_eq!(
         m.value("redis_slowlog_entry_duration_seconds_count", &[]),
-        Some(5.0)
+        Some(length)
     );
     // Three more polls later the same entries have not been counted again.
     let m = d
-        .metrics_when("3 more polls", WAIT, |m| m.polls(&target) >= seen_at + 3.0)
+        .metrics_when("3 more polls, the last one up", WAIT, |m| {
+            m.polls(&target) >= seen_at + 3.0 && m.value("redis_up", &[]) == Some(1.0)
+        })
         .await;
     assert_eq!(
         m.value("redis_slowlog_entries_total", &[("cmd", "debug")]),
@@ -236,22 +254,45 @@ async fn steady_state_polling_opens_no_new_connections() {
     let target = format!("127.0.0.1:{}", redis.port);
     let first = d.wait_up(&target).await;
     let received = |m: &Exposition| m.value("redis_connections_received_total", &[]).unwrap();
+    let opened = |m: &Exposition| {
+        m.value(
+            "redis_lookout_connections_opened_total",
+            &[("target", &target)],
+        )
+        .unwrap()
+    };
+    let errors = |m: &Exposition, kind: &str| {
+        m.sum(
+            "redis_lookout_poll_errors_total",
+            &[("target", &target), ("kind", kind)],
+        )
+    };
     let later = d
-        .metrics_when("10 more polls", WAIT, |m| {
+        .metrics_when("10 more polls, the last one up", WAIT, |m| {
             m.polls(&target) >= first.polls(&target) + 10.0
+                && m.value("redis_up", &[("target", &target)]) == Some(1.0)
         })
         .await;
+    // A poll that times out (100 ms here, under a loaded parallel suite) drops its connection
+    // by design, so a reply still in flight cannot answer the next poll. That is the only
+    // reconnect allowed: one per timeout, and no other kind of error.
+    let timeouts = errors(&later, "timeout") - errors(&first, "timeout");
+    let all_errors =
+        |m: &Exposition| m.sum("redis_lookout_poll_errors_total", &[("target", &target)]);
     assert_eq!(
-        received(&later),
-        received(&first),
-        "Redis saw no new connection from us"
+        all_errors(&later) - all_errors(&first),
+        timeouts,
+        "no poll error but timeouts"
     );
     assert_eq!(
-        later.value(
-            "redis_lookout_connections_opened_total",
-            &[("target", &target)]
-        ),
-        Some(1.0)
+        opened(&later) - opened(&first),
+        timeouts,
+        "a new connection only after a timed-out poll"
+    );
+    assert_eq!(
+        received(&later) - received(&first),
+        timeouts,
+        "Redis saw no new connection from us but those"
     );
     let clients: String = redis.cmd(&["CLIENT", "LIST"]);
     assert_eq!(

@@ -109,10 +109,12 @@ async fn an_outage_is_logged_once_and_the_recovery_once() {
     let mut p = Running::start(&[
         "--redis.addr",
         &redis.url(),
+        // Half a second each: a timeout under the loaded parallel suite would log an outage
+        // of its own.
         "--poll-interval",
-        "200ms",
+        "500ms",
         "--poll-timeout",
-        "150ms",
+        "500ms",
     ]);
     wait_for("up", WAIT, || async {
         (p.metrics().await?.value("redis_up", &[])? == 1.0).then_some(())

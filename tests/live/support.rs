@@ -701,9 +701,14 @@ impl Daemon {
     }
 
     pub async fn metrics(&self) -> Exposition {
+        Exposition::parse(&self.body().await)
+    }
+
+    /// The text of `/metrics`, which must answer 200.
+    pub async fn body(&self) -> String {
         let (status, body) = http_get(self.addr, "/metrics").await;
         assert_eq!(status, 200, "/metrics status");
-        Exposition::parse(&body)
+        body
     }
 
     /// Scrapes until `ready` holds for the exposition, within `limit`; returns that exposition.
@@ -713,10 +718,24 @@ impl Daemon {
         limit: Duration,
         ready: impl Fn(&Exposition) -> bool,
     ) -> Exposition {
+        let body = self
+            .body_when(what, limit, |b| ready(&Exposition::parse(b)))
+            .await;
+        Exposition::parse(&body)
+    }
+
+    /// Scrapes until the raw text of `/metrics` satisfies `ready`, within `limit`; returns it
+    /// (for a check of the very text, such as promtool's, on an exposition known to hold it).
+    pub async fn body_when(
+        &self,
+        what: &str,
+        limit: Duration,
+        ready: impl Fn(&str) -> bool,
+    ) -> String {
         let ready = &ready;
         wait_for(what, limit, || async move {
-            let m = self.metrics().await;
-            ready(&m).then_some(m)
+            let body = self.body().await;
+            ready(&body).then_some(body)
         })
         .await
     }
