@@ -394,3 +394,78 @@ async fn the_sampler_holds_back_while_redis_is_busy() {
     .await;
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_sends_nothing_but_its_readings_while_redis_is_loading() {
+    let mut redis = RedisServer::start(&[]);
+    let keys = 100_000;
+    let _: () = redis.cmd(&["DEBUG", "POPULATE", &keys.to_string(), "cache:item"]);
+    let _: () = redis.cmd(&["SAVE"]);
+    // Restarted on its dump: loading takes about 10 s (100 us per key), and between every
+    // kilobyte loaded Redis answers what it may answer while loading (INFO does; SCAN, TYPE
+    // and the like are refused with -LOADING and counted as rejected calls).
+    redis.restart_with(&[
+        "--key-load-delay",
+        "100",
+        "--loading-process-events-interval-bytes",
+        "1024",
+    ]);
+    let loading_now = |redis: &RedisServer| redis.info_field("persistence", "loading") == "1";
+    assert!(loading_now(&redis), "Redis is loading its dump");
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\ntargets:\n  - name: loading\n    url: {}\n    keyspace:\n      prefixes: [\"cache:\"]\n      budget: 0.3\n",
+        redis.url()
+    ))
+    .await;
+    let loading = |m: &Exposition| {
+        m.value(
+            "redis_keyspace_sampler_backing_off",
+            &[("reason", "loading")],
+        )
+    };
+    d.metrics_when(
+        "the sampler paused for loading",
+        Duration::from_secs(30),
+        |m| loading(m) == Some(1.0),
+    )
+    .await;
+    assert!(
+        loading_now(&redis),
+        "the pause was seen while Redis was still loading (make loading slower if not)"
+    );
+    let m = d
+        .metrics_when(
+            "loading over and a census of every key",
+            Duration::from_secs(120),
+            |m| {
+                loading(m) == Some(0.0)
+                    && m.value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0)
+            },
+        )
+        .await;
+    assert_eq!(
+        family_value(&m, "redis_keyspace_prefix_keys", "cache:"),
+        keys as f64
+    );
+    // Not one sampler command reached Redis while it was loading: none was refused.
+    let stats: String = redis.cmd(&["INFO", "commandstats"]);
+    for command in [
+        "scan",
+        "select",
+        "type",
+        "pttl",
+        "memory|usage",
+        "object|freq",
+    ] {
+        let rejected = cmdstat(&stats, command, "rejected_calls");
+        assert!(
+            rejected.is_nan() || rejected == 0.0,
+            "{command}: {rejected} calls refused while loading\n{stats}"
+        );
+    }
+    assert!(
+        cmdstat(&stats, "scan", "calls") > 0.0,
+        "the census ran afterwards\n{stats}"
+    );
+    d.stop().await;
+}

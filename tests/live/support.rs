@@ -434,13 +434,20 @@ impl RedisServer {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
-            if let Ok(mut c) = self.client().get_connection() {
-                match redis::cmd("PING").query::<String>(&mut c) {
+            // A server with requirepass is up when it asks for a password, and one loading
+            // its data set when it says so (redis-rs may hear it while setting up).
+            let answered = |e: &redis::RedisError| {
+                let text = e.to_string();
+                text.contains("NOAUTH") || text.to_ascii_lowercase().contains("loading")
+            };
+            match self.client().get_connection() {
+                Ok(mut c) => match redis::cmd("PING").query::<String>(&mut c) {
                     Ok(_) => return true,
-                    // A server with requirepass is up when it asks for a password.
-                    Err(e) if e.to_string().contains("NOAUTH") => return true,
+                    Err(e) if answered(&e) => return true,
                     Err(_) => {}
-                }
+                },
+                Err(e) if answered(&e) => return true,
+                Err(_) => {}
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -523,6 +530,13 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts the server again on the same port and data directory, with `extra` in place of
+    /// the arguments it was started with.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
     }
 
     /// Starts the server again on the same port.
