@@ -22,8 +22,11 @@
 //! - **Backing off.** The same reading takes `INFO cpu` and `INFO persistence`. While Redis'
 //!   main thread used over 80% of a core since the last reading (not counting its time in the
 //!   kinds of command the sampler sends), the sampler rests ten times longer (a tenth of its
-//!   budget); while Redis is loading it sends nothing but its readings
-//!   (`redis_keyspace_sampler_backing_off{reason}`).
+//!   budget). So it does while most of its SCANs since the last reading took over 5 ms to come
+//!   back (the operators' latency warning level; a SCAN costs Redis about 50 µs): Redis is slow
+//!   to answer without being busy on a CPU (others' long commands, a stalled or swapping
+//!   server). While Redis is loading it sends nothing but its readings
+//!   (`redis_keyspace_sampler_backing_off{reason="busy"|"slow"|"loading"}`).
 //! - **Short commands.** `SCAN COUNT` follows the cost of a SCAN toward 50 µs of Redis time
 //!   (about 25 keys on a 1M-key database), a twentieth of the 1 ms limit. The cost is Redis'
 //!   own time per SCAN from commandstats when every SCAN since the last reading was the
@@ -614,7 +617,7 @@ pub async fn run_sampler(
         conn: None,
         count: ScanCount::START,
         scans_sent: 0,
-        scan_round_trips: (Duration::ZERO, 0),
+        scan_trips: ScanTrips::default(),
         stats: SamplerStats::default(),
         census: BTreeMap::new(),
         running: None,
@@ -646,8 +649,8 @@ struct Sampler {
     count: ScanCount,
     /// SCANs this sampler has sent.
     scans_sent: u64,
-    /// Sum and number of the SCAN round trips since the last calibration.
-    scan_round_trips: (Duration, u32),
+    /// The SCAN round trips since the last calibration.
+    scan_trips: ScanTrips,
     stats: SamplerStats,
     /// Last completed pass per database, with when it finished.
     census: BTreeMap<u32, (Pass, Instant)>,
@@ -694,6 +697,61 @@ enum Backoff {
     Busy,
     /// Redis is loading: the sampler sends nothing but its readings until it is done.
     Loading,
+    /// Most of the sampler's SCANs since the last reading took over [`SLOW_ROUND_TRIP`] to
+    /// come back: Redis is slow to answer (other clients' long commands, a stalled or swapping
+    /// server) without being busy on a CPU. It rests as when busy.
+    Slow,
+}
+
+/// A SCAN round trip above which Redis counts as slow to answer: the operators' latency warning
+/// level. A SELECT and SCAN cost Redis about 50 µs, so the rest is waiting.
+const SLOW_ROUND_TRIP: Duration = Duration::from_millis(5);
+
+/// SCANs a window needs before their round trips say whether Redis is slow.
+const SLOW_EVIDENCE: u32 = 5;
+
+/// The sampler's SCAN round trips in one calibration window.
+#[derive(Debug, Default, Clone, Copy)]
+struct ScanTrips {
+    sum: Duration,
+    n: u32,
+    /// How many took over [`SLOW_ROUND_TRIP`].
+    slow: u32,
+}
+
+impl ScanTrips {
+    fn add(&mut self, took: Duration) {
+        self.sum += took;
+        self.n += 1;
+        if took > SLOW_ROUND_TRIP {
+            self.slow += 1;
+        }
+    }
+
+    fn mean(&self) -> Option<Duration> {
+        (self.n > 0).then(|| self.sum / self.n)
+    }
+
+    /// Whether most of the window's SCANs (its median) waited past [`SLOW_ROUND_TRIP`]; None
+    /// with fewer than [`SLOW_EVIDENCE`] of them.
+    fn slow(&self) -> Option<bool> {
+        (self.n >= SLOW_EVIDENCE).then_some(self.slow * 2 > self.n)
+    }
+}
+
+/// The sampler's pace after a calibration: `read` is what INFO said (None when it could not be
+/// read), `slow` what its own SCAN round trips said (None: too few to tell).
+fn next_backoff(prev: Backoff, read: Option<Backoff>, slow: Option<bool>) -> Backoff {
+    match (read, slow) {
+        (Some(b @ (Backoff::Loading | Backoff::Busy)), _) => b,
+        (_, Some(true)) => Backoff::Slow,
+        // Resting, the sampler sent too few SCANs to tell: a slow Redis stays slow until shown
+        // otherwise.
+        (Some(_), None) if prev == Backoff::Slow => Backoff::Slow,
+        (Some(b), _) => b,
+        (None, Some(false)) if prev == Backoff::Slow => Backoff::No,
+        (None, _) => prev,
+    }
 }
 
 /// Share of one core above which Redis' main thread counts as busy.
@@ -809,7 +867,7 @@ impl Sampler {
                     self.publish();
                 }
                 let rest = rest_for(busy, self.config.budget);
-                let rest = if self.backoff == Backoff::Busy {
+                let rest = if matches!(self.backoff, Backoff::Busy | Backoff::Slow) {
                     rest * BUSY_SLOWDOWN
                 } else {
                     rest
@@ -837,7 +895,7 @@ impl Sampler {
     /// which bound its SCANs' Redis time from above.
     async fn calibrate(&mut self) {
         let limit = self.target.poll_timeout;
-        let (rtt_sum, rtt_n) = std::mem::take(&mut self.scan_round_trips);
+        let trips = std::mem::take(&mut self.scan_trips);
         self.calibrated_at = Some(Instant::now());
         let Ok(conn) = self.connection().await else {
             return;
@@ -856,13 +914,14 @@ impl Sampler {
             )),
             _ => None,
         };
-        if let Some(now) = &reading {
-            let backoff = now.backoff(self.last_reading.as_ref());
-            if backoff != self.backoff {
-                tracing::info!(target_name = %self.target.name, ?backoff, "keyspace sampler pace");
-            }
-            self.backoff = backoff;
+        let read = reading
+            .as_ref()
+            .map(|now| now.backoff(self.last_reading.as_ref()));
+        let backoff = next_backoff(self.backoff, read, trips.slow());
+        if backoff != self.backoff {
+            tracing::info!(target_name = %self.target.name, ?backoff, "keyspace sampler pace");
         }
+        self.backoff = backoff;
         let mut own_scan_time = None;
         if let (Some(now), Some(then)) = (reading, self.last_reading) {
             let keys = now.keys_inspected.saturating_sub(then.keys_inspected);
@@ -875,8 +934,11 @@ impl Sampler {
         }
         match own_scan_time {
             Some(per_scan) => self.count.follow(per_scan, SCAN_TIME),
-            None if rtt_n > 0 => self.count.follow(rtt_sum / rtt_n, SCAN_ROUND_TRIP),
-            None => {}
+            None => {
+                if let Some(mean) = trips.mean() {
+                    self.count.follow(mean, SCAN_ROUND_TRIP);
+                }
+            }
         }
         // A failed reading keeps the last good one, so the next delta spans both windows.
         if let Some(reading) = reading {
@@ -935,8 +997,7 @@ impl Sampler {
         };
         let round_trips = t0.elapsed();
         self.scans_sent += 1;
-        self.scan_round_trips.0 += scan_took;
-        self.scan_round_trips.1 += 1;
+        self.scan_trips.add(scan_took);
         let inspected_before = self.stats.keys_inspected;
         let mut pass = pass;
         for (key, replies) in keys.into_iter().zip(replies.chunks(per_key)) {
@@ -1103,10 +1164,14 @@ impl Sampler {
             Vec::new(),
             self.stats.passes as f64,
         );
-        for (reason, state) in [("busy", Backoff::Busy), ("loading", Backoff::Loading)] {
+        for (reason, state) in [
+            ("busy", Backoff::Busy),
+            ("loading", Backoff::Loading),
+            ("slow", Backoff::Slow),
+        ] {
             out.add(
                 "redis_keyspace_sampler_backing_off",
-                "1 while the sampler holds back: busy (Redis' main thread over 80% of a core; a tenth of the budget), loading (paused)",
+                "1 while the sampler holds back: busy (Redis' main thread over 80% of a core) or slow (most SCANs answered after over 5 ms): a tenth of the budget; loading: paused",
                 Kind::Gauge,
                 vec![("reason", reason.to_owned())],
                 f64::from(u8::from(self.backoff == state)),
@@ -1232,6 +1297,36 @@ mod tests {
         let old = Reading::parse("used_cpu_sys:1.25\r\nused_cpu_user:2.5\r\n", at, 0, 0);
         assert_eq!(old.cpu, Some(3.75));
         assert!(!old.loading);
+    }
+
+    #[test]
+    fn slow_scans_make_the_sampler_rest_until_shown_otherwise() {
+        let mut trips = ScanTrips::default();
+        for ms in [1, 7, 9, 2] {
+            trips.add(Duration::from_millis(ms));
+        }
+        assert_eq!(trips.slow(), None, "four SCANs are too few to tell");
+        trips.add(Duration::from_millis(6));
+        assert_eq!(trips.slow(), Some(true), "3 of 5 over 5 ms");
+        trips.add(Duration::from_millis(1));
+        assert_eq!(trips.slow(), Some(false), "3 of 6: not most");
+        assert_eq!(trips.mean(), Some(Duration::from_millis(26) / 6));
+
+        use Backoff::*;
+        // INFO's verdicts come first; then the round trips; without evidence, Slow stays.
+        assert_eq!(next_backoff(No, Some(Loading), Some(true)), Loading);
+        assert_eq!(next_backoff(No, Some(Busy), Some(true)), Busy);
+        assert_eq!(next_backoff(No, Some(No), Some(true)), Slow);
+        assert_eq!(next_backoff(Slow, Some(No), None), Slow);
+        assert_eq!(next_backoff(Slow, Some(No), Some(false)), No);
+        assert_eq!(next_backoff(No, Some(No), None), No);
+        assert_eq!(
+            next_backoff(Busy, None, None),
+            Busy,
+            "no reading: as before"
+        );
+        assert_eq!(next_backoff(Slow, None, Some(false)), No);
+        assert_eq!(next_backoff(No, None, Some(true)), Slow);
     }
 
     #[test]

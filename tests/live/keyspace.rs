@@ -326,73 +326,86 @@ async fn hostile_key_names_keep_the_exposition_valid() {
     d.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sampler_holds_back_while_redis_is_busy() {
+/// The sampler on 20,000 generated keys at a 5% budget must be at work with
+/// `backing_off{reason}` at 0; while another client sends `hog` back to back (on its own
+/// connection, for two minutes at most) that goes to 1 and every other reason stays 0; after
+/// it, back to 0.
+async fn holds_back_while(reason: &str, hog: redis::Cmd) {
     let redis = RedisServer::start(&[]);
     generate(&redis, 20_000).await;
     let d = Daemon::start(&format!(
-        "poll_interval: 300ms\ntargets:\n  - name: busy\n    url: {}\n    keyspace:\n      budget: 0.05\n",
+        "poll_interval: 300ms\ntargets:\n  - name: hogged\n    url: {}\n    keyspace:\n      budget: 0.05\n",
         redis.url()
     ))
     .await;
-    let busy =
-        |m: &Exposition| m.value("redis_keyspace_sampler_backing_off", &[("reason", "busy")]);
+    let backing_off =
+        |m: &Exposition, r: &str| m.value("redis_keyspace_sampler_backing_off", &[("reason", r)]);
     d.metrics_when(
         "the sampler at work, not holding back",
         Duration::from_secs(60),
         |m| {
             m.value("redis_keyspace_sampler_keys_inspected_total", &[])
                 .is_some_and(|k| k > 0.0)
-                && busy(m) == Some(0.0)
+                && backing_off(m, reason) == Some(0.0)
         },
     )
     .await;
 
-    // Keep Redis' main thread busy with short Lua loops (each a few ms, so our commands still
-    // get through between them), back to back, until told to stop or for two minutes at most.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let burner = {
+    let hogger = {
         let stop = stop.clone();
         let client = redis.client();
         std::thread::spawn(move || {
-            let mut conn = client.get_connection().expect("burner connection");
+            let mut conn = client.get_connection().expect("hog connection");
             let started = std::time::Instant::now();
-            let mut scripts = 0u64;
+            let mut sent = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed)
                 && started.elapsed() < Duration::from_secs(120)
             {
-                let _: i64 = redis::cmd("EVAL")
-                    .arg("local i = 0 while i < 300000 do i = i + 1 end return i")
-                    .arg(0)
-                    .query(&mut conn)
-                    .expect("EVAL");
-                scripts += 1;
+                let _: redis::Value = hog.query(&mut conn).expect("hog command");
+                sent += 1;
             }
-            scripts
+            sent
         })
     };
     let m = d
-        .metrics_when("the sampler holding back", Duration::from_secs(60), |m| {
-            busy(m) == Some(1.0)
-        })
+        .metrics_when(
+            &format!("the sampler holding back ({reason})"),
+            Duration::from_secs(60),
+            |m| backing_off(m, reason) == Some(1.0),
+        )
         .await;
-    assert_eq!(
-        m.value(
-            "redis_keyspace_sampler_backing_off",
-            &[("reason", "loading")]
-        ),
-        Some(0.0)
-    );
+    for other in ["busy", "slow", "loading"].iter().filter(|r| **r != reason) {
+        assert_eq!(backing_off(&m, other), Some(0.0), "{reason}, not {other}");
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let scripts = burner.join().expect("burner thread");
-    assert!(scripts > 0);
+    assert!(hogger.join().expect("hog thread") > 0);
     d.metrics_when(
         "the sampler back at its pace",
         Duration::from_secs(60),
-        |m| busy(m) == Some(0.0),
+        |m| backing_off(m, reason) == Some(0.0),
     )
     .await;
     d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_holds_back_while_redis_is_busy() {
+    // Short Lua loops (each a few ms, so our commands still get through between them) keep
+    // Redis' main thread busy on a CPU.
+    let mut lua = redis::cmd("EVAL");
+    lua.arg("local i = 0 while i < 300000 do i = i + 1 end return i")
+        .arg(0);
+    holds_back_while("busy", lua).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_holds_back_while_redis_is_slow_to_answer_though_idle() {
+    // 20 ms sleeps: Redis answers each SCAN of ours only when the current sleep ends (10 ms
+    // later on average) while its main thread uses almost no CPU, so this is not "busy".
+    let mut sleep = redis::cmd("DEBUG");
+    sleep.arg("SLEEP").arg("0.02");
+    holds_back_while("slow", sleep).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
