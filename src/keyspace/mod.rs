@@ -618,6 +618,7 @@ pub async fn run_sampler(
         count: ScanCount::START,
         scans_sent: 0,
         scan_trips: ScanTrips::default(),
+        slow_evidence: ScanTrips::default(),
         stats: SamplerStats::default(),
         census: BTreeMap::new(),
         running: None,
@@ -651,6 +652,9 @@ struct Sampler {
     scans_sent: u64,
     /// The SCAN round trips since the last calibration.
     scan_trips: ScanTrips,
+    /// The SCAN round trips not yet enough to say whether Redis is slow (kept across
+    /// calibrations until there are [`SLOW_EVIDENCE`] of them).
+    slow_evidence: ScanTrips,
     stats: SamplerStats,
     /// Last completed pass per database, with when it finished.
     census: BTreeMap<u32, (Pass, Instant)>,
@@ -732,6 +736,12 @@ impl ScanTrips {
         (self.n > 0).then(|| self.sum / self.n)
     }
 
+    fn merge(&mut self, other: ScanTrips) {
+        self.sum += other.sum;
+        self.n += other.n;
+        self.slow += other.slow;
+    }
+
     /// Whether most of the window's SCANs (its median) waited past [`SLOW_ROUND_TRIP`]; None
     /// with fewer than [`SLOW_EVIDENCE`] of them.
     fn slow(&self) -> Option<bool> {
@@ -745,8 +755,8 @@ fn next_backoff(prev: Backoff, read: Option<Backoff>, slow: Option<bool>) -> Bac
     match (read, slow) {
         (Some(b @ (Backoff::Loading | Backoff::Busy)), _) => b,
         (_, Some(true)) => Backoff::Slow,
-        // Resting, the sampler sent too few SCANs to tell: a slow Redis stays slow until shown
-        // otherwise.
+        // Resting, the sampler has sent too few SCANs to tell yet: a slow Redis stays slow until
+        // shown otherwise.
         (Some(_), None) if prev == Backoff::Slow => Backoff::Slow,
         (Some(b), _) => b,
         (None, Some(false)) if prev == Backoff::Slow => Backoff::No,
@@ -917,7 +927,14 @@ impl Sampler {
         let read = reading
             .as_ref()
             .map(|now| now.backoff(self.last_reading.as_ref()));
-        let backoff = next_backoff(self.backoff, read, trips.slow());
+        // Evidence gathers across windows: resting ten times longer with a slow Redis, a
+        // sampler charged its full round trips may send fewer than five SCANs in one.
+        self.slow_evidence.merge(trips);
+        let slow = self.slow_evidence.slow();
+        if slow.is_some() {
+            self.slow_evidence = ScanTrips::default();
+        }
+        let backoff = next_backoff(self.backoff, read, slow);
         if backoff != self.backoff {
             tracing::info!(target_name = %self.target.name, ?backoff, "keyspace sampler pace");
         }
@@ -1311,6 +1328,18 @@ mod tests {
         trips.add(Duration::from_millis(1));
         assert_eq!(trips.slow(), Some(false), "3 of 6: not most");
         assert_eq!(trips.mean(), Some(Duration::from_millis(26) / 6));
+        // Two windows of two SCANs each, then one more: evidence adds up.
+        let mut evidence = ScanTrips::default();
+        for window in [[9, 9], [1, 9]] {
+            let mut w = ScanTrips::default();
+            for ms in window {
+                w.add(Duration::from_millis(ms));
+            }
+            evidence.merge(w);
+        }
+        assert_eq!(evidence.slow(), None);
+        evidence.add(Duration::from_millis(1));
+        assert_eq!(evidence.slow(), Some(true), "3 of 5 across windows");
 
         use Backoff::*;
         // INFO's verdicts come first; then the round trips; without evidence, Slow stays.
