@@ -411,9 +411,10 @@ async fn the_sampler_sends_nothing_but_its_readings_while_redis_is_loading() {
     let keys = 100_000;
     let _: () = redis.cmd(&["DEBUG", "POPULATE", &keys.to_string(), "cache:item"]);
     let _: () = redis.cmd(&["SAVE"]);
-    // Restarted on its dump: loading takes about 10 s (100 us per key), and between every
-    // kilobyte loaded Redis answers what it may answer while loading (INFO does; SCAN, TYPE
-    // and the like are refused with -LOADING and counted as rejected calls).
+    // Restarted on its dump: loading takes about 20 s (a 100 us sleep per key; 200k keys took
+    // 40 s by hand), and between every kilobyte loaded Redis answers what it may answer while
+    // loading (INFO does; SCAN, TYPE and the like are refused with -LOADING and counted as
+    // rejected calls).
     redis.restart_with(&[
         "--key-load-delay",
         "100",
