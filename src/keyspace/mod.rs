@@ -22,9 +22,10 @@
 //! - **Backing off.** The same reading takes `INFO cpu` and `INFO persistence`. While Redis'
 //!   main thread used over 80% of a core since the last reading (not counting its time in the
 //!   kinds of command the sampler sends), the sampler rests ten times longer (a tenth of its
-//!   budget). So it does while most of its SCANs since the last reading took over 5 ms to come
-//!   back (the operators' latency warning level; a SCAN costs Redis about 50 µs): Redis is slow
-//!   to answer without being busy on a CPU (others' long commands, a stalled or swapping
+//!   budget). So it does while most of its SCANs since the last reading took over 5 ms longer
+//!   to come back than its fastest on this connection (the operators' latency warning level; a
+//!   SCAN costs Redis about 50 µs, and the fastest round trip is the network's share): Redis is
+//!   slow to answer without being busy on a CPU (others' long commands, a stalled or swapping
 //!   server). While Redis is loading it sends nothing but its readings
 //!   (`redis_keyspace_sampler_backing_off{reason="busy"|"slow"|"loading"}`).
 //! - **Short commands.** `SCAN COUNT` follows the cost of a SCAN toward 50 µs of Redis time
@@ -618,6 +619,7 @@ pub async fn run_sampler(
         count: ScanCount::START,
         scans_sent: 0,
         scan_trips: ScanTrips::default(),
+        scan_floor: None,
         slow_evidence: ScanTrips::default(),
         stats: SamplerStats::default(),
         census: BTreeMap::new(),
@@ -652,6 +654,8 @@ struct Sampler {
     scans_sent: u64,
     /// The SCAN round trips since the last calibration.
     scan_trips: ScanTrips,
+    /// The fastest SCAN round trip on this connection: the network's share of every other.
+    scan_floor: Option<Duration>,
     /// The SCAN round trips not yet enough to say whether Redis is slow (kept across
     /// calibrations until there are [`SLOW_EVIDENCE`] of them).
     slow_evidence: ScanTrips,
@@ -701,14 +705,16 @@ enum Backoff {
     Busy,
     /// Redis is loading: the sampler sends nothing but its readings until it is done.
     Loading,
-    /// Most of the sampler's SCANs since the last reading took over [`SLOW_ROUND_TRIP`] to
-    /// come back: Redis is slow to answer (other clients' long commands, a stalled or swapping
+    /// Most of the sampler's SCANs since the last reading took over [`SLOW_ROUND_TRIP`] longer
+    /// to come back than its fastest: Redis is slow to answer (other clients' long commands, a stalled or swapping
     /// server) without being busy on a CPU. It rests as when busy.
     Slow,
 }
 
-/// A SCAN round trip above which Redis counts as slow to answer: the operators' latency warning
-/// level. A SELECT and SCAN cost Redis about 50 µs, so the rest is waiting.
+/// How much longer than the fastest SCAN round trip on the connection (the network's share) a
+/// SCAN may take before Redis counts as slow to answer: the operators' latency warning level. A
+/// SELECT and SCAN cost Redis about 50 µs, so the rest is waiting. Measured from the fastest, a
+/// Redis in another region is not "slow" for its distance.
 const SLOW_ROUND_TRIP: Duration = Duration::from_millis(5);
 
 /// SCANs a window needs before their round trips say whether Redis is slow.
@@ -719,15 +725,16 @@ const SLOW_EVIDENCE: u32 = 5;
 struct ScanTrips {
     sum: Duration,
     n: u32,
-    /// How many took over [`SLOW_ROUND_TRIP`].
+    /// How many took over [`SLOW_ROUND_TRIP`] longer than the fastest.
     slow: u32,
 }
 
 impl ScanTrips {
-    fn add(&mut self, took: Duration) {
+    /// One SCAN's round trip, `floor` being the fastest on the connection.
+    fn add(&mut self, took: Duration, floor: Duration) {
         self.sum += took;
         self.n += 1;
-        if took > SLOW_ROUND_TRIP {
+        if took > floor + SLOW_ROUND_TRIP {
             self.slow += 1;
         }
     }
@@ -742,7 +749,8 @@ impl ScanTrips {
         self.slow += other.slow;
     }
 
-    /// Whether most of the window's SCANs (its median) waited past [`SLOW_ROUND_TRIP`]; None
+    /// Whether most of the window's SCANs (its median) waited [`SLOW_ROUND_TRIP`] longer than
+    /// the fastest; None
     /// with fewer than [`SLOW_EVIDENCE`] of them.
     fn slow(&self) -> Option<bool> {
         (self.n >= SLOW_EVIDENCE).then_some(self.slow * 2 > self.n)
@@ -887,6 +895,8 @@ impl Sampler {
             Err(why) => {
                 tracing::debug!(target_name = %self.target.name, problem = why, "keyspace sampler paused");
                 self.conn = None;
+                // The next connection may take another path.
+                self.scan_floor = None;
                 Duration::from_secs(5)
             }
         }
@@ -1014,7 +1024,9 @@ impl Sampler {
         };
         let round_trips = t0.elapsed();
         self.scans_sent += 1;
-        self.scan_trips.add(scan_took);
+        let floor = self.scan_floor.map_or(scan_took, |f| f.min(scan_took));
+        self.scan_floor = Some(floor);
+        self.scan_trips.add(scan_took, floor);
         let inspected_before = self.stats.keys_inspected;
         let mut pass = pass;
         for (key, replies) in keys.into_iter().zip(replies.chunks(per_key)) {
@@ -1188,7 +1200,7 @@ impl Sampler {
         ] {
             out.add(
                 "redis_keyspace_sampler_backing_off",
-                "1 while the sampler holds back: busy (Redis' main thread over 80% of a core) or slow (most SCANs answered after over 5 ms): a tenth of the budget; loading: paused",
+                "1 while the sampler holds back: busy (Redis' main thread over 80% of a core) or slow (most SCANs answered over 5 ms later than the fastest): a tenth of the budget; loading: paused",
                 Kind::Gauge,
                 vec![("reason", reason.to_owned())],
                 f64::from(u8::from(self.backoff == state)),
@@ -1318,27 +1330,45 @@ mod tests {
 
     #[test]
     fn slow_scans_make_the_sampler_rest_until_shown_otherwise() {
+        let ms = Duration::from_millis;
+        let near = ms(0);
         let mut trips = ScanTrips::default();
-        for ms in [1, 7, 9, 2] {
-            trips.add(Duration::from_millis(ms));
+        for t in [1, 7, 9, 2] {
+            trips.add(ms(t), near);
         }
         assert_eq!(trips.slow(), None, "four SCANs are too few to tell");
-        trips.add(Duration::from_millis(6));
+        trips.add(ms(6), near);
         assert_eq!(trips.slow(), Some(true), "3 of 5 over 5 ms");
-        trips.add(Duration::from_millis(1));
+        trips.add(ms(1), near);
         assert_eq!(trips.slow(), Some(false), "3 of 6: not most");
-        assert_eq!(trips.mean(), Some(Duration::from_millis(26) / 6));
+        assert_eq!(trips.mean(), Some(ms(26) / 6));
+        // A Redis 40 ms away is not slow for its distance, only for waiting beyond it.
+        let mut far = ScanTrips::default();
+        for t in [41, 43, 40, 44, 42] {
+            far.add(ms(t), ms(40));
+        }
+        assert_eq!(far.slow(), Some(false));
+        for t in [52, 58, 47] {
+            far.add(ms(t), ms(40));
+        }
+        assert_eq!(far.slow(), Some(false), "3 of 8 over 45 ms");
+        for t in [50, 61] {
+            far.add(ms(t), ms(40));
+        }
+        assert_eq!(far.slow(), Some(false), "5 of 10: not most");
+        far.add(ms(46), ms(40));
+        assert_eq!(far.slow(), Some(true), "6 of 11");
         // Two windows of two SCANs each, then one more: evidence adds up.
         let mut evidence = ScanTrips::default();
         for window in [[9, 9], [1, 9]] {
             let mut w = ScanTrips::default();
-            for ms in window {
-                w.add(Duration::from_millis(ms));
+            for t in window {
+                w.add(ms(t), near);
             }
             evidence.merge(w);
         }
         assert_eq!(evidence.slow(), None);
-        evidence.add(Duration::from_millis(1));
+        evidence.add(ms(1), near);
         assert_eq!(evidence.slow(), Some(true), "3 of 5 across windows");
 
         use Backoff::*;
