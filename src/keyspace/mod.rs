@@ -706,8 +706,8 @@ enum Backoff {
     /// Redis is loading: the sampler sends nothing but its readings until it is done.
     Loading,
     /// Most of the sampler's SCANs since the last reading took over [`SLOW_ROUND_TRIP`] longer
-    /// to come back than its fastest: Redis is slow to answer (other clients' long commands, a stalled or swapping
-    /// server) without being busy on a CPU. It rests as when busy.
+    /// to come back than its fastest: Redis is slow to answer (other clients' long commands, a
+    /// stalled or swapping server) without being busy on a CPU. It rests as when busy.
     Slow,
 }
 
@@ -750,8 +750,7 @@ impl ScanTrips {
     }
 
     /// Whether most of the window's SCANs (its median) waited [`SLOW_ROUND_TRIP`] longer than
-    /// the fastest; None
-    /// with fewer than [`SLOW_EVIDENCE`] of them.
+    /// the fastest; None with fewer than [`SLOW_EVIDENCE`] of them.
     fn slow(&self) -> Option<bool> {
         (self.n >= SLOW_EVIDENCE).then_some(self.slow * 2 > self.n)
     }
