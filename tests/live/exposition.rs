@@ -254,19 +254,7 @@ async fn steady_state_polling_opens_no_new_connections() {
     let target = format!("127.0.0.1:{}", redis.port);
     let first = d.wait_up(&target).await;
     let received = |m: &Exposition| m.value("redis_connections_received_total", &[]).unwrap();
-    let opened = |m: &Exposition| {
-        m.value(
-            "redis_lookout_connections_opened_total",
-            &[("target", &target)],
-        )
-        .unwrap()
-    };
-    let errors = |m: &Exposition, kind: &str| {
-        m.sum(
-            "redis_lookout_poll_errors_total",
-            &[("target", &target), ("kind", kind)],
-        )
-    };
+    let opened = |m: &Exposition| m.connections_opened(&target).unwrap();
     let later = d
         .metrics_when("10 more polls, the last one up", WAIT, |m| {
             m.polls(&target) >= first.polls(&target) + 10.0
@@ -276,11 +264,10 @@ async fn steady_state_polling_opens_no_new_connections() {
     // A poll that times out (100 ms here, under a loaded parallel suite) drops its connection
     // by design, so a reply still in flight cannot answer the next poll. That is the only
     // reconnect allowed: one per timeout, and no other kind of error.
-    let timeouts = errors(&later, "timeout") - errors(&first, "timeout");
-    let all_errors =
-        |m: &Exposition| m.sum("redis_lookout_poll_errors_total", &[("target", &target)]);
+    let timeouts =
+        later.poll_errors(&target, Some("timeout")) - first.poll_errors(&target, Some("timeout"));
     assert_eq!(
-        all_errors(&later) - all_errors(&first),
+        later.poll_errors(&target, None) - first.poll_errors(&target, None),
         timeouts,
         "no poll error but timeouts"
     );

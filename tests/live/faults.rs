@@ -95,8 +95,7 @@ async fn frozen_redis_times_out_while_other_targets_keep_their_rhythm() {
         assert!(body.contains("redis_up{target=\"frozen\"} 0"));
     }
 
-    let healthy_errors =
-        |m: &Exposition| m.sum("redis_lookout_poll_errors_total", &[("target", "healthy")]);
+    let healthy_errors = |m: &Exposition| m.poll_errors("healthy", None);
     let (before, errors_before) = (m.polls("healthy"), healthy_errors(&m));
     let m = d
         .metrics_when("healthy target keeps polling", WAIT, |m| {
@@ -109,10 +108,7 @@ async fn frozen_redis_times_out_while_other_targets_keep_their_rhythm() {
         errors_before,
         "the healthy target had no failed poll"
     );
-    let frozen_timeouts = m.sum(
-        "redis_lookout_poll_errors_total",
-        &[("target", "frozen"), ("kind", "timeout")],
-    );
+    let frozen_timeouts = m.poll_errors("frozen", Some("timeout"));
     assert!(
         frozen_timeouts >= 2.0,
         "timed-out polls kept coming: {frozen_timeouts}"
@@ -176,10 +172,7 @@ async fn renamed_commands_are_no_data_and_asked_once() {
     );
     // Asked once per connection: a poll that timed out under the loaded suite reconnects, and
     // the new connection asks (and is refused) once more.
-    let opened = |m: &Exposition| {
-        m.value("redis_lookout_connections_opened_total", &[])
-            .unwrap()
-    };
+    let opened = |m: &Exposition| m.connections_opened("m").unwrap();
     assert_eq!(
         errors(&later) - errors(&settled),
         3.0 * (opened(&later) - opened(&settled)),

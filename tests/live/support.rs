@@ -878,6 +878,21 @@ impl Exposition {
             .unwrap_or(0.0)
     }
 
+    /// `redis_lookout_poll_errors_total` of a target, of one `kind` or of all (0 if none).
+    pub fn poll_errors(&self, target: &str, kind: Option<&str>) -> f64 {
+        let mut want = vec![("target", target)];
+        want.extend(kind.map(|k| ("kind", k)));
+        self.sum("redis_lookout_poll_errors_total", &want)
+    }
+
+    /// `redis_lookout_connections_opened_total` of a target.
+    pub fn connections_opened(&self, target: &str) -> Option<f64> {
+        self.value(
+            "redis_lookout_connections_opened_total",
+            &[("target", target)],
+        )
+    }
+
     /// Sum of a family's samples whose labels include all of `want`.
     pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
         self.lines

@@ -20,14 +20,6 @@ fn tls_block(pki: &Pki, ca: &str, client_cert: bool, extra: &str) -> String {
     block
 }
 
-fn errors(m: &Exposition, target: &str, kind: &str) -> f64 {
-    m.value(
-        "redis_lookout_poll_errors_total",
-        &[("target", target), ("kind", kind)],
-    )
-    .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_right_ca_and_client_certificate_poll_and_a_wrong_ca_or_no_certificate_is_a_tls_error()
 {
@@ -63,8 +55,8 @@ async fn the_right_ca_and_client_certificate_poll_and_a_wrong_ca_or_no_certifica
                 ["good", "by-name", "skip-verify"]
                     .iter()
                     .all(|t| m.value("redis_up", &[("target", t)]) == Some(1.0))
-                    && errors(m, "wrong-ca", "tls") >= 3.0
-                    && errors(m, "no-client-cert", "tls") >= 3.0
+                    && m.poll_errors("wrong-ca", Some("tls")) >= 3.0
+                    && m.poll_errors("no-client-cert", Some("tls")) >= 3.0
             },
         )
         .await;
@@ -80,7 +72,7 @@ async fn the_right_ca_and_client_certificate_poll_and_a_wrong_ca_or_no_certifica
         );
         for other in ["timeout", "connection", "connection_refused", "protocol"] {
             assert_eq!(
-                errors(&m, bad, other),
+                m.poll_errors(bad, Some(other)),
                 0.0,
                 "{bad} failed as {other}, not tls"
             );
@@ -88,11 +80,8 @@ async fn the_right_ca_and_client_certificate_poll_and_a_wrong_ca_or_no_certifica
     }
     // The one persistent connection, not one per poll (a timed-out poll reconnects by design).
     assert_eq!(
-        m.value(
-            "redis_lookout_connections_opened_total",
-            &[("target", "good")]
-        ),
-        Some(1.0 + errors(&m, "good", "timeout"))
+        m.connections_opened("good"),
+        Some(1.0 + m.poll_errors("good", Some("timeout")))
     );
     assert!(
         m.value("redis_connected_clients", &[("target", "good")])
