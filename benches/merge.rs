@@ -6,7 +6,9 @@
 //! (no `--bench` argument) it runs once on a small fleet, as a smoke check.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod support;
 
 use redis_lookout::collector::info::{info_families, parse_info};
 use redis_lookout::metrics::{FamilySet, Interner, Merger, Rendered};
@@ -54,15 +56,10 @@ fn main() {
     if !benching {
         return;
     }
-    let mut times = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while times.len() < 200 && Instant::now() < deadline {
-        let start = Instant::now();
+    let times = support::time_runs(200, Duration::from_secs(10), || {
         black_box(merge(&lists));
-        times.push(start.elapsed());
-    }
-    times.sort();
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+    });
+    let pct = |p: f64| support::quantile(&times, p) * 1e3;
     println!(
         "merge of {nodes} nodes, {bytes} bytes: p50 {:.3} ms, p99 {:.3} ms, min {:.3} ms over {} runs ({:.0} MB/s at p50)",
         pct(0.5),

@@ -4,7 +4,7 @@
 //! [`RenderedFamily`] list (text lines with the `target`/`node` labels already in place), so a
 //! scrape only concatenates strings: it never formats a number and never waits on Redis.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -45,10 +45,12 @@ pub struct Family {
     pub samples: Vec<Sample>,
 }
 
-/// The facts one poll of one node produced, keyed by full metric name (`redis_…`).
+/// The facts one poll of one node produced, keyed by full metric name (`redis_…`). Hashed, not
+/// ordered: a poll adds a few hundred samples and renders once, so the families are sorted by
+/// name once, at [`FamilySet::render`].
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct FamilySet {
-    families: BTreeMap<String, Family>,
+    families: HashMap<String, Family, foldhash::fast::RandomState>,
 }
 
 impl FamilySet {
@@ -78,19 +80,25 @@ impl FamilySet {
         labels: Vec<(&'static str, String)>,
         value: f64,
     ) {
-        let family = self
-            .families
-            .entry(name.to_owned())
-            .or_insert_with(|| Family {
-                help: help.to_owned(),
-                kind,
-                samples: Vec::new(),
-            });
-        family.samples.push(Sample {
+        let sample = Sample {
             suffix,
             labels,
             value,
-        });
+        };
+        // Most calls add to a family that exists: look it up by `&str` first, so only a
+        // family's first sample allocates its name.
+        if let Some(family) = self.families.get_mut(name) {
+            family.samples.push(sample);
+            return;
+        }
+        self.families.insert(
+            name.to_owned(),
+            Family {
+                help: help.to_owned(),
+                kind,
+                samples: vec![sample],
+            },
+        );
     }
 
     /// Shorthand for an unlabelled gauge.
@@ -102,6 +110,7 @@ impl FamilySet {
         self.families.get(name)
     }
 
+    /// Every family, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Family)> {
         self.families.iter()
     }
@@ -136,9 +145,10 @@ impl FamilySet {
     pub fn render(&self, base: &[(&'static str, String)], interner: &Interner) -> Rendered {
         let samples: usize = self.families.values().map(|f| f.samples.len()).sum();
         let mut text = String::with_capacity(samples * 64);
-        let families = self
-            .families
-            .iter()
+        let mut sorted: Vec<_> = self.families.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let families = sorted
+            .into_iter()
             .map(|(name, family)| {
                 let start = text.len();
                 for sample in &family.samples {
@@ -224,7 +234,7 @@ impl Histogram {
 /// process.
 #[derive(Debug, Default)]
 pub struct Interner {
-    families: std::sync::Mutex<std::collections::HashMap<Box<str>, Arc<FamilyMeta>>>,
+    families: std::sync::Mutex<HashMap<Box<str>, Arc<FamilyMeta>, foldhash::fast::RandomState>>,
 }
 
 impl Interner {
@@ -316,6 +326,10 @@ fn write_sample(out: &mut String, name: &str, sample: &Sample, base: &[(&'static
 /// Label values come from Redis (command names, error prefixes, addresses, key names later):
 /// escape exactly what the text format requires so no byte can break a line.
 pub fn escape_label_value(out: &mut String, value: &str) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -344,7 +358,7 @@ pub fn write_value(out: &mut String, value: f64) {
     } else if value.is_infinite() {
         out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
     } else if value == value.trunc() && value.abs() < 1e15 {
-        let _ = write!(out, "{}", value as i64);
+        out.push_str(itoa::Buffer::new().format(value as i64));
     } else {
         let _ = write!(out, "{value}");
     }

@@ -49,17 +49,37 @@ fn command_lines(text: &str) -> String {
     lines
 }
 
-/// INFO parsed into fields, in the order Redis wrote them.
-#[derive(Debug, Default, Clone, PartialEq)]
+/// INFO parsed into fields, in the order Redis wrote them. One copy of the text and the
+/// positions of each key and value in it: a poll parses a few hundred lines, and one allocation
+/// per line was most of its cost.
+#[derive(Debug, Default, Clone)]
 pub struct Info {
-    fields: Vec<(String, String)>,
-    index: HashMap<String, usize>,
+    text: String,
+    /// (key, value) byte ranges in `text`.
+    fields: Vec<(Span, Span)>,
+}
+
+type Span = (u32, u32);
+
+/// Equal when the fields are, whatever else the text held (headers, line ends).
+impl PartialEq for Info {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields().eq(other.fields())
+    }
 }
 
 impl Info {
-    /// The raw text of a field.
+    fn at(&self, (start, end): Span) -> &str {
+        self.text
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    /// The raw text of a field (the first, should Redis write one twice). A scan: a poll asks
+    /// for a couple of dozen fields, and comparing a few hundred lengths is cheaper than
+    /// building an index.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.index.get(key).map(|&i| self.fields[i].1.as_str())
+        self.fields().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// A field read as a number.
@@ -68,7 +88,7 @@ impl Info {
     }
 
     pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.fields.iter().map(|&(k, v)| (self.at(k), self.at(v)))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,23 +99,32 @@ impl Info {
 /// Parses INFO text (CRLF or LF, with or without section headers). Lines without a colon and
 /// comment lines are skipped; the first colon splits key from value (IPv6 values keep theirs).
 pub fn parse_info(text: &str) -> Info {
-    let mut info = Info::default();
+    let mut fields = Vec::new();
+    let mut at = 0;
     for line in text.split('\n') {
+        let start = at;
+        at += line.len() + 1;
+        // INFO is a few kilobytes; lines past 4 GiB are dropped rather than mis-indexed.
+        if at > u32::MAX as usize {
+            break;
+        }
         let line = line.trim_end_matches('\r');
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let Some((key, value)) = line.split_once(':') else {
+        let Some(colon) = line.bytes().position(|b| b == b':') else {
             continue;
         };
-        if key.is_empty() {
+        if colon == 0 {
             continue;
         }
-        let slot = info.fields.len();
-        info.index.entry(key.to_owned()).or_insert(slot);
-        info.fields.push((key.to_owned(), value.to_owned()));
+        let span = |from: usize, to: usize| ((start + from) as u32, (start + to) as u32);
+        fields.push((span(0, colon), span(colon + 1, line.len())));
     }
-    info
+    Info {
+        text: text.to_owned(),
+        fields,
+    }
 }
 
 /// Parses `a=1,b=x` (keyspace, commandstats, slave lines) into pairs.
@@ -108,11 +137,26 @@ fn parse_number(value: &str) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-fn spec_for(field: &str) -> Option<&'static super::info_fields::FieldSpec> {
-    FIELDS
-        .binary_search_by(|(name, ..)| (*name).cmp(field))
-        .ok()
-        .map(|i| &FIELDS[i])
+/// The position of `field` in [`FIELDS`]. Every INFO line is looked up, so by hash rather than
+/// by a binary search's eight or nine string comparisons.
+fn spec_for(field: &str) -> Option<usize> {
+    type Index = HashMap<&'static str, usize, foldhash::fast::RandomState>;
+    static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
+    INDEX
+        .get_or_init(|| FIELDS.iter().enumerate().map(|(i, f)| (f.0, i)).collect())
+        .get(field)
+        .copied()
+}
+
+/// Each [`FIELDS`] entry's metric name and help text, built once rather than every poll.
+fn field_names() -> &'static [(String, String)] {
+    static NAMES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        FIELDS
+            .iter()
+            .map(|(field, name, ..)| (format!("redis_{name}"), format!("INFO field {field}")))
+            .collect()
+    })
 }
 
 /// Every family redis_exporter builds from INFO (same names, types, labels), plus the replica lag
@@ -128,15 +172,16 @@ pub fn info_families(info: &Info, databases: Option<u32>, out: &mut FamilySet) {
 
 fn table_fields(info: &Info, out: &mut FamilySet) {
     for (key, value) in info.fields() {
-        if let Some((field, name, kind, conversion)) = spec_for(key) {
+        if let Some(at) = spec_for(key) {
+            let (_, _, kind, conversion) = &FIELDS[at];
             let number = match conversion {
                 Conversion::OkIsOne => Some(if value == "ok" { 1.0 } else { 0.0 }),
                 Conversion::Plain => parse_number(value),
                 Conversion::MicrosToSeconds => parse_number(value).map(|v| v / 1e6),
             };
             if let Some(v) = number {
-                let help = format!("INFO field {field}");
-                out.add(&format!("redis_{name}"), &help, *kind, Vec::new(), v);
+                let (name, help) = &field_names()[at];
+                out.add(name, help, *kind, Vec::new(), v);
             }
         } else if key.starts_with("cluster_") {
             // redis_exporter passes every numeric cluster_* field through as a gauge.
@@ -662,7 +707,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn field_table_is_sorted_for_binary_search() {
+    fn field_table_is_sorted_with_each_field_once() {
         for pair in FIELDS.windows(2) {
             assert!(pair[0].0 < pair[1].0, "{} before {}", pair[0].0, pair[1].0);
         }
