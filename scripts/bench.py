@@ -80,6 +80,8 @@ all N targets, then: an idle window of C poll intervals (no scrapes; CPU seconds
 cycle = CPU / C; polls counted by Redis as `latency|latest` calls), then S back-to-back scrapes
 (latency, CPU per scrape, VmRSS after, VmHWM), a diagnostic series with the client setting
 TCP_QUICKACK (isolates stalls from a server-side small write waiting for a delayed ACK), a
+floor series (the last body served by a do-nothing sendfile(2) server to the same client, the
+daemon still polling beside: the loopback transfer and the client alone), a
 paced series (--paced scrapes, --paced-gap s apart: each scrape finds the process idle, as
 Prometheus's do), the curl check, and stop (its connections must leave every server's CLIENT LIST).  Redis µs per poll: our one INFO per server per window is
 calibrated and subtracted as in single-target mode.
@@ -1294,9 +1296,13 @@ def multi_size(args, servers, n):
     qa = min(scrapes, 300)
     log(f"{name}: {qa} scrapes with the client ACKing at once (diagnostic)")
     res["lat_qa"] = latency_summary(scrape_series(port, qa, quickack=True)[0])
+    log(f"{name}: {qa} scrapes of the same bytes from a server that does no work (floor)")
+    res["lat_floor"] = floor_series(body, qa)
     if args.paced:
         log(f"{name}: {args.paced} scrapes {args.paced_gap:g} s apart")
         res["lat_paced"] = latency_summary(scrape_series(port, args.paced, gap=args.paced_gap)[0])
+        log(f"{name}: the floor, paced the same")
+        res["lat_floor_paced"] = floor_series(body, args.paced, args.paced_gap)
     res["curl"] = curl_check(port)
     res["exit_code"] = stop_started(name, p)
     res["log"] = read_log(logname)
@@ -1306,6 +1312,64 @@ def multi_size(args, servers, n):
             raise BenchError(f"{name}: connections still open 20 s after it was stopped")
         time.sleep(0.2)
     return res
+
+
+FLOOR_SERVER = r"""
+import os, socket, sys
+port, path = int(sys.argv[1]), sys.argv[2]
+fd = os.open(path, os.O_RDONLY)
+size = os.fstat(fd).st_size
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", port))
+ls.listen(8)
+while True:
+    c, _ = ls.accept()
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    req = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in req:
+                d = c.recv(65536)
+                if not d:
+                    raise EOFError
+                req += d
+            req = req.split(b"\r\n\r\n", 1)[1]
+            off = 0
+            while off < size:
+                off += os.sendfile(c.fileno(), fd, off, size - off)
+    except (EOFError, OSError):
+        c.close()
+"""
+
+
+def floor_series(body, count, gap=0.0):
+    """The same body from a server that does no work: a prepared response (Content-Length)
+    handed to the kernel with sendfile(2), scraped by the same client.  What is left is the
+    loopback transfer and the client, the floor under any exporter's latency for that many
+    bytes on this machine at this moment."""
+    path = os.path.join(TMPDIR, "floor-response")
+    with open(path, "wb") as f:
+        f.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body))
+        f.write(body)
+    port = free_port()
+    name = "floor server"
+    p = start(name, [sys.executable, "-c", FLOOR_SERVER, str(port), path], "floor.log")
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # bounded wait for the listener
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if p.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"{name} did not listen: {read_log('floor.log', 2000)}")
+                time.sleep(0.05)
+        return latency_summary(scrape_series(port, count, gap=gap)[0])
+    finally:
+        stop_started(name, p)
+        os.unlink(path)
 
 
 def print_multi_report(args, machine, results):
@@ -1350,6 +1414,21 @@ def print_multi_report(args, machine, results):
         print(f"| {r['n']} | {q['n']} | {f3(q['p50'])} | {f3(q['p90'])} | {f3(q['p99'])} | "
               f"{f3(q['max'])} | {f3(q['mean'])} |")
     print()
+    print("Floor, not redis-lookout: the last body above, served right after by a server that "
+          "does no work (a prepared response handed to the kernel with sendfile(2), Content-"
+          "Length framing), to the same client, while the daemon goes on polling beside as "
+          "during the measurement. What remains is the loopback transfer and the client: no "
+          "exporter can answer that many bytes faster on this machine at that moment.\n")
+    print("| targets | series | scrapes | p50 ms | p90 ms | p99 ms | max ms | mean ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        for series, key in (("back to back", "lat_floor"),
+                            (f"paced, {args.paced_gap:g} s apart", "lat_floor_paced")):
+            q = r.get(key)
+            if q:
+                print(f"| {r['n']} | {series} | {q['n']} | {f3(q['p50'])} | {f3(q['p90'])} | "
+                      f"{f3(q['p99'])} | {f3(q['max'])} | {f3(q['mean'])} |")
+    print()
     if any("lat_paced" in r for r in results):
         print(f"Paced, a second measurement: scrapes {args.paced_gap:g} s apart on one keep-alive "
               "connection, right after, so each scrape finds the process idle, as a Prometheus "
@@ -1364,17 +1443,21 @@ def print_multi_report(args, machine, results):
         print()
     print("Targets (they apply at 1000 targets):\n")
     print("| targets | /metrics p99 < 20 ms, back to back | the same, paced | RSS < 100 MB "
-          "(judged on the peak, VmHWM) |")
-    print("|---|---|---|---|")
+          "(judged on the peak, VmHWM) | floor p99 (same bytes, no work) |")
+    print("|---|---|---|---|---|")
     for r in results:
         if r["n"] < 1000:
             continue
         q = r.get("lat_paced")
         paced = (f"{f3(q['p99'])} ms: **{verdict(q['p99'] < 20.0)}**" if q else "not measured")
+        fq = r.get("lat_floor_paced")
+        floor = f3(r["lat_floor"]["p99"]) + " ms" + (
+            f" (paced {f3(fq['p99'])} ms)" if fq else "")
         print(f"| {r['n']} | {f3(r['lat']['p99'])} ms: **{verdict(r['lat']['p99'] < 20.0)}** | "
-              f"{paced} | {mb(r['hwm_kb'])} MB: **{verdict(r['hwm_kb'] * 1024 < 100e6)}** |")
+              f"{paced} | {mb(r['hwm_kb'])} MB: **{verdict(r['hwm_kb'] * 1024 < 100e6)}** | "
+              f"{floor} |")
     if not any(r["n"] >= 1000 for r in results):
-        print("| (1000 targets not in this run) | – | – | – |")
+        print("| (1000 targets not in this run) | – | – | – | – |")
     print()
     print("Notes:")
     for r in results:
