@@ -259,14 +259,19 @@ pub struct FamilyMeta {
     pub name: Box<str>,
     pub help: Box<str>,
     pub kind: Kind,
+    /// The `# HELP`/`# TYPE` lines, written once here rather than at every scrape.
+    pub header: Box<str>,
 }
 
 impl FamilyMeta {
     fn new(name: &str, help: &str, kind: Kind) -> Self {
+        let mut header = String::new();
+        write_header(&mut header, name, help, kind);
         Self {
             name: name.into(),
             help: help.into(),
             kind,
+            header: header.into(),
         }
     }
 }
@@ -342,6 +347,10 @@ pub fn escape_label_value(out: &mut String, value: &str) {
 
 /// Escapes `# HELP` text (backslash and newline only, per the format).
 pub fn escape_help(out: &mut String, help: &str) {
+    if !help.bytes().any(|b| matches!(b, b'\\' | b'\n')) {
+        out.push_str(help);
+        return;
+    }
     for c in help.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -587,7 +596,7 @@ impl<T: HasFamilies> Merger<T> {
         headers.clear();
         for slot in slots.iter_mut() {
             if let Some(header) = &slot.header {
-                write_header(headers, &header.name, &header.help, header.kind);
+                headers.push_str(&header.header);
             }
             slot.cursor = headers.len();
         }

@@ -3,7 +3,53 @@
 //! Facts about Redis and each node's poll counters live in snapshots (rendered once per poll);
 //! what lives here is about this process: build, HTTP requests, CPU, RSS, file descriptors.
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long the process' own figures (CPU, RSS, file descriptors) are reused. Reading them is
+/// five files under /proc, about a third of the CPU of a one-target scrape; Prometheus scrapes
+/// every 15–60 s, so a second of age changes nothing for it, while a burst of scrapes reads
+/// /proc once a second rather than once per request.
+const PROCESS_REFRESH: Duration = Duration::from_secs(1);
+
+/// A collector whose families are collected at most once per `every` and reused in between.
+struct AtMostEvery<C> {
+    inner: C,
+    every: Duration,
+    last: Mutex<Option<(Instant, Vec<MetricFamily>)>>,
+}
+
+impl<C> AtMostEvery<C> {
+    fn new(inner: C, every: Duration) -> Self {
+        Self {
+            inner,
+            every,
+            last: Mutex::new(None),
+        }
+    }
+}
+
+impl<C: Collector> Collector for AtMostEvery<C> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.inner.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match &*last {
+            Some((at, families)) if now.duration_since(*at) < self.every => families.clone(),
+            _ => {
+                let families = self.inner.collect();
+                *last = Some((now, families.clone()));
+                families
+            }
+        }
+    }
+}
 
 /// Handles on every self-metric. Cloning shares the same series.
 #[derive(Clone)]
@@ -41,9 +87,10 @@ impl Telemetry {
         registry.register(Box::new(scrapes.clone()))?;
         registry.register(Box::new(build))?;
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(
+        registry.register(Box::new(AtMostEvery::new(
             prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+            PROCESS_REFRESH,
+        )))?;
         Ok(Self {
             registry,
             scrapes,
@@ -57,5 +104,42 @@ impl Telemetry {
         if let Err(err) = TextEncoder::new().encode_utf8(&families, out) {
             tracing::warn!(error = %err, "could not encode self-metrics");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts its collections; each returns one family named after the count.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Collector for Counting {
+        fn desc(&self) -> Vec<&Desc> {
+            Vec::new()
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut family = MetricFamily::default();
+            family.set_name(format!("collection_{n}"));
+            vec![family]
+        }
+    }
+
+    #[test]
+    fn process_figures_are_read_at_most_once_per_period() {
+        let cached = AtMostEvery::new(Counting::default(), Duration::from_secs(3600));
+        let first = cached.collect();
+        let second = cached.collect();
+        assert_eq!(cached.inner.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first[0].name(), "collection_1");
+        assert_eq!(second[0].name(), "collection_1");
+
+        let fresh = AtMostEvery::new(Counting::default(), Duration::ZERO);
+        fresh.collect();
+        assert_eq!(fresh.collect()[0].name(), "collection_2");
     }
 }
