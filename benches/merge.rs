@@ -10,26 +10,22 @@ use std::time::Duration;
 
 mod support;
 
-use redis_lookout::collector::info::{info_families, parse_info};
-use redis_lookout::metrics::{FamilySet, Interner, Merger, Rendered};
+use redis_lookout::metrics::{Interner, Merger, Rendered};
 
 fn fleet(nodes: usize) -> Vec<Rendered> {
-    let text = include_str!("../tests/fixtures/info_master_7.0.txt");
     let interner = Interner::default();
     (0..nodes)
         .map(|n| {
-            let info = parse_info(text);
-            let mut set = FamilySet::new();
-            info_families(&info, Some(16), &mut set);
-            // Every tenth node a replica-ish extra family, so not every layout is the same.
-            if n % 10 == 0 {
-                set.gauge("redis_extra_family", "only on some nodes", 1.0);
-            }
             let base = [
                 ("target", format!("t{n:04}")),
                 ("node", format!("127.0.0.1:{}", 7000 + n)),
             ];
-            set.render(&base, &interner)
+            support::render_info(support::INFO, &base, &interner, |set| {
+                // Every tenth node a replica-ish extra family, so not every layout is the same.
+                if n % 10 == 0 {
+                    set.gauge("redis_extra_family", "only on some nodes", 1.0);
+                }
+            })
         })
         .collect()
 }

@@ -11,24 +11,22 @@ use std::time::Duration;
 
 mod support;
 
-use redis_lookout::collector::info::{info_families, parse_info};
-use redis_lookout::metrics::{FamilySet, Interner};
+use redis_lookout::metrics::Interner;
 
 // The daemon's allocator (src/main.rs), since allocation is a large share of a poll's work.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn poll(text: &str, interner: &Interner) -> usize {
-    let info = parse_info(text);
-    let mut set = FamilySet::new();
-    info_families(&info, Some(16), &mut set);
     let base = [("target", "t0042".to_owned())];
-    set.render(&base, interner).text.len()
+    support::render_info(text, &base, interner, |_| {})
+        .text
+        .len()
 }
 
 fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
-    let text = include_str!("../tests/fixtures/info_master_7.0.txt");
+    let text = support::INFO;
     let interner = Interner::default();
     let bytes = poll(text, &interner);
     assert!(bytes > text.len() / 2, "rendered only {bytes} bytes");

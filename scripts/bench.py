@@ -1357,15 +1357,7 @@ def floor_series(body, count, gap=0.0):
     name = "floor server"
     p = start(name, [sys.executable, "-c", FLOOR_SERVER, str(port), path], "floor.log")
     try:
-        deadline = time.monotonic() + 10
-        while True:  # bounded wait for the listener
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if p.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"{name} did not listen: {read_log('floor.log', 2000)}")
-                time.sleep(0.05)
+        wait_http(name, p, port, "floor.log", ready=lambda got: got == body, limit=10.0)
         return latency_summary(scrape_series(port, count, gap=gap)[0])
     finally:
         stop_started(name, p)

@@ -137,26 +137,35 @@ fn parse_number(value: &str) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-/// The position of `field` in [`FIELDS`]. Every INFO line is looked up, so by hash rather than
-/// by a binary search's eight or nine string comparisons.
-fn spec_for(field: &str) -> Option<usize> {
-    type Index = HashMap<&'static str, usize, foldhash::fast::RandomState>;
-    static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
-    INDEX
-        .get_or_init(|| FIELDS.iter().enumerate().map(|(i, f)| (f.0, i)).collect())
-        .get(field)
-        .copied()
+/// What a [`FIELDS`] entry publishes, with its name and help text built once.
+struct TableMetric {
+    name: String,
+    help: String,
+    kind: Kind,
+    conversion: Conversion,
 }
 
-/// Each [`FIELDS`] entry's metric name and help text, built once rather than every poll.
-fn field_names() -> &'static [(String, String)] {
-    static NAMES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-    NAMES.get_or_init(|| {
-        FIELDS
-            .iter()
-            .map(|(field, name, ..)| (format!("redis_{name}"), format!("INFO field {field}")))
-            .collect()
-    })
+/// The [`FIELDS`] entry of an INFO field. Every INFO line is looked up, so by hash, and the
+/// metric's name and help come ready rather than formatted at every poll.
+fn table_metric(field: &str) -> Option<&'static TableMetric> {
+    type Table = HashMap<&'static str, TableMetric, foldhash::fast::RandomState>;
+    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| {
+            FIELDS
+                .iter()
+                .map(|&(field, name, kind, conversion)| {
+                    let metric = TableMetric {
+                        name: format!("redis_{name}"),
+                        help: format!("INFO field {field}"),
+                        kind,
+                        conversion,
+                    };
+                    (field, metric)
+                })
+                .collect()
+        })
+        .get(field)
 }
 
 /// Every family redis_exporter builds from INFO (same names, types, labels), plus the replica lag
@@ -172,16 +181,14 @@ pub fn info_families(info: &Info, databases: Option<u32>, out: &mut FamilySet) {
 
 fn table_fields(info: &Info, out: &mut FamilySet) {
     for (key, value) in info.fields() {
-        if let Some(at) = spec_for(key) {
-            let (_, _, kind, conversion) = &FIELDS[at];
-            let number = match conversion {
+        if let Some(metric) = table_metric(key) {
+            let number = match metric.conversion {
                 Conversion::OkIsOne => Some(if value == "ok" { 1.0 } else { 0.0 }),
                 Conversion::Plain => parse_number(value),
                 Conversion::MicrosToSeconds => parse_number(value).map(|v| v / 1e6),
             };
             if let Some(v) = number {
-                let (name, help) = &field_names()[at];
-                out.add(name, help, *kind, Vec::new(), v);
+                out.add(&metric.name, &metric.help, metric.kind, Vec::new(), v);
             }
         } else if key.starts_with("cluster_") {
             // redis_exporter passes every numeric cluster_* field through as a gauge.
