@@ -81,9 +81,11 @@ cycle = CPU / C; polls counted by Redis as `latency|latest` calls), then S back-
 (latency, CPU per scrape, VmRSS after, VmHWM), a diagnostic series with the client setting
 TCP_QUICKACK (isolates stalls from a server-side small write waiting for a delayed ACK), a
 floor series (the last body served by a do-nothing sendfile(2) server to the same client, the
-daemon still polling beside: the loopback transfer and the client alone), a
-paced series (--paced scrapes, --paced-gap s apart: each scrape finds the process idle, as
-Prometheus's do), the curl check, and stop (its connections must leave every server's CLIENT LIST).  Redis µs per poll: our one INFO per server per window is
+daemon still polling beside: the loopback transfer and the client alone), S back-to-back
+scrapes sending `Accept-Encoding: gzip` as Prometheus does (latency to the last byte on the
+wire, bytes on the wire, CPU per scrape; the last body is decompressed and checked), a paced
+series (--paced scrapes, --paced-gap s apart: each scrape finds the process idle, as
+Prometheus's do) plain and gzipped, the curl check, and stop (its connections must leave every server's CLIENT LIST).  Redis µs per poll: our one INFO per server per window is
 calibrated and subtracted as in single-target mode.
 
 Exit status: 0 when every figure was measured (PASS/MISS does not change it); 1 when
@@ -107,6 +109,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -504,10 +507,10 @@ class RawHttp:
     """GET on one keep-alive HTTP/1.1 connection; the body is read with recv_into() into one
     reused buffer and chunked framing is parsed in place on bytes (see the module docstring)."""
 
-    def __init__(self, port, path="/metrics", timeout=30.0, quickack=False):
+    def __init__(self, port, path="/metrics", timeout=30.0, quickack=False, encoding="identity"):
         self.port, self.timeout, self.quickack = port, timeout, quickack
         self.request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                        "Accept-Encoding: identity\r\n\r\n").encode()
+                        f"Accept-Encoding: {encoding}\r\n\r\n").encode()
         self.buf = bytearray(1 << 20)
         self.mv = memoryview(self.buf)
         self.sock = None
@@ -534,7 +537,11 @@ class RawHttp:
         return end + n
 
     def get(self, keep_body=False):
-        """One GET: (status, body length, body bytes if keep_body else None, seconds)."""
+        """One GET: (status, body length, body bytes if keep_body else None, seconds).
+
+        The length is the bytes on the wire; a kept gzip body is decompressed after the clock
+        stops (Prometheus decompresses as it parses; that is the client's cost, not the
+        exporter's latency)."""
         if self.sock is None:
             self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -601,6 +608,11 @@ class RawHttp:
         if end != pos:
             raise ValueError(f"{end - pos} unexpected bytes after the response")
         body = b"".join(bytes(self.mv[s:s + n]) for s, n in spans) if keep_body else None
+        if body is not None and headers.get("content-encoding") == "gzip":
+            d = zlib.decompressobj(wbits=31)
+            body = d.decompress(body)
+            if not d.eof or d.unused_data:
+                raise ValueError("the gzip body is not exactly one complete member")
         if close:
             self.close()
         return int(status), sum(n for _, n in spans), body, t1 - t0
@@ -661,14 +673,15 @@ def sample_count(body):
     return sum(1 for l in body.split(b"\n") if l and not l.startswith(b"#"))
 
 
-def scrape_series(port, n, warmup=5, before=None, quickack=False, gap=0.0):
+def scrape_series(port, n, warmup=5, before=None, quickack=False, gap=0.0, encoding="identity"):
     """n sequential GET /metrics on one keep-alive connection; latencies in ms.
 
     `warmup` requests go first on the same connection; then before() runs (it takes the Redis
     and CPU baselines), then the n timed requests, each starting `gap` seconds after the one
-    before (0: back to back).  Returns (latencies, reconnects, last body)."""
-    c = RawHttp(port, quickack=quickack)
-    lat, body = [], b""
+    before (0: back to back).  `encoding` goes in Accept-Encoding.  Returns (latencies,
+    reconnects, last body (decompressed), its bytes on the wire)."""
+    c = RawHttp(port, quickack=quickack, encoding=encoding)
+    lat, body, wire = [], b"", 0
     try:
         next_at = time.monotonic()
         for i in range(warmup + n):
@@ -678,18 +691,18 @@ def scrape_series(port, n, warmup=5, before=None, quickack=False, gap=0.0):
                 time.sleep(max(0.0, next_at - time.monotonic()))
                 next_at = time.monotonic() + gap
             last = i == warmup + n - 1
-            status, _, data, secs = c.get(keep_body=last)
+            status, size, data, secs = c.get(keep_body=last)
             if status != 200:
                 raise BenchError(f"scrape {i} returned HTTP {status}")
             if i >= warmup:
                 lat.append(secs * 1000.0)
             if last:
-                body = data
-    except (OSError, ValueError) as e:
+                body, wire = data, size
+    except (OSError, ValueError, zlib.error) as e:
         raise BenchError(f"scrape failed: {e!r}")
     finally:
         c.close()
-    return lat, c.connects - 1, body
+    return lat, c.connects - 1, body, wire
 
 
 def latency_summary(lat):
@@ -779,7 +792,7 @@ def scrape_window(name, proc, port, r, scrapes):
         base["cpu"] = Cpu(proc.pid)
         base["t"] = time.monotonic()
 
-    lat, reconnects, body = scrape_series(port, scrapes, before=before)
+    lat, reconnects, body, _ = scrape_series(port, scrapes, before=before)
     wall = time.monotonic() - base["t"]
     cpu = Cpu(proc.pid).since(base["cpu"])
     b = Snap(r)
@@ -1276,7 +1289,7 @@ def multi_size(args, servers, n):
     def before():
         base["cpu"] = Cpu(p.pid)
 
-    lat, reconnects, body = scrape_series(port, scrapes, before=before)
+    lat, reconnects, body, _ = scrape_series(port, scrapes, before=before)
     cpu_s = Cpu(p.pid).since(base["cpu"])
     res["rss_after_kb"] = proc_rss_kb(p.pid)
     res["hwm_kb"] = proc_status_kb(p.pid, "VmHWM")
@@ -1298,9 +1311,24 @@ def multi_size(args, servers, n):
     res["lat_qa"] = latency_summary(scrape_series(port, qa, quickack=True)[0])
     log(f"{name}: {qa} scrapes of the same bytes from a server that does no work (floor)")
     res["lat_floor"] = floor_series(body, qa)
+    log(f"{name}: {scrapes} back-to-back scrapes asking for gzip, as Prometheus does")
+
+    def before_gz():
+        base["cpu_gz"] = Cpu(p.pid)
+
+    lat, _, body_gz, wire = scrape_series(port, scrapes, before=before_gz, encoding="gzip")
+    cpu_s = Cpu(p.pid).since(base["cpu_gz"])
+    if len(up_targets(body_gz)[0] & want) != n:
+        raise BenchError(f"{name}: the last gzipped body does not show all {n} targets up")
+    res.update({"lat_gz": latency_summary(lat), "gz_wire": wire, "gz_text": len(body_gz),
+                "cpu_gz_scrape_ms": cpu_s[1] / scrapes,
+                "cpu_gz_scrape_ticks_ms": cpu_s[0] / scrapes})
     if args.paced:
         log(f"{name}: {args.paced} scrapes {args.paced_gap:g} s apart")
         res["lat_paced"] = latency_summary(scrape_series(port, args.paced, gap=args.paced_gap)[0])
+        log(f"{name}: {args.paced} gzip scrapes {args.paced_gap:g} s apart")
+        res["lat_gz_paced"] = latency_summary(
+            scrape_series(port, args.paced, gap=args.paced_gap, encoding="gzip")[0])
         log(f"{name}: the floor, paced the same")
         res["lat_floor_paced"] = floor_series(body, args.paced, args.paced_gap)
     res["curl"] = curl_check(port)
@@ -1413,13 +1441,8 @@ def print_multi_report(args, machine, results):
           "exporter can answer that many bytes faster on this machine at that moment.\n")
     print("| targets | series | scrapes | p50 ms | p90 ms | p99 ms | max ms | mean ms |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        for series, key in (("back to back", "lat_floor"),
-                            (f"paced, {args.paced_gap:g} s apart", "lat_floor_paced")):
-            q = r.get(key)
-            if q:
-                print(f"| {r['n']} | {series} | {q['n']} | {f3(q['p50'])} | {f3(q['p90'])} | "
-                      f"{f3(q['p99'])} | {f3(q['max'])} | {f3(q['mean'])} |")
+    series_rows(results, (("back to back", "lat_floor"),
+                          (f"paced, {args.paced_gap:g} s apart", "lat_floor_paced")))
     print()
     if any("lat_paced" in r for r in results):
         print(f"Paced, a second measurement: scrapes {args.paced_gap:g} s apart on one keep-alive "
@@ -1433,10 +1456,24 @@ def print_multi_report(args, machine, results):
                 print(f"| {r['n']} | {q['n']} | {f3(q['p50'])} | {f3(q['p90'])} | "
                       f"{f3(q['p99'])} | {f3(q['max'])} | {f3(q['mean'])} |")
         print()
+    print("gzip, a third measurement: the same client sending `Accept-Encoding: gzip` (as "
+          "Prometheus does unless `enable_compression: false`), right after the floor; the clock "
+          "stops at the last byte on the wire and the body is decompressed afterwards (to check "
+          "every target is up). CPU per scrape as in the first table (CPU time, and from ticks):\n")
+    print("| targets | series | scrapes | p50 ms | p90 ms | p99 ms | max ms | mean ms | bytes on "
+          "the wire / decoded | CPU per scrape, ms (ticks) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    series_rows(results, (("back to back", "lat_gz"),
+                          (f"paced, {args.paced_gap:g} s apart", "lat_gz_paced")),
+                lambda r, key: f" {r['gz_wire']} / {r['gz_text']} | " + (
+                    f"{r['cpu_gz_scrape_ms']:.3f} ({r['cpu_gz_scrape_ticks_ms']:.3f}) |"
+                    if key == "lat_gz" else "– |"))
+    print()
     print("Targets (they apply at 1000 targets):\n")
-    print("| targets | /metrics p99 < 20 ms, back to back | the same, paced | RSS < 100 MB "
-          "(judged on the peak, VmHWM) | floor p99 (same bytes, no work) |")
-    print("|---|---|---|---|---|")
+    print("| targets | /metrics p99 < 20 ms, back to back | the same, paced | the same, gzip "
+          "(back to back; paced) | RSS < 100 MB (judged on the peak, VmHWM) | floor p99 (same "
+          "bytes, no work) |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         if r["n"] < 1000:
             continue
@@ -1445,11 +1482,13 @@ def print_multi_report(args, machine, results):
         fq = r.get("lat_floor_paced")
         floor = f3(r["lat_floor"]["p99"]) + " ms" + (
             f" (paced {f3(fq['p99'])} ms)" if fq else "")
+        gz = " ; ".join(f"{f3(q['p99'])} ms: **{verdict(q['p99'] < 20.0)}**"
+                        for q in (r.get("lat_gz"), r.get("lat_gz_paced")) if q)
         print(f"| {r['n']} | {f3(r['lat']['p99'])} ms: **{verdict(r['lat']['p99'] < 20.0)}** | "
-              f"{paced} | {mb(r['hwm_kb'])} MB: **{verdict(r['hwm_kb'] * 1024 < 100e6)}** | "
-              f"{floor} |")
+              f"{paced} | {gz} | {mb(r['hwm_kb'])} MB: "
+              f"**{verdict(r['hwm_kb'] * 1024 < 100e6)}** | {floor} |")
     if not any(r["n"] >= 1000 for r in results):
-        print("| (1000 targets not in this run) | – | – | – | – |")
+        print("| (1000 targets not in this run) | – | – | – | – | – |")
     print()
     print("Notes:")
     for r in results:
@@ -1473,6 +1512,18 @@ def print_multi_report(args, machine, results):
           + "; ".join(f"{r['n']} targets {r['own_usec']}" for r in results)
           + " (0 = calibration failed, our INFO left in)")
     print("- one run on a shared 2-core machine, so every figure is noisy")
+
+
+def series_rows(results, series, extra=None):
+    """One table row per target count and latency series present: `series` is (label, key) pairs;
+    extra(result, key) gives the text of any further columns."""
+    for r in results:
+        for label, key in series:
+            q = r.get(key)
+            if q:
+                print(f"| {r['n']} | {label} | {q['n']} | {f3(q['p50'])} | {f3(q['p90'])} | "
+                      f"{f3(q['p99'])} | {f3(q['max'])} | {f3(q['mean'])} |"
+                      + (extra(r, key) if extra else ""))
 
 
 # ---------------------------------------------------------------- main

@@ -370,6 +370,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 struct FileConfig {
     listen: Option<String>,
     telemetry_path: Option<String>,
+    gzip: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     poll_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -544,6 +545,8 @@ impl Target {
 pub struct Config {
     pub listen: SocketAddr,
     pub telemetry_path: String,
+    /// gzip `/metrics` and `/scrape` for clients that accept it.
+    pub gzip: bool,
     pub poll_interval: Duration,
     pub poll_timeout: Duration,
     pub config_refresh: Duration,
@@ -1011,6 +1014,7 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         scrape_idle: f.scrape_idle.unwrap_or(Duration::from_secs(600)),
         listen,
         telemetry_path,
+        gzip: f.gzip.unwrap_or(true),
         poll_interval,
         poll_timeout,
         config_refresh,
@@ -1122,6 +1126,7 @@ mod tests {
         assert_eq!(c.targets[0].name, "127.0.0.1:6379");
         assert_eq!(c.targets[0].poll_interval, Duration::from_secs(5));
         assert_eq!(c.telemetry_path, "/metrics");
+        assert!(c.gzip);
     }
 
     #[test]

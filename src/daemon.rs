@@ -110,6 +110,7 @@ pub async fn run(
         store,
         telemetry,
         telemetry_path: config.telemetry_path.clone(),
+        gzip: config.gzip,
         on_demand,
         alerts: evaluator,
         web,

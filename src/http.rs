@@ -3,6 +3,7 @@
 //! in-flight requests get a few seconds to finish.
 
 use crate::alerts::eval::Evaluator;
+use crate::encoding::{self, GzipStream, Segment};
 use crate::metrics::{Merger, WINDOW};
 use crate::scrape::{OnDemand, ScrapeAnswer};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -12,7 +13,10 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ACCEPT_ENCODING, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, VARY,
+    WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -20,12 +24,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// How long in-flight requests may run after shutdown begins.
 pub const DRAIN: Duration = Duration::from_secs(5);
@@ -36,6 +42,8 @@ pub struct AppState {
     pub store: Arc<SnapshotStore>,
     pub telemetry: Telemetry,
     pub telemetry_path: String,
+    /// Whether `/metrics` and `/scrape` are gzipped for clients that ask (`gzip:` in config).
+    pub gzip: bool,
     pub on_demand: Arc<OnDemand>,
     /// The in-process evaluator, when alerting is configured.
     pub alerts: Option<Arc<std::sync::Mutex<Evaluator>>>,
@@ -121,10 +129,15 @@ async fn serve_connection<I>(
 pub type Body = BoxBody<Bytes, Infallible>;
 
 /// `/metrics` as a stream: merged families from the snapshots taken when the request came,
-/// produced a window at a time as hyper asks for them, then the process self-metrics.
+/// produced a window at a time as hyper asks for them, then the process self-metrics; each
+/// window gzipped on its own when the client asked for gzip ([`crate::encoding`]).
 struct ExpositionBody {
     source: Source,
     tail: Option<String>,
+    /// Set when the response is gzipped.
+    gzip: Option<GzipStream>,
+    /// The window being compressed on a blocking thread, awaited in order.
+    deflating: Option<JoinHandle<Segment>>,
 }
 
 /// Where the windows of an exposition come from.
@@ -133,7 +146,14 @@ enum Source {
     Inline(Merger<Arc<Snapshot>>),
     /// Large ones (hundreds of targets): merged on a blocking thread one window ahead of the
     /// socket, so copying the next window overlaps the kernel sending this one.
-    Ahead(tokio::sync::mpsc::Receiver<Vec<u8>>),
+    Ahead(tokio::sync::mpsc::Receiver<Window>),
+}
+
+/// A window merged ahead: its text, or (gzip) its compression running on a blocking thread of
+/// its own, so that consecutive windows are compressed on both cores at once.
+enum Window {
+    Text(Vec<u8>),
+    Deflating(JoinHandle<Segment>),
 }
 
 /// Sample bytes from which an exposition is merged ahead on its own thread; below it, the
@@ -145,7 +165,7 @@ const AHEAD_FROM: usize = 2 * WINDOW;
 static AHEAD_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 impl ExpositionBody {
-    fn new(snapshots: Vec<Arc<Snapshot>>, tail: String) -> Self {
+    fn new(snapshots: Vec<Arc<Snapshot>>, tail: String, gzip: bool) -> Self {
         let mut merger = Merger::new(snapshots);
         let permit = if merger.body_len() < AHEAD_FROM {
             None
@@ -154,14 +174,22 @@ impl ExpositionBody {
         };
         let source = if let Some(permit) = permit {
             // One window queued while the next is merged and the last is written: a few
-            // megabytes in flight whatever the fleet's size.
+            // megabytes in flight whatever the fleet's size. With gzip, that bounds the
+            // windows being compressed at once to three.
             let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let mut chunk = Vec::new();
                 while merger.write_next(&mut chunk) {
+                    let text = std::mem::take(&mut chunk);
+                    let window = if gzip {
+                        Window::Deflating(runtime.spawn_blocking(move || Segment::new(&text)))
+                    } else {
+                        Window::Text(text)
+                    };
                     // An error means the client went away: stop merging.
-                    if tx.blocking_send(std::mem::take(&mut chunk)).is_err() {
+                    if tx.blocking_send(window).is_err() {
                         break;
                     }
                 }
@@ -173,8 +201,43 @@ impl ExpositionBody {
         Self {
             source,
             tail: Some(tail),
+            gzip: gzip.then(GzipStream::default),
+            deflating: None,
         }
     }
+
+    /// The next window's text or segment; None after the last.
+    fn poll_window(&mut self, cx: &mut Context<'_>) -> Poll<Option<Encoded>> {
+        if let Some(job) = &mut self.deflating {
+            let done = std::task::ready!(Pin::new(job).poll(cx));
+            self.deflating = None;
+            // A compression that panicked cannot be sent; end the body (the client sees a
+            // truncated gzip stream, never wrong data).
+            return Poll::Ready(done.ok().map(Encoded::Segment));
+        }
+        let text = match &mut self.source {
+            Source::Inline(merger) => {
+                let mut chunk = Vec::new();
+                while chunk.is_empty() && merger.write_next(&mut chunk) {}
+                (!chunk.is_empty()).then_some(chunk)
+            }
+            Source::Ahead(windows) => match std::task::ready!(windows.poll_recv(cx)) {
+                Some(Window::Text(text)) => Some(text),
+                Some(Window::Deflating(job)) => {
+                    self.deflating = Some(job);
+                    return self.poll_window(cx);
+                }
+                None => None,
+            },
+        };
+        Poll::Ready(text.map(Encoded::Text))
+    }
+}
+
+/// A window ready to be encoded and sent.
+enum Encoded {
+    Text(Vec<u8>),
+    Segment(Segment),
 }
 
 impl hyper::body::Body for ExpositionBody {
@@ -186,21 +249,46 @@ impl hyper::body::Body for ExpositionBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        let chunk = match &mut this.source {
-            Source::Inline(merger) => {
-                let mut chunk = Vec::new();
-                while chunk.is_empty() && merger.write_next(&mut chunk) {}
-                (!chunk.is_empty()).then_some(chunk)
-            }
-            Source::Ahead(windows) => match windows.poll_recv(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(chunk) => chunk,
+        let window = std::task::ready!(this.poll_window(cx));
+        let bytes = match (window, &mut this.gzip) {
+            (Some(Encoded::Text(text)), None) => text,
+            (Some(Encoded::Text(text)), Some(stream)) => stream.push(Segment::new(&text)),
+            (Some(Encoded::Segment(segment)), Some(stream)) => stream.push(segment),
+            (Some(Encoded::Segment(_)), None) => unreachable!("segments only when gzipping"),
+            (None, None) => match this.tail.take() {
+                Some(tail) => tail.into_bytes(),
+                None => return Poll::Ready(None),
+            },
+            (None, Some(_)) => match (this.tail.take(), this.gzip.take()) {
+                (Some(tail), Some(mut stream)) => {
+                    let mut last = stream.push(Segment::new(tail.as_bytes()));
+                    last.extend_from_slice(&stream.finish());
+                    last
+                }
+                _ => return Poll::Ready(None),
             },
         };
-        Poll::Ready(match chunk {
-            Some(chunk) => Some(Ok(Frame::data(Bytes::from(chunk)))),
-            None => this.tail.take().map(|t| Ok(Frame::data(Bytes::from(t)))),
-        })
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(bytes)))))
+    }
+}
+
+/// Whether to gzip this response: allowed by the config and asked for (`Accept-Encoding`).
+fn wants_gzip(state: &AppState, req: &Request<Incoming>) -> bool {
+    state.gzip
+        && req
+            .headers()
+            .get_all(ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(encoding::accepts_gzip)
+}
+
+/// Marks an exposition response as gzipped, and as varying with `Accept-Encoding` either way.
+fn set_encoding(resp: &mut Response<Body>, gzip: bool) {
+    let headers = resp.headers_mut();
+    headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzip {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
 }
 
@@ -277,10 +365,12 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
         "metrics" => {
             let mut tail = String::new();
             state.telemetry.render_into(&mut tail);
-            let body = ExpositionBody::new(state.store.snapshots(|_, _| true), tail);
+            let gzip = wants_gzip(state, req);
+            let body = ExpositionBody::new(state.store.snapshots(|_, _| true), tail, gzip);
             let mut resp = Response::new(body.boxed());
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
+            set_encoding(&mut resp, gzip);
             resp
         }
         "healthy" => response(StatusCode::OK, "text/plain", "OK\n"),
@@ -351,7 +441,17 @@ async fn scrape(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
         );
     };
     match state.on_demand.scrape(&target, scrape_deadline(req)).await {
-        ScrapeAnswer::Metrics(body) => response(StatusCode::OK, TEXT_FORMAT, body),
+        ScrapeAnswer::Metrics(body) => {
+            let gzip = wants_gzip(state, req);
+            let body = if gzip {
+                encoding::gzip(body.as_bytes())
+            } else {
+                body.into_bytes()
+            };
+            let mut resp = response(StatusCode::OK, TEXT_FORMAT, body);
+            set_encoding(&mut resp, gzip);
+            resp
+        }
         ScrapeAnswer::Disabled => response(
             StatusCode::NOT_FOUND,
             "text/plain",

@@ -97,9 +97,13 @@ async fn every_series_carries_its_target_and_each_family_has_one_header() {
     d.stop().await;
 }
 
-/// promtool's complaints other than naming lints on redis_exporter's own legacy names.
-pub(crate) fn unexpected_complaints(complaints: &[String]) -> Vec<&String> {
-    complaints
+/// Runs `promtool check metrics` on an exposition and fails the test on any complaint other
+/// than naming lints on redis_exporter's own legacy names (or when promtool is missing).
+pub(crate) fn assert_promtool_clean(text: &str, what: &str) {
+    let Some((_, complaints)) = promtool_check_metrics(text) else {
+        panic!("promtool not found: apt-get install prometheus");
+    };
+    let unexpected: Vec<&String> = complaints
         .iter()
         .filter(|line| {
             let legacy = LEGACY_NAMES
@@ -108,7 +112,11 @@ pub(crate) fn unexpected_complaints(complaints: &[String]) -> Vec<&String> {
             let naming = NAMING_LINTS.iter().any(|l| line.ends_with(l));
             !(legacy && naming)
         })
-        .collect()
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "{what}: promtool complaints: {unexpected:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,15 +135,68 @@ async fn live_output_passes_promtool_check_metrics() {
             b.contains("redis_latency_spike_duration_seconds")
         })
         .await;
-    let Some((_, complaints)) = promtool_check_metrics(&body) else {
-        panic!("promtool not found: apt-get install prometheus");
-    };
-    let unexpected = unexpected_complaints(&complaints);
-    assert!(
-        unexpected.is_empty(),
-        "promtool complaints: {unexpected:#?}"
-    );
+    assert_promtool_clean(&body, "/metrics");
     d.stop().await;
+}
+
+/// gzip for clients that ask (Prometheus does), plain text for the rest, and never when the
+/// config turns it off; `/scrape` the same. Each decodes to a valid exposition of the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expositions_are_gzipped_for_clients_that_ask_and_only_for_them() {
+    let redis = RedisServer::start(&[]);
+    let allow = format!(
+        "scrape_allow:\n  - hosts: [\"127.0.0.1\"]\n    ports: {}\n",
+        redis.port
+    );
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\n{allow}targets:\n  - url: {}\n",
+        redis.url()
+    ))
+    .await;
+    let target = format!("127.0.0.1:{}", redis.port);
+    d.wait_up(&target).await;
+    let gzip = [("Accept-Encoding", "gzip, deflate")];
+    let scrape = format!("/scrape?target={target}");
+    for path in ["/metrics", scrape.as_str()] {
+        let r = http_exchange(d.addr, "GET", path, &gzip).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-encoding"), Some("gzip"), "{path}");
+        assert_eq!(r.header("vary"), Some("Accept-Encoding"), "{path}");
+        let text = r.text();
+        assert!(
+            r.body.len() * 3 < text.len(),
+            "{path}: {} bytes gzipped for {} of text",
+            r.body.len(),
+            text.len()
+        );
+        let m = Exposition::parse(&text);
+        assert_eq!(m.value("redis_up", &[("target", &target)]), Some(1.0));
+        assert_promtool_clean(&text, path);
+
+        for refused in [&[][..], &[("Accept-Encoding", "gzip;q=0, identity")][..]] {
+            let r = http_exchange(d.addr, "GET", path, refused).await;
+            assert_eq!(r.status, 200, "{path}");
+            assert_eq!(r.header("content-encoding"), None, "{path} {refused:?}");
+            let m = Exposition::parse(&r.text());
+            assert_eq!(m.value("redis_up", &[("target", &target)]), Some(1.0));
+        }
+    }
+    d.stop().await;
+
+    let off = Daemon::start(&format!(
+        "gzip: false\npoll_interval: 200ms\n{allow}targets:\n  - url: {}\n",
+        redis.url()
+    ))
+    .await;
+    off.wait_up(&target).await;
+    for path in ["/metrics", scrape.as_str()] {
+        let r = http_exchange(off.addr, "GET", path, &gzip).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-encoding"), None, "gzip: false, {path}");
+        let m = Exposition::parse(&r.text());
+        assert_eq!(m.value("redis_up", &[("target", &target)]), Some(1.0));
+    }
+    off.stop().await;
 }
 
 /// Family names, types and label names on a fresh Redis 7.0 standalone server, compared with

@@ -2,7 +2,7 @@
 //! and the key watcher against a real redis-server 6.2.14 (built by scripts/redis6 into
 //! target/redis-6.2/, or the one `REDIS6_SERVER` names).
 
-use crate::exposition::unexpected_complaints;
+use crate::exposition::assert_promtool_clean;
 use crate::keyspace::exact_census;
 use crate::support::*;
 use std::path::PathBuf;
@@ -52,11 +52,6 @@ async fn redis_6_is_polled_sampled_and_watched() {
         "the watcher's capped matches"
     );
     let (_, body) = http_get(d.addr, "/metrics").await;
-    let (_, complaints) = promtool_check_metrics(&body).expect("promtool");
-    let unexpected = unexpected_complaints(&complaints);
-    assert!(
-        unexpected.is_empty(),
-        "promtool complaints: {unexpected:#?}"
-    );
+    assert_promtool_clean(&body, "Redis 6 /metrics");
     d.stop().await;
 }

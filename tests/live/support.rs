@@ -794,29 +794,90 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let r = http_exchange(addr, method, path, &[]).await;
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+/// A response as it came: status, headers (names lowercased), body bytes undecoded.
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text, gunzipped when `Content-Encoding: gzip` says so. The decoder reads
+    /// exactly one gzip member and the test fails if anything follows it.
+    pub fn text(&self) -> String {
+        let raw = if self.header("content-encoding") == Some("gzip") {
+            let mut decoder = flate2::read::GzDecoder::new(&self.body[..]);
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut decoder, &mut out).expect("a valid gzip body");
+            let rest = decoder.into_inner();
+            assert!(
+                rest.is_empty(),
+                "{} bytes after the gzip member",
+                rest.len()
+            );
+            out
+        } else {
+            self.body.clone()
+        };
+        String::from_utf8(raw).expect("UTF-8 exposition")
+    }
+}
+
+/// One request over a fresh HTTP/1.0 connection (so no server answers with chunked encoding)
+/// with extra request headers; bounded by a 10 s deadline.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> RawResponse {
     let work = async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect to daemon");
-        // HTTP/1.0 so no server answers with chunked encoding.
-        let request = format!("{method} {path} HTTP/1.0\r\nHost: test\r\n\r\n");
+        let mut request = format!("{method} {path} HTTP/1.0\r\nHost: test\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
         stream
             .write_all(request.as_bytes())
             .await
             .expect("send request");
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.expect("read response");
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(raw.len());
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let body = raw.get(split + 4..).unwrap_or_default().to_vec();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|s| s.parse().ok())
             .expect("status code");
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        RawResponse {
+            status,
+            headers,
+            body,
+        }
     };
     tokio::time::timeout(Duration::from_secs(10), work)
         .await

@@ -388,6 +388,37 @@ async fn a_thousand_targets_with_a_third_down_are_all_polled_from_one_process() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(http_get(addr, "/-/ready").await.0, 200);
+    // gzip at this size: windows merged ahead and compressed on several threads, framed as one
+    // gzip member that decodes to the same fleet (waited for like the plain one above).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http_exchange(addr, "GET", "/metrics", &[("Accept-Encoding", "gzip")]).await;
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        let text = r.text();
+        assert!(
+            text.len() > 4 << 20,
+            "{} bytes: too small to be merged ahead in several windows",
+            text.len()
+        );
+        let m = Exposition::parse(&text);
+        let ups = m.all("redis_up");
+        assert_eq!(ups.len(), 1000);
+        let down: BTreeSet<String> = ups
+            .iter()
+            .filter(|l| l.value != 1.0)
+            .map(|l| l.labels["target"].clone())
+            .collect();
+        if down == expect_down {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gzipped: {} down, expected {}",
+            down.len(),
+            expect_down.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let status = std::fs::read_to_string(format!("/proc/{}/status", p.child.id())).unwrap();
     let rss_kb: f64 = status
         .lines()
