@@ -217,8 +217,19 @@ impl ExpositionBody {
         }
         let text = match &mut self.source {
             Source::Inline(merger) => {
+                // Windows up to WINDOW bytes in one frame, and the tail with the last: a small
+                // exposition goes out as one frame, gzipped as one segment (each segment costs
+                // a reset compressor and a block of its own).
                 let mut chunk = Vec::new();
-                while chunk.is_empty() && merger.write_next(&mut chunk) {}
+                let mut more = true;
+                while chunk.len() < WINDOW && more {
+                    more = merger.write_next(&mut chunk);
+                }
+                if !more {
+                    if let Some(tail) = self.tail.take() {
+                        chunk.extend_from_slice(tail.as_bytes());
+                    }
+                }
                 (!chunk.is_empty()).then_some(chunk)
             }
             Source::Ahead(windows) => match std::task::ready!(windows.poll_recv(cx)) {
@@ -255,18 +266,21 @@ impl hyper::body::Body for ExpositionBody {
             (Some(Encoded::Text(text)), Some(stream)) => stream.push(Segment::new(&text)),
             (Some(Encoded::Segment(segment)), Some(stream)) => stream.push(segment),
             (Some(Encoded::Segment(_)), None) => unreachable!("segments only when gzipping"),
-            (None, None) => match this.tail.take() {
-                Some(tail) => tail.into_bytes(),
-                None => return Poll::Ready(None),
-            },
-            (None, Some(_)) => match (this.tail.take(), this.gzip.take()) {
-                (Some(tail), Some(mut stream)) => {
-                    let mut last = stream.push(Segment::new(tail.as_bytes()));
-                    last.extend_from_slice(&stream.finish());
-                    last
+            // After the last window: the tail unless it went with it, then (gzip) the trailer.
+            (None, _) => {
+                let tail = this.tail.take();
+                match (tail, this.gzip.take()) {
+                    (Some(tail), None) => tail.into_bytes(),
+                    (None, None) => return Poll::Ready(None),
+                    (tail, Some(mut stream)) => {
+                        let mut last = tail
+                            .map(|t| stream.push(Segment::new(t.as_bytes())))
+                            .unwrap_or_default();
+                        last.extend_from_slice(&stream.finish());
+                        last
+                    }
                 }
-                _ => return Poll::Ready(None),
-            },
+            }
         };
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(bytes)))))
     }
@@ -571,4 +585,95 @@ fn landing_page(state: &AppState) -> String {
     }
     page.push_str("</table></body></html>\n");
     page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{merge_exposition, FamilySet, Interner, Kind};
+    use std::io::Read;
+
+    /// `targets` snapshots of `families` families with `samples` samples each.
+    fn snapshots(targets: usize, families: usize, samples: usize) -> Vec<Arc<Snapshot>> {
+        let interner = Interner::default();
+        (0..targets)
+            .map(|t| {
+                let mut set = FamilySet::new();
+                for f in 0..families {
+                    for s in 0..samples {
+                        set.add(
+                            &format!("redis_family_{f}"),
+                            "a family",
+                            Kind::Gauge,
+                            vec![("cmd", format!("command_{s}"))],
+                            (t * s) as f64,
+                        );
+                    }
+                }
+                Arc::new(Snapshot {
+                    target: format!("t{t}"),
+                    node: None,
+                    families: set.render(&[("target", format!("t{t}"))], &interner),
+                    up: true,
+                    error: None,
+                    polled_at: SystemTime::UNIX_EPOCH,
+                    duration: Duration::ZERO,
+                    role: None,
+                    version: None,
+                })
+            })
+            .collect()
+    }
+
+    async fn frames(body: ExpositionBody) -> Vec<Bytes> {
+        let mut body = std::pin::pin!(body);
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            out.push(frame.unwrap().into_data().unwrap());
+        }
+        out
+    }
+
+    /// Small (one frame), medium (merged inline in several windows) and large (merged ahead,
+    /// compressed on blocking threads) expositions: plain, the merge plus the tail; gzipped, one
+    /// gzip member that decodes to exactly the same bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_path_sends_the_merge_and_the_tail_plain_or_gzipped() {
+        let tail = "# HELP redis_lookout_self a tail\nredis_lookout_self 1\n".to_string();
+        for (targets, ahead, want_frames) in
+            [(3, false, Some(1)), (70, false, None), (200, true, None)]
+        {
+            let snaps = snapshots(targets, 20, 20);
+            let mut want = String::new();
+            merge_exposition(&mut want, snaps.clone());
+            want.push_str(&tail);
+            let size = want.len();
+            let body = ExpositionBody::new(snaps.clone(), tail.clone(), false);
+            assert_eq!(
+                matches!(body.source, Source::Ahead(_)),
+                ahead,
+                "{size} bytes"
+            );
+            let plain = frames(body).await;
+            if let Some(n) = want_frames {
+                assert_eq!(plain.len(), n, "{size} bytes");
+            } else {
+                assert!(plain.len() > 1, "{size} bytes in {} frames", plain.len());
+            }
+            assert_eq!(plain.concat(), want.as_bytes(), "plain, {size} bytes");
+
+            let body = ExpositionBody::new(snaps, tail.clone(), true);
+            assert_eq!(
+                matches!(body.source, Source::Ahead(_)),
+                ahead,
+                "{size} bytes"
+            );
+            let gz = frames(body).await.concat();
+            let mut decoder = flate2::read::GzDecoder::new(&gz[..]);
+            let mut text = Vec::new();
+            decoder.read_to_end(&mut text).expect("one gzip member");
+            assert!(decoder.into_inner().is_empty(), "bytes after the member");
+            assert_eq!(text, want.as_bytes(), "gzip, {size} bytes");
+        }
+    }
 }
