@@ -36,6 +36,9 @@ printed.  (HTTP/1.0 would avoid chunking: hyper then sends the body unchunked an
 every request would pay a new connection.)
 Percentiles are nearest-rank (p-th = sorted[ceil(p*S)-1]) over S timed scrapes after 5
 warm-up scrapes on the same connection.  Every response must be 200 and report `redis_up 1`.
+gzip: every plain series of S scrapes (both modes, both exporters) is followed by S scrapes with
+`Accept-Encoding: gzip`, as Prometheus sends it; the clock stops at the last byte on the wire,
+and the last body is decompressed afterwards (exactly one gzip member) and checked.
 
 Single target: Redis cost (how the bench's own commands are excluded)
 ----------------------------------------------------------------------
@@ -800,10 +803,24 @@ def scrape_window(name, proc, port, r, scrapes):
     d = Delta(base["snap"], b, base["own"])
     if not REDIS_UP.search(body):
         raise BenchError(f"{name}: last scrape does not report redis_up 1")
-    return {"lat": latency_summary(lat), "reconnects": reconnects, "bytes": len(body),
-            "samples": sample_count(body), "cpu_ticks_ms": cpu[0], "cpu_ms": cpu[1],
-            "rss_kb": rss, "hwm_kb": proc_status_kb(proc.pid, "VmHWM"), "delta": d,
-            "own_info_usec": base["own"], "wall": wall, "body": body}
+    res = {"lat": latency_summary(lat), "reconnects": reconnects, "bytes": len(body),
+           "samples": sample_count(body), "cpu_ticks_ms": cpu[0], "cpu_ms": cpu[1],
+           "rss_kb": rss, "hwm_kb": proc_status_kb(proc.pid, "VmHWM"), "delta": d,
+           "own_info_usec": base["own"], "wall": wall, "body": body}
+    # The same again asking for gzip, as Prometheus does (after the Redis window above, so
+    # its counters are not touched).
+    log(f"{name}: {scrapes} back-to-back scrapes asking for gzip")
+
+    def before_gz():
+        base["cpu_gz"] = Cpu(proc.pid)
+
+    lat, _, body_gz, wire = scrape_series(port, scrapes, before=before_gz, encoding="gzip")
+    cpu = Cpu(proc.pid).since(base["cpu_gz"])
+    if not REDIS_UP.search(body_gz):
+        raise BenchError(f"{name}: last gzip scrape does not report redis_up 1")
+    res.update({"lat_gz": latency_summary(lat), "gz_wire": wire, "cpu_gz_ms": cpu[1],
+                "hwm_gz_kb": proc_status_kb(proc.pid, "VmHWM")})
+    return res
 
 
 def paced_window(name, port, r, count, interval=1.0):
@@ -1095,6 +1112,14 @@ def print_report(args, machine, lk, ex):
                  ""))
     rows.append(("Exporter CPU per scrape, ms (process CPU clock, ns resolution)",
                  f"{ls['cpu_ms'] / n:.3f}", exv(lambda: f"{es['cpu_ms'] / n:.3f}"), ""))
+    rows.append(("/metrics asked for gzip (as Prometheus does), right after: latency p50 / p99, "
+                 "ms", f"{f3(ls['lat_gz']['p50'])} / {f3(ls['lat_gz']['p99'])}",
+                 exv(lambda: f"{f3(es['lat_gz']['p50'])} / {f3(es['lat_gz']['p99'])}"), ""))
+    rows.append(("gzip: bytes on the wire; exporter CPU per scrape, ms (CPU clock); peak RSS "
+                 "after, MB", f"{ls['gz_wire']}; {ls['cpu_gz_ms'] / n:.3f}; "
+                 f"{mb(ls['hwm_gz_kb'])}",
+                 exv(lambda: f"{es['gz_wire']}; {es['cpu_gz_ms'] / n:.3f}; "
+                     f"{mb(es['hwm_gz_kb'])}"), ""))
     rows.append(("Exporter CPU per poll, ms, window 1 (ticks / CPU clock)",
                  f"{lk['poll_cpu_ticks_ms'] / polls:.3f} / {lk['poll_cpu_ms'] / polls:.3f}",
                  "", ""))
