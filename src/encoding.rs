@@ -78,11 +78,6 @@ impl Segment {
         });
         Segment { deflate, crc }
     }
-
-    /// Bytes of input this segment holds.
-    pub fn input_len(&self) -> usize {
-        self.crc.amount() as usize
-    }
 }
 
 /// One gzip member written segment by segment.
@@ -137,17 +132,23 @@ pub fn gzip(body: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use flate2::read::GzDecoder;
     use proptest::prelude::*;
     use std::io::Read;
 
-    fn gunzip(data: &[u8]) -> Vec<u8> {
+    /// Decodes exactly one gzip member (the decoder stops at its end; nothing may follow).
+    pub(crate) fn gunzip(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        GzDecoder::new(data)
-            .read_to_end(&mut out)
-            .expect("a valid gzip member");
+        let mut decoder = GzDecoder::new(data);
+        decoder.read_to_end(&mut out).expect("a valid gzip member");
+        let rest = decoder.into_inner();
+        assert!(
+            rest.is_empty(),
+            "{} bytes after the gzip member",
+            rest.len()
+        );
         out
     }
 
@@ -192,7 +193,7 @@ mod tests {
             })
             .collect();
         let seg = Segment::new(&data);
-        assert_eq!(seg.input_len(), data.len());
+        assert_eq!(seg.crc.amount() as usize, data.len());
         assert!(seg.deflate.len() > data.len() / 4);
         assert_eq!(gunzip(&gzip(&data)), data);
     }
