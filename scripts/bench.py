@@ -36,9 +36,10 @@ printed.  (HTTP/1.0 would avoid chunking: hyper then sends the body unchunked an
 every request would pay a new connection.)
 Percentiles are nearest-rank (p-th = sorted[ceil(p*S)-1]) over S timed scrapes after 5
 warm-up scrapes on the same connection.  Every response must be 200 and report `redis_up 1`.
-gzip: every plain series of S scrapes (both modes, both exporters) is followed by S scrapes with
-`Accept-Encoding: gzip`, as Prometheus sends it; the clock stops at the last byte on the wire,
-and the last body is decompressed afterwards (exactly one gzip member) and checked.
+gzip: the S back-to-back scrapes (both modes, both exporters) and, with --targets, the paced
+series are repeated with `Accept-Encoding: gzip`, as Prometheus sends it; the clock stops at the
+last byte on the wire, and the last body is decompressed afterwards (exactly one gzip member)
+and checked.
 
 Single target: Redis cost (how the bench's own commands are excluded)
 ----------------------------------------------------------------------
@@ -1490,9 +1491,9 @@ def print_multi_report(args, machine, results):
     print("|---|---|---|---|---|---|---|---|---|---|")
     series_rows(results, (("back to back", "lat_gz"),
                           (f"paced, {args.paced_gap:g} s apart", "lat_gz_paced")),
-                lambda r, key: f" {r['gz_wire']} / {r['gz_text']} | " + (
-                    f"{r['cpu_gz_scrape_ms']:.3f} ({r['cpu_gz_scrape_ticks_ms']:.3f}) |"
-                    if key == "lat_gz" else "– |"))
+                lambda r, key: (f" {r['gz_wire']} / {r['gz_text']} | {r['cpu_gz_scrape_ms']:.3f} "
+                                f"({r['cpu_gz_scrape_ticks_ms']:.3f}) |"
+                                if key == "lat_gz" else " – | – |"))
     print()
     print("Targets (they apply at 1000 targets):\n")
     print("| targets | /metrics p99 < 20 ms, back to back | the same, paced | the same, gzip "
