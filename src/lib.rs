@@ -44,7 +44,7 @@
 //! - [`http`]: hyper 1 server and the handlers; HTTPS and basic auth from [`web_config`].
 //!   A large `/metrics` is merged on a blocking thread one window ahead of the socket.
 //! - [`encoding`]: gzip for `/metrics` and `/scrape` when the client asks; windows compressed
-//!   apart (on several threads) and framed as one gzip member.
+//!   apart (as they are merged) and framed as one gzip member.
 //! - [`tls`]: TLS to Redis for `rediss://` targets (CA, client certificate, server name); the
 //!   poller does the handshake and hands the stream to redis-rs.
 //! - [`web_config`]: the exporter-toolkit style web config file (HTTPS certificate reloaded on

@@ -388,7 +388,7 @@ async fn a_thousand_targets_with_a_third_down_are_all_polled_from_one_process() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(http_get(addr, "/-/ready").await.0, 200);
-    // gzip at this size: windows merged ahead and compressed on several threads, framed as one
+    // gzip at this size: windows merged and compressed ahead one at a time, framed as one
     // gzip member that decodes to the same fleet (waited for like the plain one above).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
