@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 /// How long the process' own figures (CPU, RSS, file descriptors) are reused. Reading them
 /// (`stat`, `limits` and a listing of `fd` under /proc/self) was about a third of the CPU of a
-/// one-target scrape (perf, 2026-12-06); Prometheus scrapes
-/// every 15–60 s, so a second of age changes nothing for it, while a burst of scrapes reads
-/// /proc once a second rather than once per request.
+/// one-target scrape (perf, 2026-12-06); Prometheus scrapes every 15–60 s, so a second of age
+/// changes nothing for it, while a burst of scrapes reads /proc once a second rather than once
+/// per request.
 const PROCESS_REFRESH: Duration = Duration::from_secs(1);
 
 /// A collector whose families are collected at most once per `every` and reused in between.

@@ -817,16 +817,7 @@ impl RawResponse {
     /// exactly one gzip member and the test fails if anything follows it.
     pub fn text(&self) -> String {
         let raw = if self.header("content-encoding") == Some("gzip") {
-            let mut decoder = flate2::read::GzDecoder::new(&self.body[..]);
-            let mut out = Vec::new();
-            std::io::Read::read_to_end(&mut decoder, &mut out).expect("a valid gzip body");
-            let rest = decoder.into_inner();
-            assert!(
-                rest.is_empty(),
-                "{} bytes after the gzip member",
-                rest.len()
-            );
-            out
+            redis_lookout::encoding::gunzip(&self.body).expect("exactly one valid gzip member")
         } else {
             self.body.clone()
         };
