@@ -74,8 +74,13 @@ pub struct Cli {
     )]
     pub log_format: Option<LogFormat>,
 
-    /// Log level: error, warn, info, debug, trace.
-    #[arg(global = true, long = "log-level", env = "REDIS_EXPORTER_LOG_LEVEL")]
+    /// Log level: error, warn, info, debug, trace (or target=level directives).
+    #[arg(
+        global = true,
+        long = "log-level",
+        env = "REDIS_EXPORTER_LOG_LEVEL",
+        value_parser = crate::config::check_log_level
+    )]
     pub log_level: Option<String>,
 
     /// CA certificate file (PEM) to verify a rediss:// server with (default: system roots).

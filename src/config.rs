@@ -380,6 +380,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     command_stats_refresh: Option<Duration>,
     log_format: Option<LogFormat>,
+    #[serde(default, deserialize_with = "log_level_field")]
     log_level: Option<String>,
     #[serde(default)]
     targets: Vec<TargetFile>,
@@ -426,6 +427,55 @@ pub enum LogFormat {
     #[serde(alias = "text")]
     Txt,
     Json,
+}
+
+/// Checks a log level: `error`, `warn`, `info`, `debug`, `trace` or `off`, or comma-separated
+/// `target=level` directives with at most one bare level among them (`warn,redis_lookout=debug`).
+/// Stricter than the logging library, which reads any unknown word as a target to trace, so
+/// that `log_level: warning` would silence every log line instead of being refused.
+pub fn check_log_level(raw: &str) -> Result<String, String> {
+    let level = |word: &str| {
+        word.trim()
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok()
+    };
+    let good = !raw.trim().is_empty()
+        && raw
+            .split(',')
+            .all(|directive| match directive.split_once('=') {
+                Some((target, lvl)) => !target.trim().is_empty() && level(lvl),
+                None => !directive.trim().is_empty() && level(directive),
+            })
+        && raw.parse::<tracing_subscriber::filter::Targets>().is_ok();
+    if good {
+        Ok(raw.trim().to_owned())
+    } else {
+        Err(format!(
+            "{raw:?} is not a log level: expected error, warn, info, debug, trace or off, or target=level pairs separated by commas"
+        ))
+    }
+}
+
+/// `log_level` in a file, checked while the scalar is read, so that the error carries its line
+/// and column (an error raised after the field is read points at the enclosing mapping).
+fn log_level_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Level;
+    impl serde::de::Visitor<'_> for Level {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a log level")
+        }
+        fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<String, E> {
+            check_log_level(raw).map_err(E::custom)
+        }
+    }
+    struct Field(String);
+    impl<'de> Deserialize<'de> for Field {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_str(Level).map(Field)
+        }
+    }
+    Ok(Option::<Field>::deserialize(d)?.map(|f| f.0))
 }
 
 /// Where a password comes from: a file, an environment variable, or the URL itself.
@@ -1140,11 +1190,42 @@ mod tests {
         assert!(err.contains("colour"), "{err}");
         let err = load("poll_interval: 5 parsecs\n").unwrap_err().to_string();
         assert!(err.starts_with("test.yaml:1:"), "{err}");
+        let err = load("listen: \"127.0.0.1:1\"\nlog_level: warning\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.yaml:2:12: "), "{err}");
+        assert!(err.contains("\"warning\""), "{err}");
         let err = load("targets:\n  - url: http://example\n")
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("test.yaml:2:"), "{err}");
         assert!(err.contains("scheme"), "{err}");
+    }
+
+    #[test]
+    fn log_levels_are_levels_or_target_directives() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "warn,redis_lookout=debug",
+            "hyper=error",
+        ] {
+            assert!(check_log_level(good).is_ok(), "{good}");
+        }
+        // Each of these is a target the logging library would trace, silencing the rest.
+        for bad in [
+            "warning",
+            "verbose",
+            "",
+            "info,",
+            "=debug",
+            "redis_lookout=loud",
+        ] {
+            assert!(check_log_level(bad).is_err(), "{bad:?}");
+        }
+        let c = load("log_level: debug\n").unwrap();
+        assert_eq!(c.log_level, "debug");
     }
 
     #[test]

@@ -119,16 +119,20 @@ fn run_check(config: &Config, format: ReportFormat) -> ExitCode {
 }
 
 fn init_logging(config: &Config) -> Result<(), String> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&config.log_level).map_err(|e| e.to_string())?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    // Checked when the configuration was read (config::check_log_level).
+    let filter: tracing_subscriber::filter::Targets =
+        config.log_level.parse().map_err(|e| format!("{e}"))?;
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Txt => builder.init(),
-    }
+    let layer = match config.log_format {
+        LogFormat::Json => layer.json().with_filter(filter).boxed(),
+        LogFormat::Txt => layer.with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry().with(layer).init();
     Ok(())
 }
 

@@ -44,6 +44,8 @@ fn bad_config_files_exit_2_naming_file_line_and_column() {
         ),
         ("yaml syntax", "targets: [\n  - url: redis://h\n", ":"),
         ("wrong type", "targets: 5\n", ":1:10: "),
+        // The logging library would take "warning" for a target and log nothing at all.
+        ("bad log level", "log_format: json\nlog_level: warning\n", ":2:12: "),
     ];
     for (what, text, location) in cases {
         let (code, path, stderr) = run_with_config(text);
