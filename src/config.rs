@@ -642,17 +642,21 @@ impl Config {
                     file: path.display().to_string(),
                     message: format!("cannot read: {e}"),
                 })?;
-                Some((path.as_path(), parse_file(path, &text)?))
+                let parsed = parse_file(path, &text)?;
+                Some((path.as_path(), text, parsed))
             }
             None => None,
         };
-        resolve(file, overrides)
+        resolve(
+            file.as_ref().map(|(p, t, f)| (*p, t.as_str(), f.clone())),
+            overrides,
+        )
     }
 
     /// Parses a YAML text as if it came from `path`, with no overrides (tests, `--check-config`).
     pub fn from_yaml(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let parsed = parse_file(path, text)?;
-        resolve(Some((path, parsed)), &Overrides::default())
+        resolve(Some((path, text, parsed)), &Overrides::default())
     }
 }
 
@@ -706,10 +710,104 @@ pub(crate) fn locate(text: &str, key: &str, needle: &str, nth: usize) -> Option<
     None
 }
 
-fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, ConfigError> {
-    let (path, f) = match file {
-        Some((p, f)) => (Some(p), f),
-        None => (None, FileConfig::default()),
+/// One step of a path into a YAML file: a mapping key or a sequence item (from 0).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Step<'a> {
+    Key(&'a str),
+    Item(usize),
+}
+
+/// Where `path` (say `targets`, item 3, `keyspace`, `budget`) stands in a block-style YAML
+/// text, as (line, column) from 1, for problems found after parsing (a value out of range, two
+/// settings that exclude each other), so that they point into the file as parse errors do.
+/// Where the path stops being found (a key left out, or flow style such as `{...}`, which is
+/// not followed) the answer is the deepest step found: a missing `url` points at its target.
+/// None when not even the first step is found.
+pub(crate) fn spot(text: &str, path: &[Step]) -> Option<(usize, usize)> {
+    /// A line with content: its number, the column of its first character (a dash counts) and
+    /// of its content after any `- `, and that content.
+    struct Line<'t> {
+        number: usize,
+        indent: usize,
+        col: usize,
+        content: &'t str,
+    }
+    let lines: Vec<Line> = text
+        .lines()
+        .enumerate()
+        .filter_map(|(number, line)| {
+            let indent = line.len() - line.trim_start_matches(' ').len();
+            let mut content = &line[indent..];
+            if content.is_empty() || content.starts_with('#') || content.starts_with("---") {
+                return None;
+            }
+            while let Some(rest) = content.strip_prefix("- ") {
+                content = rest.trim_start_matches(' ');
+            }
+            let col = line.len() - content.len();
+            Some(Line {
+                number,
+                indent,
+                col,
+                content,
+            })
+        })
+        .collect();
+    let is_key = |content: &str, key: &str| {
+        ["", "\"", "'"].iter().any(|q| {
+            content
+                .strip_prefix(q)
+                .and_then(|c| c.strip_prefix(key))
+                .and_then(|c| c.strip_prefix(q))
+                .and_then(|c| c.strip_prefix(':'))
+                .is_some_and(|c| c.is_empty() || c.starts_with(' '))
+        })
+    };
+    let (mut lo, mut hi) = (0, lines.len());
+    let mut here = None;
+    for step in path {
+        let Some(first) = lines.get(lo).filter(|_| lo < hi) else {
+            break;
+        };
+        let found = match *step {
+            Step::Key(key) => {
+                let block = first.col;
+                (lo..hi)
+                    .find(|&j| lines[j].col == block && is_key(lines[j].content, key))
+                    .map(|j| {
+                        // Its value's lines: deeper ones, or a sequence at the key's own indent.
+                        let end = (j + 1..hi)
+                            .find(|&m| {
+                                let l = &lines[m];
+                                l.indent < block || (l.indent == block && l.col == l.indent)
+                            })
+                            .unwrap_or(hi);
+                        (j, j + 1, end)
+                    })
+            }
+            Step::Item(index) => {
+                let dash = first.indent;
+                let mut items =
+                    (lo..hi).filter(|&j| lines[j].indent == dash && lines[j].col > dash);
+                items.nth(index).map(|j| {
+                    let end = (j + 1..hi).find(|&m| lines[m].indent <= dash).unwrap_or(hi);
+                    (j, j, end)
+                })
+            }
+        };
+        let Some((at, from, to)) = found else {
+            break;
+        };
+        here = Some((lines[at].number + 1, lines[at].col + 1));
+        (lo, hi) = (from, to);
+    }
+    here
+}
+
+fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Config, ConfigError> {
+    let (path, text, f) = match file {
+        Some((p, t, f)) => (Some(p), t, f),
+        None => (None, "", FileConfig::default()),
     };
     let where_ = |message: String| match path {
         Some(p) => ConfigError::File {
@@ -718,22 +816,36 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         },
         None => ConfigError::Invalid(message),
     };
+    // A problem with what the file says at `steps`: file, line and column where found.
+    let at = |steps: &[Step], message: String| match (path, spot(text, steps)) {
+        (Some(p), Some((line, column))) => ConfigError::At {
+            file: p.display().to_string(),
+            line,
+            column,
+            message,
+        },
+        _ => where_(message),
+    };
+    use Step::{Item, Key};
 
-    let listen_raw = o
-        .listen
-        .clone()
-        .or(f.listen.clone())
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let listen = parse_listen(&listen_raw).map_err(where_)?;
+    let listen = match (&o.listen, &f.listen) {
+        (Some(flag), _) => parse_listen(flag)
+            .map_err(|e| ConfigError::Invalid(format!("--web.listen-address: {e}")))?,
+        (None, Some(raw)) => parse_listen(raw).map_err(|e| at(&[Key("listen")], e))?,
+        (None, None) => parse_listen(DEFAULT_LISTEN).map_err(ConfigError::Invalid)?,
+    };
     let telemetry_path = o
         .telemetry_path
         .clone()
         .or(f.telemetry_path.clone())
         .unwrap_or_else(|| "/metrics".to_owned());
     if !telemetry_path.starts_with('/') || telemetry_path.len() < 2 {
-        return Err(where_(format!(
-            "telemetry path {telemetry_path:?} must start with / and name a path"
-        )));
+        let message =
+            format!("telemetry path {telemetry_path:?} must start with / and name a path");
+        return Err(match o.telemetry_path {
+            Some(_) => ConfigError::Invalid(format!("--web.telemetry-path: {message}")),
+            None => at(&[Key("telemetry_path")], message),
+        });
     }
     let poll_interval = o
         .poll_interval
@@ -767,10 +879,13 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             }),
             1 => file_targets[0].url = Some(url),
             n => {
-                return Err(where_(format!(
-                    "--redis.addr/REDIS_ADDR names one Redis but the file lists {n} targets; \
+                return Err(at(
+                    &[Key("targets")],
+                    format!(
+                        "--redis.addr/REDIS_ADDR names one Redis but the file lists {n} targets; \
                      remove one or the other"
-                )))
+                    ),
+                ))
             }
         }
     }
@@ -795,24 +910,35 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
     }
 
     let mut targets: Vec<Target> = Vec::with_capacity(file_targets.len());
-    for mut t in file_targets {
+    for (index, mut t) in file_targets.into_iter().enumerate() {
+        // A problem with this target's `key` (or the target, where the key is left out).
+        let in_target = |key: &[&str], message: String| {
+            let mut steps = vec![Key("targets"), Item(index)];
+            steps.extend(key.iter().map(|k| Key(k)));
+            at(&steps, message)
+        };
         let sentinel = match t.sentinel.take() {
             None => None,
             Some(s) => {
                 let label = t.name.clone().unwrap_or_else(|| s.master.clone());
                 if s.addrs.is_empty() || s.master.trim().is_empty() {
-                    return Err(where_(format!(
+                    return Err(in_target(&["sentinel"], format!(
                         "target {label:?}: sentinel needs at least one address in addrs and a master name"
                     )));
                 }
                 if t.cluster || t.follow_replicas || !t.seeds.is_empty() {
-                    return Err(where_(format!(
-                        "target {label:?}: a sentinel target already polls the master and its \
+                    return Err(in_target(
+                        &["sentinel"],
+                        format!(
+                            "target {label:?}: a sentinel target already polls the master and its \
                          replicas; drop cluster, follow_replicas and seeds"
-                    )));
+                        ),
+                    ));
                 }
-                let password = password_source(&s.password_file, &s.password_env, None)
-                    .map_err(|e| where_(format!("target {label:?}: sentinel: {e}")))?;
+                let password =
+                    password_source(&s.password_file, &s.password_env, None).map_err(|e| {
+                        in_target(&["sentinel"], format!("target {label:?}: sentinel: {e}"))
+                    })?;
                 Some(SentinelTarget {
                     addrs: s.addrs,
                     master: s.master,
@@ -828,10 +954,13 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 RedisUrl::parse(&s.addrs[0].redacted()).map_err(ConfigError::Invalid)?
             }
             (None, None) => {
-                return Err(where_(format!(
-                    "target {:?}: url is required (or a sentinel section)",
-                    t.name.as_deref().unwrap_or("")
-                )))
+                return Err(in_target(
+                    &["url"],
+                    format!(
+                        "target {:?}: url is required (or a sentinel section)",
+                        t.name.as_deref().unwrap_or("")
+                    ),
+                ))
             }
         };
         let name = t
@@ -840,30 +969,23 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             .or_else(|| sentinel.as_ref().map(|s| s.master.clone()))
             .unwrap_or_else(|| url.address());
         if name.is_empty() || name.len() > 200 {
-            return Err(where_(format!(
-                "target name {name:?} must be 1 to 200 characters"
-            )));
+            return Err(in_target(
+                &["name"],
+                format!("target name {name:?} must be 1 to 200 characters"),
+            ));
         }
         if targets.iter().any(|other| other.name == name) {
-            let text = path
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .unwrap_or_default();
-            return Err(match (path, locate(&text, "name", &name, 2)) {
-                (Some(p), Some((line, column))) => ConfigError::At {
-                    file: p.display().to_string(),
-                    line,
-                    column,
-                    message: format!("target name {name:?} is used twice"),
-                },
-                _ => where_(format!("target name {name:?} is used twice")),
-            });
+            return Err(in_target(
+                &["name"],
+                format!("target name {name:?} is used twice"),
+            ));
         }
         let own_credentials = t.username.is_some()
             || t.password_file.is_some()
             || t.password_env.is_some()
             || url.has_credentials();
         let mut password = password_source(&t.password_file, &t.password_env, Some(&url))
-            .map_err(|e| where_(format!("target {name:?}: {e}")))?;
+            .map_err(|e| in_target(&["password_env"], format!("target {name:?}: {e}")))?;
         let mut username = t.username.clone().or_else(|| {
             let user = url.url().username();
             (!user.is_empty()).then(|| percent_decode(user))
@@ -882,27 +1004,51 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             .poll_timeout
             .or(explicit_timeout)
             .unwrap_or(DEFAULT_POLL_TIMEOUT.min(poll_interval));
+        // The setting at fault: the target's own, else the file's global one.
+        let own_or_global = |key: &'static str, own: bool, message: String| match own {
+            true => in_target(&[key], message),
+            false => at(&[Key(key)], message),
+        };
         if poll_interval < Duration::from_millis(100) {
-            return Err(where_(format!(
-                "target {name:?}: poll_interval must be at least 100ms"
-            )));
+            return Err(own_or_global(
+                "poll_interval",
+                t.poll_interval.is_some(),
+                format!("target {name:?}: poll_interval must be at least 100ms"),
+            ));
         }
         if poll_timeout.is_zero() || poll_timeout > poll_interval {
-            return Err(where_(format!(
+            let key = if t.poll_timeout.is_some() || explicit_timeout.is_some() {
+                "poll_timeout"
+            } else {
+                "poll_interval"
+            };
+            let own = match key {
+                "poll_timeout" => t.poll_timeout.is_some(),
+                _ => t.poll_interval.is_some(),
+            };
+            return Err(own_or_global(
+                key,
+                own,
+                format!(
                 "target {name:?}: poll_timeout ({}) must be above 0 and at most poll_interval ({})",
                 humantime::format_duration(poll_timeout),
                 humantime::format_duration(poll_interval)
-            )));
+            ),
+            ));
         }
         if t.follow_replicas && t.cluster {
-            return Err(where_(format!(
+            return Err(in_target(
+                &["follow_replicas"],
+                format!(
                 "target {name:?}: cluster: true already polls every replica; drop follow_replicas"
-            )));
+            ),
+            ));
         }
         if !t.seeds.is_empty() && !t.cluster {
-            return Err(where_(format!(
-                "target {name:?}: seeds are only for cluster: true"
-            )));
+            return Err(in_target(
+                &["seeds"],
+                format!("target {name:?}: seeds are only for cluster: true"),
+            ));
         }
         let keyspace = match t.keyspace {
             None => None,
@@ -910,9 +1056,12 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 let defaults = crate::keyspace::KeyspaceConfig::default();
                 let budget = k.budget.unwrap_or(defaults.budget);
                 if !(budget > 0.0 && budget <= 0.5) {
-                    return Err(where_(format!(
-                        "target {name:?}: keyspace.budget must be in (0, 0.5], got {budget}"
-                    )));
+                    return Err(in_target(
+                        &["keyspace", "budget"],
+                        format!(
+                            "target {name:?}: keyspace.budget must be in (0, 0.5], got {budget}"
+                        ),
+                    ));
                 }
 
                 Some(crate::keyspace::KeyspaceConfig {
@@ -935,9 +1084,10 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
                 let defaults = crate::keyspace::watched::WatchConfig::default();
                 let budget = w.budget.unwrap_or(defaults.budget);
                 if !(budget > 0.0 && budget <= 0.5) {
-                    return Err(where_(format!(
-                        "target {name:?}: watch.budget must be in (0, 0.5], got {budget}"
-                    )));
+                    return Err(in_target(
+                        &["watch", "budget"],
+                        format!("target {name:?}: watch.budget must be in (0, 0.5], got {budget}"),
+                    ));
                 }
                 let entries = |list: &[String]| {
                     list.iter()
@@ -965,13 +1115,14 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         let own_tls = t.tls.is_some();
         let tls = t.tls.unwrap_or_else(|| o.tls.clone());
         if own_tls && !url.is_tls() {
-            return Err(where_(format!(
-                "target {name:?}: tls: needs a rediss:// url (the url is {url})"
-            )));
+            return Err(in_target(
+                &["tls"],
+                format!("target {name:?}: tls: needs a rediss:// url (the url is {url})"),
+            ));
         }
         if url.is_tls() {
             tls.validate()
-                .map_err(|e| where_(format!("target {name:?}: {e}")))?;
+                .map_err(|e| in_target(&["tls"], format!("target {name:?}: {e}")))?;
         }
         targets.push(Target {
             watch,
@@ -991,11 +1142,18 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
     }
 
     let mut scrape_allow = Vec::with_capacity(f.scrape_allow.len());
-    for rule in f.scrape_allow {
+    for (index, rule) in f.scrape_allow.into_iter().enumerate() {
+        let in_rule = |key: &str, message: &str| {
+            at(
+                &[Key("scrape_allow"), Item(index), Key(key)],
+                message.into(),
+            )
+        };
         let password = match (rule.password_file, rule.password_env) {
             (Some(_), Some(_)) => {
-                return Err(where_(
-                    "scrape_allow: set password_file or password_env, not both".into(),
+                return Err(in_rule(
+                    "password_env",
+                    "scrape_allow: set password_file or password_env, not both",
                 ))
             }
             (Some(file), None) => PasswordSource::File(file),
@@ -1003,8 +1161,9 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             (None, None) => PasswordSource::None,
         };
         if rule.hosts.is_empty() {
-            return Err(where_(
-                "scrape_allow: an entry needs at least one host".into(),
+            return Err(in_rule(
+                "hosts",
+                "scrape_allow: an entry needs at least one host",
             ));
         }
         scrape_allow.push(AllowRule {
@@ -1022,15 +1181,21 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
             let mut urls: Vec<String> = a.alertmanager.into_iter().collect();
             urls.extend(a.alertmanagers);
             for u in &urls {
+                // The single `alertmanager:` or the list: whichever holds this URL.
+                let spot_of = |message: String| match locate(text, "alertmanager", u, 1) {
+                    Some(_) => at(&[Key("alerting"), Key("alertmanager")], message),
+                    None => at(&[Key("alerting"), Key("alertmanagers")], message),
+                };
                 let parsed = url::Url::parse(u)
-                    .map_err(|e| where_(format!("alerting: Alertmanager URL {u:?}: {e}")))?;
+                    .map_err(|e| spot_of(format!("alerting: Alertmanager URL {u:?}: {e}")))?;
                 if !matches!(parsed.scheme(), "http" | "https") {
-                    return Err(where_(format!(
+                    return Err(spot_of(format!(
                         "alerting: Alertmanager URL {u:?} must be http or https"
                     )));
                 }
             }
-            let rules = crate::alerts::pack_with(&a.thresholds).map_err(where_)?;
+            let rules = crate::alerts::pack_with(&a.thresholds)
+                .map_err(|e| at(&[Key("alerting"), Key("thresholds")], e))?;
             Some(Alerting {
                 alertmanagers: urls,
                 resend_interval: a.resend_interval.unwrap_or(Duration::from_secs(60)),
@@ -1048,9 +1213,10 @@ fn resolve(file: Option<(&Path, FileConfig)>, o: &Overrides) -> Result<Config, C
         // problem inside a readable one names that file, line and column).
         (None, Some(file)) => Some(crate::web_config::WebConfig::load(file).map_err(
             |e| match e {
-                ConfigError::File { file, message } => {
-                    where_(format!("web_config_file: {file}: {message}"))
-                }
+                ConfigError::File { file, message } => at(
+                    &[Key("web_config_file")],
+                    format!("web_config_file: {file}: {message}"),
+                ),
                 other => other,
             },
         )?),
@@ -1234,8 +1400,89 @@ mod tests {
             load("targets:\n  - name: a\n    url: redis://x\n  - name: a\n    url: redis://y\n")
                 .unwrap_err()
                 .to_string();
-        // The file does not exist on disk, so only the file name can be given here.
+        assert!(err.starts_with("test.yaml:4:5: "), "{err}");
         assert!(err.contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn spots_follow_block_yaml_paths() {
+        use Step::{Item, Key};
+        let text = "listen: \":9121\"\n# comment\ntargets:\n  - name: a\n    url: redis://x\n    keyspace:\n      budget: 2\n  - name: b\n    url: redis://y\nscrape_allow:\n- hosts: [a]\n  password_env: X\n";
+        assert_eq!(spot(text, &[Key("listen")]), Some((1, 1)));
+        assert_eq!(
+            spot(text, &[Key("targets"), Item(1), Key("name")]),
+            Some((8, 5))
+        );
+        assert_eq!(
+            spot(
+                text,
+                &[Key("targets"), Item(0), Key("keyspace"), Key("budget")]
+            ),
+            Some((7, 7))
+        );
+        // A key left out points at its target; a missing item at the list.
+        assert_eq!(
+            spot(text, &[Key("targets"), Item(1), Key("tls")]),
+            Some((8, 5))
+        );
+        assert_eq!(
+            spot(text, &[Key("targets"), Item(2), Key("url")]),
+            Some((3, 1))
+        );
+        // A sequence at its key's own indent.
+        assert_eq!(
+            spot(text, &[Key("scrape_allow"), Item(0), Key("password_env")]),
+            Some((12, 3))
+        );
+        // A deeper key of the same name is not a top-level one.
+        assert_eq!(spot(text, &[Key("budget")]), None);
+        // Flow style is not followed: the deepest step found.
+        let flow = "targets: [{url: x}]\n";
+        assert_eq!(
+            spot(flow, &[Key("targets"), Item(0), Key("url")]),
+            Some((1, 1))
+        );
+        assert_eq!(spot("\"listen\": x\n", &[Key("listen")]), Some((1, 1)));
+    }
+
+    #[test]
+    fn problems_found_after_parsing_name_line_and_column_too() {
+        let cases = [
+            ("listen: \"127.0.0.1:99999\"\n", "test.yaml:1:1: "),
+            (
+                "targets:\n  - name: a\n    url: redis://x\n    keyspace:\n      budget: 2\n",
+                "test.yaml:5:7: ",
+            ),
+            ("poll_interval: 1s\npoll_timeout: 5s\n", "test.yaml:2:1: "),
+            (
+                "targets:\n  - url: redis://x\n    poll_interval: 1ms\n",
+                "test.yaml:3:5: ",
+            ),
+            (
+                "targets:\n  - name: a\n    url: redis://x\n    seeds: [redis://y]\n",
+                "test.yaml:4:5: ",
+            ),
+            (
+                "targets:\n  - name: a\n    tls: {}\n    url: redis://x\n",
+                "test.yaml:3:5: ",
+            ),
+            ("scrape_allow:\n  - hosts: []\n", "test.yaml:2:5: "),
+            (
+                "alerting:\n  alertmanagers:\n    - ftp://am\n",
+                "test.yaml:2:3: ",
+            ),
+        ];
+        for (text, location) in cases {
+            let err = load(text).unwrap_err().to_string();
+            assert!(err.starts_with(location), "{text:?}: {err}");
+        }
+        // A flag's value is the flag's problem, not the file's.
+        let flags = Overrides {
+            listen: Some("nowhere".into()),
+            ..Overrides::default()
+        };
+        let err = Config::load(&flags).unwrap_err().to_string();
+        assert!(err.starts_with("--web.listen-address: "), "{err}");
     }
 
     #[test]

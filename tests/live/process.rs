@@ -45,7 +45,11 @@ fn bad_config_files_exit_2_naming_file_line_and_column() {
         ("yaml syntax", "targets: [\n  - url: redis://h\n", ":"),
         ("wrong type", "targets: 5\n", ":1:10: "),
         // The logging library would take "warning" for a target and log nothing at all.
-        ("bad log level", "log_format: json\nlog_level: warning\n", ":2:12: "),
+        (
+            "bad log level",
+            "log_format: json\nlog_level: warning\n",
+            ":2:12: ",
+        ),
     ];
     for (what, text, location) in cases {
         let (code, path, stderr) = run_with_config(text);
@@ -55,8 +59,10 @@ fn bad_config_files_exit_2_naming_file_line_and_column() {
             "{what}: expected {path}{location} in {stderr:?}"
         );
     }
-    let (code, _, stderr) = run_with_config("poll_interval: 1s\npoll_timeout: 5s\n");
+    // Found after parsing, and still pointed at.
+    let (code, path, stderr) = run_with_config("poll_interval: 1s\npoll_timeout: 5s\n");
     assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("{path}:2:1: ")), "{stderr}");
     assert!(stderr.contains("poll_timeout"), "{stderr}");
 }
 
