@@ -134,11 +134,16 @@ impl RedisUrl {
 
     /// The URL without user or password.
     pub fn redacted(&self) -> String {
-        let mut shown = self.0.clone();
-        let _ = shown.set_username("");
-        let _ = shown.set_password(None);
-        shown.to_string()
+        without_userinfo(&self.0)
     }
+}
+
+/// A URL as it may be shown (logs, errors, pages): without user or password.
+pub fn without_userinfo(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
 }
 
 impl fmt::Display for RedisUrl {
@@ -439,7 +444,9 @@ pub fn check_log_level(raw: &str) -> Result<String, String> {
             .parse::<tracing_subscriber::filter::LevelFilter>()
             .is_ok()
     };
+    let bare = raw.split(',').filter(|d| !d.contains('=')).count();
     let good = !raw.trim().is_empty()
+        && bare <= 1
         && raw
             .split(',')
             .all(|directive| match directive.split_once('=') {
@@ -636,21 +643,19 @@ pub struct Overrides {
 impl Config {
     /// Reads the file (if any) and applies the overrides.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text;
         let file = match &overrides.config_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
                     file: path.display().to_string(),
                     message: format!("cannot read: {e}"),
                 })?;
                 let parsed = parse_file(path, &text)?;
-                Some((path.as_path(), text, parsed))
+                Some((path.as_path(), text.as_str(), parsed))
             }
             None => None,
         };
-        resolve(
-            file.as_ref().map(|(p, t, f)| (*p, t.as_str(), f.clone())),
-            overrides,
-        )
+        resolve(file, overrides)
     }
 
     /// Parses a YAML text as if it came from `path`, with no overrides (tests, `--check-config`).
@@ -1017,18 +1022,10 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             ));
         }
         if poll_timeout.is_zero() || poll_timeout > poll_interval {
-            let key = if t.poll_timeout.is_some() || explicit_timeout.is_some() {
-                "poll_timeout"
-            } else {
-                "poll_interval"
-            };
-            let own = match key {
-                "poll_timeout" => t.poll_timeout.is_some(),
-                _ => t.poll_interval.is_some(),
-            };
+            // (A default timeout shrinks to fit the interval: an explicit one is at fault.)
             return Err(own_or_global(
-                key,
-                own,
+                "poll_timeout",
+                t.poll_timeout.is_some(),
                 format!(
                 "target {name:?}: poll_timeout ({}) must be above 0 and at most poll_interval ({})",
                 humantime::format_duration(poll_timeout),
@@ -1186,11 +1183,14 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
                     Some(_) => at(&[Key("alerting"), Key("alertmanager")], message),
                     None => at(&[Key("alerting"), Key("alertmanagers")], message),
                 };
-                let parsed = url::Url::parse(u)
-                    .map_err(|e| spot_of(format!("alerting: Alertmanager URL {u:?}: {e}")))?;
+                // The URL may carry a password (sent as basic auth): errors show it without.
+                let parsed = url::Url::parse(u).map_err(|e| {
+                    spot_of(format!("alerting: an Alertmanager URL does not parse: {e}"))
+                })?;
                 if !matches!(parsed.scheme(), "http" | "https") {
                     return Err(spot_of(format!(
-                        "alerting: Alertmanager URL {u:?} must be http or https"
+                        "alerting: Alertmanager URL {} must be http or https",
+                        without_userinfo(&parsed)
                     )));
                 }
             }
@@ -1387,6 +1387,7 @@ mod tests {
             "info,",
             "=debug",
             "redis_lookout=loud",
+            "info,debug",
         ] {
             assert!(check_log_level(bad).is_err(), "{bad:?}");
         }

@@ -73,6 +73,15 @@ pub async fn push_loop(
             return;
         }
     };
+    // A URL's user and password go out as basic auth, never into a log line.
+    let shown: Vec<String> = urls
+        .iter()
+        .map(|u| {
+            url::Url::parse(u)
+                .map(|u| crate::config::without_userinfo(&u))
+                .unwrap_or_else(|_| "(unparsable URL)".to_owned())
+        })
+        .collect();
     let mut failures = 0u32;
     let mut healthy = true;
     loop {
@@ -97,7 +106,7 @@ pub async fn push_loop(
         }
         let body = payload(&firing, &resolved, resend, SystemTime::now());
         let mut all_ok = true;
-        for url in &urls {
+        for (url, shown) in urls.iter().zip(&shown) {
             let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
             let result = client.post(&endpoint).json(&body).send().await;
             let ok = matches!(&result, Ok(r) if r.status().is_success());
@@ -110,7 +119,7 @@ pub async fn push_loop(
                         Err(e) if e.is_connect() => "connection failed".to_owned(),
                         Err(_) => "request failed".to_owned(),
                     };
-                    tracing::warn!(alertmanager = %url, problem = %why, "cannot push alerts; retrying with backoff");
+                    tracing::warn!(alertmanager = %shown, problem = %why, "cannot push alerts; retrying with backoff");
                 }
             }
         }

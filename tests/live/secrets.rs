@@ -40,10 +40,13 @@ async fn the_password_appears_in_no_output_at_debug_level() {
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
     let config = dir.path().join("c.yaml");
     let closed = free_port();
+    // An Alertmanager whose URL carries basic-auth credentials, and that is down: the
+    // wrong-port target's RedisDown fires at once, and every failed push is logged.
+    let alertmanager = format!("http://lookout:{PASSWORD}@127.0.0.1:{}", free_port());
     std::fs::write(
         &config,
         format!(
-            "poll_interval: 200ms\ntargets:\n  - name: good\n    url: {}\n    password_file: {}\n  - name: wrong-port\n    url: redis://:{PASSWORD}@127.0.0.1:{closed}\n  - name: in-url\n    url: redis://:{PASSWORD}@127.0.0.1:{}\n  - name: tls-in-url\n    url: {tls_url}\n{}  - name: tls-wrong-ca\n    url: {tls_url}\n{}scrape_allow:\n  - hosts: [\"127.0.0.1\"]\n    ports: {}\n    password_file: {}\nalerting: {{}}\n",
+            "poll_interval: 200ms\ntargets:\n  - name: good\n    url: {}\n    password_file: {}\n  - name: wrong-port\n    url: redis://:{PASSWORD}@127.0.0.1:{closed}\n  - name: in-url\n    url: redis://:{PASSWORD}@127.0.0.1:{}\n  - name: tls-in-url\n    url: {tls_url}\n{}  - name: tls-wrong-ca\n    url: {tls_url}\n{}scrape_allow:\n  - hosts: [\"127.0.0.1\"]\n    ports: {}\n    password_file: {}\nalerting:\n  alertmanager: {alertmanager}\n  resend_interval: 1s\n  thresholds:\n    RedisDown: {{for: 0s}}\n",
             redis.url(),
             pw.display(),
             redis.port,
@@ -104,11 +107,36 @@ async fn the_password_appears_in_no_output_at_debug_level() {
         .unwrap();
     assert_clean("--check-config", &String::from_utf8_lossy(&valid.stdout));
 
-    let log = p.log_text();
+    let p = &p;
+    let log = wait_for(
+        "a failed Alertmanager push logged",
+        Duration::from_secs(20),
+        || async move {
+            let log = p.log_text();
+            log.contains("cannot push alerts").then_some(log)
+        },
+    )
+    .await;
     assert!(log.contains("DEBUG"), "debug logging was on:\n{log}");
     assert!(
         log.contains("TLS handshake failed"),
         "the TLS failure was logged:\n{log}"
     );
     assert_clean("the log", &log);
+
+    // A config refused for its Alertmanager URL shows that URL without its password.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!("alerting:\n  alertmanager: ftp://lookout:{PASSWORD}@127.0.0.1:1\n"),
+    )
+    .unwrap();
+    let refused = Command::new(binary())
+        .args(["--config", bad.to_str().unwrap(), "--check-config"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("must be http or https"), "{stderr}");
+    assert_clean("a refused config", &stderr);
 }
