@@ -1647,6 +1647,47 @@ mod properties {
         fn any_yaml_text_is_accepted_or_refused_without_panicking(text in "\\PC{0,200}") {
             let _ = Config::from_yaml(Path::new("p.yaml"), &text);
         }
+
+        /// Whatever the text and the path, the locator answers without panicking, and only
+        /// with a place that exists and holds one of the path's keys or an item.
+        #[test]
+        fn spots_are_places_in_the_text(
+            lines in proptest::collection::vec(
+                (0usize..8, any::<bool>(), prop_oneof![
+                    Just("targets:".to_owned()), Just("name: a".to_owned()),
+                    Just("keyspace:".to_owned()), Just("budget: 2".to_owned()),
+                    Just("# note".to_owned()), Just("- x".to_owned()), Just("---".to_owned()),
+                    "\\PC{0,12}",
+                ]),
+                0..25,
+            ),
+            path in proptest::collection::vec(
+                prop_oneof![
+                    prop_oneof![Just("targets"), Just("name"), Just("keyspace"), Just("budget")]
+                        .prop_map(Step::Key),
+                    (0usize..3).prop_map(Step::Item),
+                ],
+                0..5,
+            ),
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(indent, dash, body)| {
+                    format!("{}{}{body}\n", " ".repeat(*indent), if *dash { "- " } else { "" })
+                })
+                .collect();
+            if let Some((line, column)) = spot(&text, &path) {
+                let l = text.lines().nth(line - 1).expect("the line exists");
+                let rest = l.get(column - 1..).expect("the column is in the line");
+                let a_key = path.iter().any(|step| {
+                    matches!(step, Step::Key(k) if ["", "\"", "'"]
+                        .iter()
+                        .any(|q| rest.starts_with(&format!("{q}{k}{q}:"))))
+                });
+                let an_item = l[..column - 1].trim_end().ends_with('-');
+                prop_assert!(a_key || an_item, "{l:?} at {column}");
+            }
+        }
     }
 
     #[test]
