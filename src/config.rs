@@ -1009,10 +1009,19 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             .poll_timeout
             .or(explicit_timeout)
             .unwrap_or(DEFAULT_POLL_TIMEOUT.min(poll_interval));
-        // The setting at fault: the target's own, else the file's global one.
-        let own_or_global = |key: &'static str, own: bool, message: String| match own {
-            true => in_target(&[key], message),
-            false => at(&[Key(key)], message),
+        // The setting at fault: the target's own, else the flag, else the file's global one.
+        let own_or_global = |key: &'static str, own: bool, message: String| {
+            let flag = match key {
+                "poll_interval" => o.poll_interval.is_some(),
+                _ => o.poll_timeout.is_some(),
+            };
+            match (own, flag) {
+                (true, _) => in_target(&[key], message),
+                (false, true) => {
+                    ConfigError::Invalid(format!("--{}: {message}", key.replace('_', "-")))
+                }
+                (false, false) => at(&[Key(key)], message),
+            }
         };
         if poll_interval < Duration::from_millis(100) {
             return Err(own_or_global(
@@ -1484,6 +1493,12 @@ mod tests {
         };
         let err = Config::load(&flags).unwrap_err().to_string();
         assert!(err.starts_with("--web.listen-address: "), "{err}");
+        let flags = Overrides {
+            poll_timeout: Some(Duration::from_secs(10)),
+            ..Overrides::default()
+        };
+        let err = Config::load(&flags).unwrap_err().to_string();
+        assert!(err.starts_with("--poll-timeout: "), "{err}");
     }
 
     #[test]
