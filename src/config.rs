@@ -2,7 +2,8 @@
 //!
 //! redis_exporter's flag and env names are accepted for the options both have, so a unit file or
 //! container command line can swap the binary and keep its arguments. Every problem in a file is
-//! reported as `file:line:column: what`, before anything is served.
+//! reported as `file:line:column: what`, before anything is served: parse errors with the YAML
+//! library's position, checks made after parsing with `spot`'s. A bad flag names the flag.
 
 use serde::Deserialize;
 use std::fmt;

@@ -18,7 +18,9 @@
 //! - [`cli`]: flags and env vars (redis_exporter's names accepted) → [`config::Overrides`];
 //!   subcommands `rules` and `check`.
 //! - [`config`]: the YAML file merged with overrides into [`config::Config`]; errors carry
-//!   file:line:column; passwords are [`config::Secret`]s that cannot be printed.
+//!   file:line:column (those found after parsing too, located by following the setting's path
+//!   through the file), a flag's errors name the flag; passwords are [`config::Secret`]s that
+//!   cannot be printed.
 //! - [`daemon`]: starts the targets, the HTTP server and the alerting tasks; stops them.
 //! - [`topology`]: per target, which nodes to poll: the configured one, the replicas a master
 //!   lists (`follow_replicas`), or every node of a Redis Cluster (`cluster`) with its roll-up.
