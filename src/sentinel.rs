@@ -273,7 +273,7 @@ async fn ask_one(
     parse_view(&replies, url.address())
 }
 
-/// Reads the three replies of [`ask_one`].
+/// Reads the three replies of `ask_one`.
 pub fn parse_view(replies: &[RedisResult<Value>], sentinel: String) -> Option<MasterView> {
     let [addr, replicas, details] = replies else {
         return None;
