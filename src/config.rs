@@ -182,7 +182,7 @@ pub enum PasswordSource {
 }
 
 /// One Redis server to watch, as the file spells it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TargetFile {
     name: Option<String>,
@@ -868,20 +868,8 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             .map_err(|e| ConfigError::Invalid(format!("--redis.addr: {e}")))?;
         match file_targets.len() {
             0 => file_targets.push(TargetFile {
-                name: None,
                 url: Some(url),
-                username: None,
-                password_file: None,
-                password_env: None,
-                poll_interval: None,
-                poll_timeout: None,
-                follow_replicas: false,
-                cluster: false,
-                seeds: Vec::new(),
-                keyspace: None,
-                tls: None,
-                sentinel: None,
-                watch: None,
+                ..TargetFile::default()
             }),
             1 => file_targets[0].url = Some(url),
             n => {
@@ -898,20 +886,8 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
     // The implicit local Redis is for a bare start; a /scrape-only process polls on demand.
     if file_targets.is_empty() && f.scrape_allow.is_empty() {
         file_targets.push(TargetFile {
-            name: None,
             url: Some(RedisUrl::parse(DEFAULT_REDIS).map_err(ConfigError::Invalid)?),
-            username: None,
-            password_file: None,
-            password_env: None,
-            poll_interval: None,
-            poll_timeout: None,
-            follow_replicas: false,
-            cluster: false,
-            seeds: Vec::new(),
-            keyspace: None,
-            tls: None,
-            sentinel: None,
-            watch: None,
+            ..TargetFile::default()
         });
     }
 
