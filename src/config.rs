@@ -987,7 +987,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             .or(explicit_timeout)
             .unwrap_or(DEFAULT_POLL_TIMEOUT.min(poll_interval));
         // The setting at fault: the target's own, else the flag, else the file's global one.
-        let own_or_global = |key: &'static str, own: bool, message: String| {
+        let at_fault = |key: &'static str, own: bool, message: String| {
             let flag = match key {
                 "poll_interval" => o.poll_interval.is_some(),
                 _ => o.poll_timeout.is_some(),
@@ -1001,7 +1001,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             }
         };
         if poll_interval < Duration::from_millis(100) {
-            return Err(own_or_global(
+            return Err(at_fault(
                 "poll_interval",
                 t.poll_interval.is_some(),
                 format!("target {name:?}: poll_interval must be at least 100ms"),
@@ -1009,7 +1009,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
         }
         if poll_timeout.is_zero() || poll_timeout > poll_interval {
             // (A default timeout shrinks to fit the interval: an explicit one is at fault.)
-            return Err(own_or_global(
+            return Err(at_fault(
                 "poll_timeout",
                 t.poll_timeout.is_some(),
                 format!(
