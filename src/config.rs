@@ -435,33 +435,56 @@ pub enum LogFormat {
     Json,
 }
 
-/// Checks a log level: `error`, `warn`, `info`, `debug`, `trace` or `off`, or comma-separated
-/// `target=level` directives with at most one bare level among them (`warn,redis_lookout=debug`).
-/// Stricter than the logging library, which reads any unknown word as a target to trace, so
-/// that `log_level: warning` would silence every log line instead of being refused.
+/// Checks a log level and returns it as the logging library reads it: `error`, `warn`, `info`,
+/// `debug`, `trace` or `off`, or comma-separated `target=level` directives with at most one bare
+/// level among them (`warn,redis_lookout=debug`). redis_exporter's spellings (logrus: `warning`,
+/// `fatal`, `panic`) are taken as `warn` and `error`, so its env and flags carry over. Stricter
+/// than the library, which reads any unknown word as a target to trace, so that a typo such as
+/// `verbose` would silence every log line instead of being refused.
 pub fn check_log_level(raw: &str) -> Result<String, String> {
     let level = |word: &str| {
-        word.trim()
-            .parse::<tracing_subscriber::filter::LevelFilter>()
-            .is_ok()
+        let word = word.trim();
+        if word.is_empty() {
+            return None;
+        }
+        let word = match word.to_ascii_lowercase().as_str() {
+            "warning" => "warn",
+            "fatal" | "panic" => "error",
+            _ => word,
+        };
+        word.parse::<tracing_subscriber::filter::LevelFilter>()
+            .ok()
+            .map(|_| word.to_owned())
     };
-    let bare = raw.split(',').filter(|d| !d.contains('=')).count();
-    let good = !raw.trim().is_empty()
-        && bare <= 1
-        && raw
-            .split(',')
-            .all(|directive| match directive.split_once('=') {
-                Some((target, lvl)) => !target.trim().is_empty() && level(lvl),
-                None => !directive.trim().is_empty() && level(directive),
-            })
-        && raw.parse::<tracing_subscriber::filter::Targets>().is_ok();
-    if good {
-        Ok(raw.trim().to_owned())
-    } else {
-        Err(format!(
+    let refused = || {
+        format!(
             "{raw:?} is not a log level: expected error, warn, info, debug, trace or off, or target=level pairs separated by commas"
-        ))
+        )
+    };
+    let mut bare = 0;
+    let mut directives = Vec::new();
+    for directive in raw.split(',') {
+        let read = match directive.split_once('=') {
+            Some((target, lvl)) if !target.trim().is_empty() => {
+                level(lvl).map(|l| format!("{}={l}", target.trim()))
+            }
+            Some(_) => None,
+            None => {
+                bare += 1;
+                level(directive)
+            }
+        };
+        directives.push(read.ok_or_else(refused)?);
     }
+    let filter = directives.join(",");
+    if bare > 1
+        || filter
+            .parse::<tracing_subscriber::filter::Targets>()
+            .is_err()
+    {
+        return Err(refused());
+    }
+    Ok(filter)
 }
 
 /// `log_level` in a file, checked while the scalar is read, so that the error carries its line
@@ -1342,11 +1365,11 @@ mod tests {
         assert!(err.contains("colour"), "{err}");
         let err = load("poll_interval: 5 parsecs\n").unwrap_err().to_string();
         assert!(err.starts_with("test.yaml:1:"), "{err}");
-        let err = load("listen: \"127.0.0.1:1\"\nlog_level: warning\n")
+        let err = load("listen: \"127.0.0.1:1\"\nlog_level: verbose\n")
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("test.yaml:2:12: "), "{err}");
-        assert!(err.contains("\"warning\""), "{err}");
+        assert!(err.contains("\"verbose\""), "{err}");
         let err = load("targets:\n  - url: http://example\n")
             .unwrap_err()
             .to_string();
@@ -1367,18 +1390,25 @@ mod tests {
         }
         // Each of these is a target the logging library would trace, silencing the rest.
         for bad in [
-            "warning",
             "verbose",
             "",
             "info,",
             "=debug",
             "redis_lookout=loud",
+            "hyper=",
             "info,debug",
         ] {
             assert!(check_log_level(bad).is_err(), "{bad:?}");
         }
         let c = load("log_level: debug\n").unwrap();
         assert_eq!(c.log_level, "debug");
+        // redis_exporter's (logrus) spellings carry over.
+        assert_eq!(check_log_level("warning").as_deref(), Ok("warn"));
+        assert_eq!(check_log_level("Fatal").as_deref(), Ok("error"));
+        assert_eq!(
+            check_log_level("info, hyper=warning").as_deref(),
+            Ok("info,hyper=warn")
+        );
     }
 
     #[test]
