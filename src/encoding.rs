@@ -87,20 +87,12 @@ impl Segment {
 }
 
 /// One gzip member written segment by segment.
+#[derive(Default)]
 pub struct GzipStream {
     /// The CRC-32 and length of everything pushed so far.
     crc: Crc,
     /// Whether the header has been sent (with the first segment).
     started: bool,
-}
-
-impl Default for GzipStream {
-    fn default() -> Self {
-        Self {
-            crc: Crc::new(),
-            started: false,
-        }
-    }
 }
 
 /// The gzip header: deflate, no name or time, "unknown" OS (RFC 1952).
