@@ -719,26 +719,6 @@ fn strip_location(message: &str) -> String {
     }
 }
 
-/// Finds where `needle` stands as a value of `key:` for the `nth` time, for errors found after
-/// parsing (duplicate names), so they point into the file like parse errors do.
-pub(crate) fn locate(text: &str, key: &str, needle: &str, nth: usize) -> Option<(usize, usize)> {
-    let mut seen = 0;
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start().trim_start_matches("- ");
-        if let Some(rest) = trimmed.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
-            let value = rest.trim().trim_matches('"').trim_matches('\'');
-            if value == needle {
-                seen += 1;
-                if seen == nth {
-                    let column = line.find(key).unwrap_or(0) + 1;
-                    return Some((i + 1, column));
-                }
-            }
-        }
-    }
-    None
-}
-
 /// One step of a path into a YAML file: a mapping key or a sequence item (from 0).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Step<'a> {
@@ -833,27 +813,30 @@ pub(crate) fn spot(text: &str, path: &[Step]) -> Option<(usize, usize)> {
     here
 }
 
+/// A problem with what `file` (whose text is `text`) says at `steps`: `file:line:column` where
+/// [`spot`] finds the setting, else the file alone.
+pub(crate) fn problem_at(file: &Path, text: &str, steps: &[Step], message: String) -> ConfigError {
+    let file = file.display().to_string();
+    match spot(text, steps) {
+        Some((line, column)) => ConfigError::At {
+            file,
+            line,
+            column,
+            message,
+        },
+        None => ConfigError::File { file, message },
+    }
+}
+
 fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Config, ConfigError> {
     let (path, text, f) = match file {
         Some((p, t, f)) => (Some(p), t, f),
         None => (None, "", FileConfig::default()),
     };
-    let where_ = |message: String| match path {
-        Some(p) => ConfigError::File {
-            file: p.display().to_string(),
-            message,
-        },
+    // A problem with what the file says at `steps` (no file: only flags and defaults).
+    let at = |steps: &[Step], message: String| match path {
+        Some(p) => problem_at(p, text, steps, message),
         None => ConfigError::Invalid(message),
-    };
-    // A problem with what the file says at `steps`: file, line and column where found.
-    let at = |steps: &[Step], message: String| match (path, spot(text, steps)) {
-        (Some(p), Some((line, column))) => ConfigError::At {
-            file: p.display().to_string(),
-            line,
-            column,
-            message,
-        },
-        _ => where_(message),
     };
     use Step::{Item, Key};
 
@@ -1184,14 +1167,17 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
     let alerting = match f.alerting {
         None => None,
         Some(a) => {
+            let single = usize::from(a.alertmanager.is_some());
             let mut urls: Vec<String> = a.alertmanager.into_iter().collect();
             urls.extend(a.alertmanagers);
-            for u in &urls {
-                // The single `alertmanager:` or the list: whichever holds this URL.
-                let spot_of = |message: String| match locate(text, "alertmanager", u, 1) {
-                    Some(_) => at(&[Key("alerting"), Key("alertmanager")], message),
-                    None => at(&[Key("alerting"), Key("alertmanagers")], message),
+            for (index, u) in urls.iter().enumerate() {
+                // The single `alertmanager:` first, then the list.
+                let key = if index < single {
+                    "alertmanager"
+                } else {
+                    "alertmanagers"
                 };
+                let spot_of = |message: String| at(&[Key("alerting"), Key(key)], message);
                 // The URL may carry a password (sent as basic auth): errors show it without.
                 let parsed = url::Url::parse(u).map_err(|e| {
                     spot_of(format!("alerting: an Alertmanager URL does not parse: {e}"))

@@ -16,7 +16,7 @@
 //! not a bcrypt. An unknown user still costs one bcrypt check against a dummy hash, so the time
 //! of a 401 does not tell which user names exist.
 
-use crate::config::{locate, yaml_error, ConfigError};
+use crate::config::{problem_at, yaml_error, ConfigError, Step};
 use hyper::header::HeaderValue;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -76,18 +76,7 @@ impl WebConfig {
     /// Checks `text` as if read from `path` (relative file names resolve against its folder).
     pub fn parse(path: &Path, text: &str) -> Result<WebConfig, ConfigError> {
         let file = path.display().to_string();
-        let at = |key: &str, value: &str, message: String| match locate(text, key, value, 1) {
-            Some((line, column)) => ConfigError::At {
-                file: file.clone(),
-                line,
-                column,
-                message,
-            },
-            None => ConfigError::File {
-                file: file.clone(),
-                message,
-            },
-        };
+        let at = |steps: &[Step], message: String| problem_at(path, text, steps, message);
         let parsed: WebConfigFile = if text.trim().is_empty() {
             WebConfigFile::default()
         } else {
@@ -100,8 +89,7 @@ impl WebConfig {
                 let (cert, key) = (base.join(&t.cert_file), base.join(&t.key_file));
                 server_config(&cert, &key).map_err(|e| {
                     at(
-                        "cert_file",
-                        &t.cert_file.display().to_string(),
+                        &[Step::Key("tls_server_config"), Step::Key("cert_file")],
                         format!("tls_server_config: {e}"),
                     )
                 })?;
@@ -112,15 +100,13 @@ impl WebConfig {
         for (user, hash) in parsed.basic_auth_users {
             if user.is_empty() || user.contains(':') {
                 return Err(at(
-                    &user,
-                    &hash,
+                    &[Step::Key("basic_auth_users"), Step::Key(&user)],
                     format!("basic_auth_users: user name {user:?} must be non-empty, without ':'"),
                 ));
             }
             if hash.parse::<bcrypt::HashParts>().is_err() {
                 return Err(at(
-                    &user,
-                    &hash,
+                    &[Step::Key("basic_auth_users"), Step::Key(&user)],
                     format!(
                         "basic_auth_users: the password of {user:?} is not a bcrypt hash \
                          (make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n')"
