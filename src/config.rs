@@ -993,23 +993,19 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             .or(explicit_timeout)
             .unwrap_or(DEFAULT_POLL_TIMEOUT.min(poll_interval));
         // The setting at fault: the target's own, else the flag, else the file's global one.
-        let at_fault = |key: &'static str, own: bool, message: String| {
-            let flag = match key {
-                "poll_interval" => o.poll_interval.is_some(),
-                _ => o.poll_timeout.is_some(),
-            };
-            match (own, flag) {
-                (true, _) => in_target(&[key], message),
-                (false, true) => {
-                    ConfigError::Invalid(format!("--{}: {message}", key.replace('_', "-")))
-                }
-                (false, false) => at(&[Key(key)], message),
+        let at_fault = |key: &'static str, own: bool, flag: bool, message: String| match (own, flag)
+        {
+            (true, _) => in_target(&[key], message),
+            (false, true) => {
+                ConfigError::Invalid(format!("--{}: {message}", key.replace('_', "-")))
             }
+            (false, false) => at(&[Key(key)], message),
         };
         if poll_interval < Duration::from_millis(100) {
             return Err(at_fault(
                 "poll_interval",
                 t.poll_interval.is_some(),
+                o.poll_interval.is_some(),
                 format!("target {name:?}: poll_interval must be at least 100ms"),
             ));
         }
@@ -1018,6 +1014,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             return Err(at_fault(
                 "poll_timeout",
                 t.poll_timeout.is_some(),
+                o.poll_timeout.is_some(),
                 format!(
                 "target {name:?}: poll_timeout ({}) must be above 0 and at most poll_interval ({})",
                 humantime::format_duration(poll_timeout),
