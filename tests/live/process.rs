@@ -1,9 +1,9 @@
 //! The binary as operators run it: bad configs, no Redis, outage logging, signals.
 
 use crate::support::*;
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -14,33 +14,11 @@ fn run_with_config(text: &str) -> (Option<i32>, String, String) {
         .unwrap()
         .write_all(text.as_bytes())
         .unwrap();
-    let mut child = Command::new(binary())
-        .arg("--config")
-        .arg(&path)
-        .env_remove("REDIS_ADDR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run binary");
-    // A config that is (wrongly) accepted starts the daemon: stop it at the deadline, and
-    // report no exit code, rather than wait forever.
-    let deadline = Instant::now() + WAIT;
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait for the binary") {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    (code, path.display().to_string(), stderr)
+    // A config that is (wrongly) accepted starts the daemon: no exit code by the deadline,
+    // and the process is killed when `p` is dropped.
+    let mut p = Running::start(&["--config", path.to_str().unwrap()]);
+    let code = p.wait_exit(WAIT).and_then(|status| status.code());
+    (code, path.display().to_string(), p.log_text())
 }
 
 #[test]

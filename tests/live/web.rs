@@ -144,15 +144,16 @@ fn a_bad_web_config_file_stops_the_start_naming_file_line_and_column() {
     ] {
         let web = dir.path().join("web.yml");
         std::fs::write(&web, text).unwrap();
-        let port = free_port().to_string();
-        let out = std::process::Command::new(binary())
-            .args(["--web.listen-address", &format!("127.0.0.1:{port}")])
-            .args(["--web.config.file", web.to_str().unwrap()])
-            .args(["--redis.addr", "redis://127.0.0.1:1"])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        // Accepted by mistake, the daemon would serve: it is given 20 s to exit, then killed.
+        let mut p = Running::start(&[
+            "--web.config.file",
+            web.to_str().unwrap(),
+            "--redis.addr",
+            "redis://127.0.0.1:1",
+        ]);
+        let code = p.wait_exit(Duration::from_secs(20)).and_then(|s| s.code());
+        let stderr = p.log_text();
+        assert_eq!(code, Some(2), "{stderr}");
         let expected = format!("{}{at}", web.display());
         assert!(stderr.contains(&expected), "want {expected}: {stderr}");
         assert!(stderr.contains(what), "{stderr}");
