@@ -326,7 +326,8 @@ struct AllowFile {
 /// Which addresses `/scrape?target=` may poll on demand, and with which credentials.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AllowRule {
-    /// Host names or IP literals; `*` matches any run of characters. No DNS lookup is made.
+    /// Host names or IP literals; `*` matches within one label (see [`host_match`]). No DNS
+    /// lookup is made.
     pub hosts: Vec<String>,
     pub ports: PortRange,
     pub username: Option<String>,
@@ -341,21 +342,40 @@ impl AllowRule {
         port >= self.ports.low
             && port <= self.ports.high
             && self.hosts.iter().any(|pattern| {
-                glob_match(&pattern.to_ascii_lowercase(), &host.to_ascii_lowercase())
+                host_match(&pattern.to_ascii_lowercase(), &host.to_ascii_lowercase())
             })
     }
 }
 
-/// `*` matches any run of characters (including none); everything else matches itself.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+/// Whether an allow-list host pattern admits `host`. A pattern that is `*` alone admits any
+/// host. Otherwise pattern and host must have the same number of dot-separated labels, and each
+/// label matches its own: `*` there stands for any run of characters but never a `.`. So
+/// `10.0.0.*` admits `10.0.0.7` but not `10.0.0.7.attacker.example` (a name the caller could
+/// point anywhere, which would receive the entry's credentials), and `*.cache.internal` admits
+/// `a.cache.internal` but not `a.b.cache.internal`, as in TLS certificate wildcards.
+pub fn host_match(pattern: &str, host: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let (mut p, mut h) = (pattern.split('.'), host.split('.'));
+    loop {
+        match (p.next(), h.next()) {
+            (None, None) => return true,
+            (Some(pl), Some(hl)) if label_match(pl.as_bytes(), hl.as_bytes()) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// `*` matches any run of bytes (including none); every other byte matches itself.
+fn label_match(p: &[u8], t: &[u8]) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while ti < t.len() {
-        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
+        if pi < p.len() && p[pi] != b'*' && p[pi] == t[ti] {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == b'*' {
             star = Some(pi);
             mark = ti;
             pi += 1;
@@ -367,8 +387,20 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| *c == b'*')
 }
+
+/// The exporter's own endpoints (besides `/runbooks/…`), which the telemetry path may not
+/// take over: `/-/healthy` answers without authentication, for one.
+pub const RESERVED_PATHS: &[&str] = &[
+    "/",
+    "/-/healthy",
+    "/-/ready",
+    "/-/reload",
+    "/scrape",
+    "/discovery",
+    "/alerts",
+];
 
 /// The YAML file's shape. Every key is documented in `config.example.yaml`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -851,9 +883,14 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
         .clone()
         .or(f.telemetry_path.clone())
         .unwrap_or_else(|| "/metrics".to_owned());
-    if !telemetry_path.starts_with('/') || telemetry_path.len() < 2 {
-        let message =
-            format!("telemetry path {telemetry_path:?} must start with / and name a path");
+    let reserved = RESERVED_PATHS.contains(&telemetry_path.as_str())
+        || telemetry_path.starts_with("/runbooks/");
+    if !telemetry_path.starts_with('/') || telemetry_path.len() < 2 || reserved {
+        let message = if reserved {
+            format!("telemetry path {telemetry_path:?} is one of the exporter's own endpoints")
+        } else {
+            format!("telemetry path {telemetry_path:?} must start with / and name a path")
+        };
         return Err(match o.telemetry_path {
             Some(_) => ConfigError::Invalid(format!("--web.telemetry-path: {message}")),
             None => at(&[Key("telemetry_path")], message),
@@ -1627,11 +1664,39 @@ mod tests {
         assert!(!rule.allows("redis-7.cache.internal.evil.com", 6379));
         assert!(!rule.allows("redis-7.cache.internal", 6381));
         assert!(!rule.allows("127.0.0.1", 6379));
-        assert!(glob_match("*", "") && glob_match("a*b*c", "aXbYc") && !glob_match("a*c", "ab"));
+        assert!(host_match("*", "any.host.at.all") && host_match("a*b*c", "aXbYc"));
+        assert!(!host_match("a*c", "ab") && !host_match("a.*", "a"));
+        // `*` never crosses a dot: a caller-chosen name ending in their own domain is refused.
+        assert!(host_match("10.0.0.*", "10.0.0.7"));
+        assert!(!host_match("10.0.0.*", "10.0.0.7.attacker.example"));
+        assert!(!host_match("redis-*", "redis-x.attacker.example"));
+        assert!(host_match("*.cache.internal", "a.cache.internal"));
+        assert!(!host_match("*.cache.internal", "a.b.cache.internal"));
+        assert!(!host_match("*.cache.internal", "cache.internal"));
+        assert!(host_match("10.*.0.1", "10.200.0.1") && !host_match("10.*.1", "10.200.0.1"));
         let err = load("scrape_allow:\n  - hosts: [h]\n    ports: \"9-1\"\n")
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("test.yaml:3:"), "{err}");
+    }
+
+    #[test]
+    fn the_telemetry_path_cannot_take_over_an_endpoint_of_the_exporter() {
+        for path in ["/-/healthy", "/scrape", "/", "/runbooks/x"] {
+            let err = load(&format!("telemetry_path: \"{path}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("test.yaml:1:1:") && err.contains("own endpoints"),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            load("telemetry_path: /prometheus\n")
+                .unwrap()
+                .telemetry_path,
+            "/prometheus"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::collector::{standard_set, Collector, Outcome, Refresh};
 use crate::config::{read_password, Target};
 use crate::error::PollError;
 use crate::metrics::{FamilySet, Histogram, Interner, Kind};
-use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::snapshot::{Snapshot, SnapshotStore, Ticket};
 use rand::RngExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, RedisResult, Value};
@@ -67,6 +67,8 @@ pub struct NodePoller {
     node: Option<String>,
 
     store: Arc<SnapshotStore>,
+    /// This poller's claim on its node's entry in the store.
+    ticket: Ticket,
     interner: Arc<Interner>,
     observations: Option<mpsc::Sender<Observation>>,
     connects: Arc<Semaphore>,
@@ -93,11 +95,13 @@ pub struct NodePoller {
 
 impl NodePoller {
     pub fn new(target: Arc<Target>, node: Option<String>, ctx: &PollContext) -> Self {
-        ctx.store
+        let ticket = ctx
+            .store
             .expect((target.name.clone(), node.clone()), target.url.address());
         Self {
             target,
             node,
+            ticket,
 
             store: ctx.store.clone(),
             interner: ctx.interner.clone(),
@@ -192,7 +196,13 @@ impl NodePoller {
             };
         }
         self.store
-            .forget(&(self.target.name.clone(), self.node.clone()));
+            .forget(&(self.target.name.clone(), self.node.clone()), self.ticket);
+    }
+
+    /// The claim on this node's store entry (what a controller that stops this poller needs to
+    /// forget the node's series at once).
+    pub fn ticket(&self) -> Ticket {
+        self.ticket
     }
 
     /// This node's place in the interval, in [0, 1): the same for a (target, node) pair in a
@@ -285,7 +295,7 @@ impl NodePoller {
             polled_at: SystemTime::now(),
             duration,
         };
-        self.store.publish(snapshot);
+        self.store.publish(self.ticket, snapshot);
         if let Some(tx) = &self.observations {
             // Never wait on the evaluator: a full queue drops this poll's facts for alerting.
             let _ = tx.try_send(Observation {

@@ -10,6 +10,7 @@
 
 use crate::config::{AllowRule, RedisUrl, Target};
 use crate::poller::{NodePoller, PollContext};
+use crate::snapshot::Ticket;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ pub enum ScrapeAnswer {
 struct Running {
     stop: watch::Sender<bool>,
     last_used: Instant,
+    ticket: Ticket,
 }
 
 /// The allow-list and the pollers it started.
@@ -77,10 +79,13 @@ impl OnDemand {
         }
         let store = &self.ctx.store;
         let nodes = store.all();
-        if nodes.iter().any(|((target, _), _)| target == requested) {
+        // A configured target's name (an on-demand poller's name, its address, is answered
+        // below, once it has polled).
+        if !self.running().contains_key(requested)
+            && nodes.iter().any(|((target, _), _)| target == requested)
+        {
             let mut out = String::new();
             store.render_into(&mut out, |(target, _), _| target == requested);
-            self.touch(requested);
             return ScrapeAnswer::Metrics(out);
         }
         let Ok(url) = RedisUrl::parse(requested) else {
@@ -95,13 +100,27 @@ impl OnDemand {
         else {
             return ScrapeAnswer::BadTarget("target must be host:port".into());
         };
-        let address = url.address();
-        if let Some((key, _)) = nodes.iter().find(|(_, e)| e.address == address) {
-            let key = key.clone();
-            let mut out = String::new();
-            store.render_into(&mut out, |k, _| *k == key);
-            self.touch(&key.0);
-            return ScrapeAnswer::Metrics(out);
+        // Host names are case-insensitive: one poller per address however it is written.
+        let address = url.address().to_ascii_lowercase();
+        // An on-demand poller of this address answers below, once it has polled; anything else
+        // already polled here is answered as it is: a configured target named like the address
+        // (all its nodes), or the node polled at that address. Neither gets a second poller
+        // (which would write into its entry with the allow-list's credentials).
+        if !self.running().contains_key(&address) {
+            if nodes.iter().any(|((target, _), _)| *target == address) {
+                let mut out = String::new();
+                store.render_into(&mut out, |(target, _), _| *target == address);
+                return ScrapeAnswer::Metrics(out);
+            }
+            if let Some((key, _)) = nodes
+                .iter()
+                .find(|(_, e)| e.address.eq_ignore_ascii_case(&address))
+            {
+                let key = key.clone();
+                let mut out = String::new();
+                store.render_into(&mut out, |k, _| *k == key);
+                return ScrapeAnswer::Metrics(out);
+            }
         }
         let Some(rule) = self.rules.iter().find(|r| r.allows(host, port)) else {
             return ScrapeAnswer::Forbidden;
@@ -138,6 +157,7 @@ impl OnDemand {
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();
         let poller = NodePoller::new(target, None, &self.ctx);
+        let ticket = poller.ticket();
         tokio::spawn(async move {
             let mut stop_rx = stop_rx;
             let (tx, rx) = watch::channel(false);
@@ -155,6 +175,7 @@ impl OnDemand {
             Running {
                 stop,
                 last_used: Instant::now(),
+                ticket,
             },
         );
         true
@@ -164,13 +185,7 @@ impl OnDemand {
         let key = (address.to_owned(), None);
         let until = Instant::now() + deadline;
         loop {
-            let ready = self
-                .ctx
-                .store
-                .all()
-                .into_iter()
-                .any(|(k, e)| k == key && e.snapshot.is_some());
-            if ready {
+            if self.ctx.store.has_snapshot(&key) {
                 let mut out = String::new();
                 self.ctx.store.render_into(&mut out, |k, _| *k == key);
                 return ScrapeAnswer::Metrics(out);
@@ -179,12 +194,6 @@ impl OnDemand {
                 return ScrapeAnswer::NotYetPolled;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn touch(&self, address: &str) {
-        if let Some(r) = self.running().get_mut(address) {
-            r.last_used = Instant::now();
         }
     }
 
@@ -199,8 +208,10 @@ impl OnDemand {
         for address in &idle {
             if let Some(r) = running.remove(address) {
                 let _ = r.stop.send(true);
+                // Its series go now; a poller started for this address before this one has
+                // exited keeps its own entry (see `Ticket`).
+                self.ctx.store.forget(&(address.clone(), None), r.ticket);
             }
-            self.ctx.store.forget(&(address.clone(), None));
             tracing::info!(address = %address, "on-demand poller stopped: not scraped recently");
         }
         idle.len()

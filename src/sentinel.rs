@@ -22,7 +22,7 @@ use crate::collector::value_text;
 use crate::config::{RedisUrl, Target};
 use crate::metrics::{FamilySet, Kind};
 use crate::poller::{open_connection, PollContext};
-use crate::snapshot::NodeKey;
+use crate::snapshot::{NodeKey, Ticket};
 use crate::topology::{expect_roll_up, publish_roll_up, Children};
 use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Value};
@@ -78,6 +78,7 @@ pub struct SentinelView {
     target: Arc<Target>,
     ctx: PollContext,
     key: NodeKey,
+    ticket: Ticket,
     /// The Sentinel that answered last (index into the configured addresses) and its connection.
     conn: Option<(usize, MultiplexedConnection)>,
     counter: FailoverCounter,
@@ -90,11 +91,12 @@ pub struct SentinelView {
 
 impl SentinelView {
     pub fn new(target: Arc<Target>, ctx: PollContext) -> Self {
-        let key = expect_roll_up(&target, &ctx);
+        let (key, ticket) = expect_roll_up(&target, &ctx);
         Self {
             target,
             ctx,
             key,
+            ticket,
             conn: None,
             counter: FailoverCounter::default(),
             nodes: Vec::new(),
@@ -162,7 +164,7 @@ impl SentinelView {
         }
         subscriber.abort();
         children.stop_all().await;
-        self.ctx.store.forget(&self.key);
+        self.ctx.store.forget(&self.key, self.ticket);
     }
 
     fn publish(&self, view: Option<&MasterView>, started: Instant) {
@@ -212,6 +214,7 @@ impl SentinelView {
         }
         publish_roll_up(
             &self.ctx,
+            self.ticket,
             &self.target,
             &set,
             view.is_some(),

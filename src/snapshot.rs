@@ -5,7 +5,9 @@
 
 use crate::error::PollError;
 use crate::metrics::{merge_exposition, HasFamilies, Rendered};
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -35,12 +37,23 @@ pub struct NodeEntry {
     /// False for a cluster node flagged `fail`: still polled, not offered to `/discovery`.
     pub live: bool,
     pub snapshot: Option<Arc<Snapshot>>,
+    /// The ticket of the task that reports for this node now.
+    owner: Ticket,
 }
+
+/// What a task got when it declared a node with [`SnapshotStore::expect`]: only the holder of
+/// the latest ticket for a node may publish its snapshots or forget it. A task told to stop
+/// can take up to a poll timeout to notice; if its node is declared again meanwhile (it came
+/// back to a cluster, a scrape asked for it again), the old task's last publish and its
+/// `forget` on the way out must not touch the new task's entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
 
 /// The shared map of latest snapshots, and the set of nodes expected to report.
 #[derive(Debug, Default)]
 pub struct SnapshotStore {
     inner: RwLock<BTreeMap<NodeKey, NodeEntry>>,
+    tickets: AtomicU64,
 }
 
 impl SnapshotStore {
@@ -56,13 +69,27 @@ impl SnapshotStore {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Declares a node that will report; it counts as not ready until its first poll ends.
-    pub fn expect(&self, key: NodeKey, address: String) {
-        self.write().entry(key).or_insert(NodeEntry {
-            address,
-            live: true,
-            snapshot: None,
-        });
+    /// Declares a node that will report, and makes the caller its reporter: a new node counts
+    /// as not ready until its first poll ends; one declared again keeps its last snapshot
+    /// until the new reporter publishes.
+    pub fn expect(&self, key: NodeKey, address: String) -> Ticket {
+        let ticket = Ticket(self.tickets.fetch_add(1, Ordering::Relaxed));
+        match self.write().entry(key) {
+            Entry::Occupied(mut e) => {
+                let e = e.get_mut();
+                e.address = address;
+                e.owner = ticket;
+            }
+            Entry::Vacant(e) => {
+                e.insert(NodeEntry {
+                    address,
+                    live: true,
+                    snapshot: None,
+                    owner: ticket,
+                });
+            }
+        }
+        ticket
     }
 
     /// Marks a node live or not for discovery (its series stay).
@@ -72,18 +99,30 @@ impl SnapshotStore {
         }
     }
 
-    /// Removes a node and its series (a node that left, a target removed on reload).
-    pub fn forget(&self, key: &NodeKey) {
-        self.write().remove(key);
+    /// Removes a node and its series (a node that left, a target removed on reload), unless
+    /// another reporter has declared it since `ticket` was given.
+    pub fn forget(&self, key: &NodeKey, ticket: Ticket) {
+        let mut map = self.write();
+        if map.get(key).is_some_and(|e| e.owner == ticket) {
+            map.remove(key);
+        }
     }
 
     /// Swaps in a node's newest snapshot. A node already forgotten stays forgotten, so a poll
-    /// that was in flight when its node left cannot bring back its series.
-    pub fn publish(&self, snapshot: Snapshot) {
+    /// that was in flight when its node left cannot bring back its series; a node declared
+    /// again since `ticket` was given takes snapshots from its new reporter only.
+    pub fn publish(&self, ticket: Ticket, snapshot: Snapshot) {
         let key = (snapshot.target.clone(), snapshot.node.clone());
         if let Some(entry) = self.write().get_mut(&key) {
-            entry.snapshot = Some(Arc::new(snapshot));
+            if entry.owner == ticket {
+                entry.snapshot = Some(Arc::new(snapshot));
+            }
         }
+    }
+
+    /// Whether the node has finished a poll since it was first declared.
+    pub fn has_snapshot(&self, key: &NodeKey) -> bool {
+        self.read().get(key).is_some_and(|e| e.snapshot.is_some())
     }
 
     /// Every node with what is known of it.
@@ -117,5 +156,71 @@ impl SnapshotStore {
 impl HasFamilies for Snapshot {
     fn rendered(&self) -> &Rendered {
         &self.families
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(node: &str, version: &str) -> Snapshot {
+        Snapshot {
+            target: "t".into(),
+            node: Some(node.into()),
+            families: crate::metrics::FamilySet::new()
+                .render(&[], &crate::metrics::Interner::default()),
+            up: true,
+            error: None,
+            polled_at: SystemTime::now(),
+            duration: Duration::ZERO,
+            role: None,
+            version: Some(version.into()),
+        }
+    }
+
+    fn version(store: &SnapshotStore, key: &NodeKey) -> Option<String> {
+        let all = store.all();
+        let (_, entry) = all.iter().find(|(k, _)| k == key)?;
+        entry
+            .snapshot
+            .as_ref()
+            .map(|s| s.version.clone().unwrap_or_default())
+    }
+
+    #[test]
+    fn only_the_latest_reporter_of_a_node_publishes_or_forgets_it() {
+        let store = SnapshotStore::new();
+        let key: NodeKey = ("t".into(), Some("n:1".into()));
+        let old = store.expect(key.clone(), "n:1".into());
+        store.publish(old, snapshot("n:1", "old"));
+        assert_eq!(version(&store, &key).as_deref(), Some("old"));
+
+        // The node left: its controller forgets it with the old poller's ticket...
+        store.forget(&key, old);
+        assert!(store.all().is_empty());
+        // ...and it comes back before the old poller, still inside a poll, has exited.
+        let new = store.expect(key.clone(), "n:1".into());
+        assert!(
+            !store.has_snapshot(&key),
+            "a node declared afresh is not ready"
+        );
+        // The old poller's last publish and its forget on the way out change nothing.
+        store.publish(old, snapshot("n:1", "stale"));
+        store.forget(&key, old);
+        assert!(!store.has_snapshot(&key));
+        assert_eq!(store.all().len(), 1);
+        store.publish(new, snapshot("n:1", "new"));
+        assert_eq!(version(&store, &key).as_deref(), Some("new"));
+
+        // Declared again while its reporter still runs (a changed target): the last snapshot
+        // stays until the new reporter publishes, and only the new one may forget it.
+        let newer = store.expect(key.clone(), "n:1".into());
+        assert_eq!(version(&store, &key).as_deref(), Some("new"));
+        store.publish(new, snapshot("n:1", "from the replaced poller"));
+        assert_eq!(version(&store, &key).as_deref(), Some("new"));
+        store.forget(&key, new);
+        assert!(store.has_snapshot(&key));
+        store.forget(&key, newer);
+        assert!(store.all().is_empty());
     }
 }

@@ -15,7 +15,7 @@ use crate::collector::value_text;
 use crate::config::{RedisUrl, Target};
 use crate::metrics::{FamilySet, Kind};
 use crate::poller::{open_connection, NodePoller, PollContext};
-use crate::snapshot::{NodeKey, Snapshot};
+use crate::snapshot::{NodeKey, Snapshot, Ticket};
 use redis::aio::MultiplexedConnection;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -87,7 +87,7 @@ fn with_watch(
 pub(crate) struct Children {
     target: Arc<Target>,
     ctx: PollContext,
-    running: BTreeMap<String, (JoinHandle<()>, watch::Sender<bool>)>,
+    running: BTreeMap<String, (JoinHandle<()>, watch::Sender<bool>, Ticket)>,
 }
 
 impl Children {
@@ -119,13 +119,13 @@ impl Children {
             .cloned()
             .collect();
         for addr in gone {
-            if let Some((_, stop)) = self.running.remove(&addr) {
+            if let Some((_, stop, ticket)) = self.running.remove(&addr) {
                 let _ = stop.send(true);
+                self.ctx
+                    .store
+                    .forget(&(self.target.name.clone(), Some(addr.clone())), ticket);
             }
             tracing::info!(target_name = %self.target.name, node = %addr, "node left; no longer polled");
-            self.ctx
-                .store
-                .forget(&(self.target.name.clone(), Some(addr.clone())));
         }
         for (addr, node_target) in want {
             if self.running.contains_key(&addr) {
@@ -141,14 +141,15 @@ impl Children {
             tracing::info!(target_name = %self.target.name, node = %addr, "node found; polling it");
             let (stop_tx, stop_rx) = watch::channel(false);
             let poller = NodePoller::new(node_target.clone(), Some(addr.clone()), &self.ctx);
+            let ticket = poller.ticket();
             let poller = with_sampler(poller, &node_target, &stop_rx);
             self.running
-                .insert(addr, (tokio::spawn(poller.run(stop_rx)), stop_tx));
+                .insert(addr, (tokio::spawn(poller.run(stop_rx)), stop_tx, ticket));
         }
     }
 
     pub(crate) async fn stop_all(self) {
-        for (_, (task, stop)) in self.running {
+        for (_, (task, stop, _)) in self.running {
             let _ = stop.send(true);
             let abort = task.abort_handle();
             if timeout(Duration::from_secs(2), task).await.is_err() {
@@ -318,6 +319,7 @@ struct ClusterView {
     target: Arc<Target>,
     ctx: PollContext,
     key: NodeKey,
+    ticket: Ticket,
     conn: Option<MultiplexedConnection>,
     known: Vec<String>,
     facts: ClusterFacts,
@@ -325,42 +327,47 @@ struct ClusterView {
 
 /// The target-level node of a discovered topology (cluster, Sentinel): expected in the store
 /// but not offered to `/discovery`, since it is not a node Prometheus should scrape.
-pub(crate) fn expect_roll_up(target: &Target, ctx: &PollContext) -> NodeKey {
+pub(crate) fn expect_roll_up(target: &Target, ctx: &PollContext) -> (NodeKey, Ticket) {
     let key = (target.name.clone(), None);
-    ctx.store.expect(key.clone(), target.url.address());
+    let ticket = ctx.store.expect(key.clone(), target.url.address());
     ctx.store.set_live(&key, false);
-    key
+    (key, ticket)
 }
 
 /// Publishes a roll-up's facts as the target-level snapshot (labels: `target` only).
 pub(crate) fn publish_roll_up(
     ctx: &PollContext,
+    ticket: Ticket,
     target: &Target,
     set: &FamilySet,
     up: bool,
     started: Instant,
     role: &str,
 ) {
-    ctx.store.publish(Snapshot {
-        target: target.name.clone(),
-        node: None,
-        families: set.render(&[("target", target.name.clone())], &ctx.interner),
-        up,
-        error: None,
-        polled_at: SystemTime::now(),
-        duration: started.elapsed(),
-        role: Some(role.to_owned()),
-        version: None,
-    });
+    ctx.store.publish(
+        ticket,
+        Snapshot {
+            target: target.name.clone(),
+            node: None,
+            families: set.render(&[("target", target.name.clone())], &ctx.interner),
+            up,
+            error: None,
+            polled_at: SystemTime::now(),
+            duration: started.elapsed(),
+            role: Some(role.to_owned()),
+            version: None,
+        },
+    );
 }
 
 impl ClusterView {
     fn new(target: Arc<Target>, ctx: PollContext) -> Self {
-        let key = expect_roll_up(&target, &ctx);
+        let (key, ticket) = expect_roll_up(&target, &ctx);
         Self {
             target,
             ctx,
             key,
+            ticket,
             conn: None,
             known: Vec::new(),
             facts: ClusterFacts::default(),
@@ -409,6 +416,7 @@ impl ClusterView {
             );
             publish_roll_up(
                 &self.ctx,
+                self.ticket,
                 &self.target,
                 &set,
                 nodes.is_some(),
@@ -419,7 +427,7 @@ impl ClusterView {
             next = (next + interval).max(after);
         }
         children.stop_all().await;
-        self.ctx.store.forget(&self.key);
+        self.ctx.store.forget(&self.key, self.ticket);
     }
 
     /// CLUSTER NODES from the node that answered last time, else any known node, else a seed.

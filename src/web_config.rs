@@ -199,6 +199,9 @@ struct BasicAuth {
     salt: [u8; 32],
     /// Digests of credentials that passed bcrypt.
     verified: Mutex<Vec<[u8; 32]>>,
+    /// One bcrypt check at a time: a flood of wrong passwords then costs one core at most,
+    /// and polls and scrapes (which run on the same blocking pool and workers) go on.
+    bcrypt_slot: tokio::sync::Semaphore,
 }
 
 /// At most this many remembered credentials (successes only, so in practice one per user).
@@ -218,6 +221,7 @@ impl BasicAuth {
             dummy,
             salt: rand::random(),
             verified: Mutex::new(Vec::new()),
+            bcrypt_slot: tokio::sync::Semaphore::new(1),
         })
     }
 
@@ -248,7 +252,10 @@ impl BasicAuth {
             Some(h) => (h.0.clone(), true),
             None => (self.dummy.clone(), false),
         };
-        // bcrypt is slow on purpose: off the async workers.
+        // bcrypt is slow on purpose: off the async workers, one check at a time.
+        let Ok(_slot) = self.bcrypt_slot.acquire().await else {
+            return false;
+        };
         let matched =
             tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
                 .await

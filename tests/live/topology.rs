@@ -282,12 +282,30 @@ async fn scrape_polls_allowed_targets_with_their_own_credentials_and_refuses_the
     let refused = std::net::TcpListener::bind("127.0.0.3:0").expect("bind 127.0.0.3");
     refused.set_nonblocking(true).unwrap();
     let refused_addr = refused.local_addr().unwrap();
+    // A configured target named like an address an entry admits: /scrape must answer it as
+    // that target, not start a second poller (writing into its entry, and taking its series
+    // away when that poller expires).
+    let elsewhere = RedisServer::start(&[]);
+    let named = format!("localhost:{}", secured.port);
     let d = Daemon::start(&format!(
-        "poll_interval: 1s\nscrape_idle: 1s\nscrape_allow:\n  - hosts: [\"127.0.0.1\"]\n    ports: {}\n    password_file: {}\n",
+        "poll_interval: 1s\nscrape_idle: 1s\ntargets:\n  - name: \"{named}\"\n    url: {}\nscrape_allow:\n  - hosts: [\"127.0.0.1\", \"localhost\"]\n    ports: {}\n    password_file: {}\n  - hosts: [\"localhost-*\"]\n    ports: {}\n",
+        elsewhere.url(),
         secured.port,
-        pw.display()
+        pw.display(),
+        refused_addr.port()
     ))
     .await;
+    d.wait_up(&named).await;
+    let (status, body) = http_get(
+        d.addr,
+        &format!("/scrape?target=redis://LOCALHOST:{}", secured.port),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        Exposition::parse(&body).value("redis_up", &[("target", &named)]),
+        Some(1.0)
+    );
 
     let target = format!("127.0.0.1:{}", secured.port);
     let (status, body) = http_get(d.addr, &format!("/scrape?target={target}")).await;
@@ -305,6 +323,8 @@ async fn scrape_polls_allowed_targets_with_their_own_credentials_and_refuses_the
         format!("redis://:fleet-secret@{refused_addr}"),
         format!("127.0.0.1:{}", secured.port + 1),
         "unix:///tmp/redis.sock".to_owned(),
+        // `*` stays within one label: a name under the caller's own domain gets no password.
+        format!("localhost-1.attacker.example:{}", refused_addr.port()),
     ] {
         let (status, _) = http_get(d.addr, &format!("/scrape?target={bad}")).await;
         assert_eq!(status, 403, "{bad} must be refused");
@@ -314,10 +334,16 @@ async fn scrape_polls_allowed_targets_with_their_own_credentials_and_refuses_the
     assert_eq!(http_get(d.addr, "/scrape").await.0, 400);
 
     // Not scraped for scrape_idle: the poller and its series go away, and so does its connection.
-    d.metrics_when("idle on-demand poller expired", WAIT, |m| {
-        m.value("redis_up", &[("target", &target)]).is_none()
-    })
-    .await;
+    let m = d
+        .metrics_when("idle on-demand poller expired", WAIT, |m| {
+            m.value("redis_up", &[("target", &target)]).is_none()
+        })
+        .await;
+    assert_eq!(
+        m.value("redis_up", &[("target", &named)]),
+        Some(1.0),
+        "the configured target stays"
+    );
     wait_for("its connection closed", WAIT, || async {
         let mut c = redis::Client::open(format!("redis://:fleet-secret@{target}"))
             .unwrap()
