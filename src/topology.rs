@@ -10,7 +10,7 @@
 //! - `sentinel:`: the master and replicas Sentinel names, and the Sentinels themselves (see
 //!   [`crate::sentinel`]).
 
-use crate::collector::cluster::{parse_cluster_nodes, ClusterNode};
+use crate::collector::cluster::{parse_cluster_nodes, use_asked_address, ClusterNode};
 use crate::collector::value_text;
 use crate::config::{RedisUrl, Target};
 use crate::metrics::{FamilySet, Kind};
@@ -320,7 +320,8 @@ struct ClusterView {
     ctx: PollContext,
     key: NodeKey,
     ticket: Ticket,
-    conn: Option<MultiplexedConnection>,
+    /// The connection to the node that answered last, and the address it was asked at.
+    conn: Option<(MultiplexedConnection, String)>,
     known: Vec<String>,
     facts: ClusterFacts,
 }
@@ -430,31 +431,47 @@ impl ClusterView {
         self.ctx.store.forget(&self.key, self.ticket);
     }
 
-    /// CLUSTER NODES from the node that answered last time, else any known node, else a seed.
+    /// CLUSTER NODES from the node that answered last time, else from the known nodes (those
+    /// whose pollers last found them up first), the configured URL and the seeds. All of it
+    /// within one poll interval: when nodes die, trying them one after another must not hold
+    /// back the roll-up (masters online, nodes by state) for many intervals.
     async fn fetch_nodes(&mut self) -> Option<Vec<ClusterNode>> {
-        if let Some(conn) = self.conn.as_mut() {
-            if let Some(nodes) = ask_nodes(conn, self.target.poll_timeout).await {
+        let limit = self.target.poll_timeout;
+        let until = tokio::time::Instant::now() + self.target.poll_interval;
+        if let Some((conn, asked)) = self.conn.as_mut() {
+            if let Some(mut nodes) = ask_nodes(conn, limit).await {
+                use_asked_address(&mut nodes, asked);
                 return Some(nodes);
             }
             self.conn = None;
         }
-        let mut candidates: Vec<RedisUrl> = Vec::new();
-        for addr in &self.known {
-            if let Ok(url) = self.target.url.with_address(addr) {
-                candidates.push(url);
-            }
-        }
+        let up: Vec<String> = self
+            .ctx
+            .store
+            .snapshots(|(target, node), _| *target == self.target.name && node.is_some())
+            .iter()
+            .filter(|s| s.up)
+            .filter_map(|s| s.node.clone())
+            .collect();
+        let mut known: Vec<&String> = self.known.iter().collect();
+        known.sort_by_key(|addr| !up.contains(addr));
+        let mut candidates: Vec<RedisUrl> = known
+            .into_iter()
+            .filter_map(|addr| self.target.url.with_address(addr).ok())
+            .collect();
         candidates.push(self.target.url.clone());
         candidates.extend(self.target.seeds.iter().cloned());
         for url in candidates {
-            let opened = timeout(
-                self.target.poll_timeout,
-                open_connection(&self.target, &url),
-            )
-            .await;
+            let left = || until.saturating_duration_since(tokio::time::Instant::now());
+            if left().is_zero() {
+                break;
+            }
+            let opened = timeout(limit.min(left()), open_connection(&self.target, &url)).await;
             let Ok(Ok(mut conn)) = opened else { continue };
-            if let Some(nodes) = ask_nodes(&mut conn, self.target.poll_timeout).await {
-                self.conn = Some(conn);
+            if let Some(mut nodes) = ask_nodes(&mut conn, limit.min(left())).await {
+                let asked = url.address();
+                use_asked_address(&mut nodes, &asked);
+                self.conn = Some((conn, asked));
                 return Some(nodes);
             }
         }

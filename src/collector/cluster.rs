@@ -111,7 +111,8 @@ const CLUSTER_SLOTS: u32 = 16384;
 
 /// Parses `CLUSTER NODES`. Lines that do not have the documented 8+ fields are skipped.
 pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
-    text.lines()
+    let mut nodes = text
+        .lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.len() < 8 {
@@ -119,7 +120,7 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
             }
             let flags: Vec<&str> = fields[2].split(',').collect();
             let has = |f: &str| flags.contains(&f);
-            let addr = fields[1].split(['@', ',']).next().unwrap_or("").to_owned();
+            let addr = client_address(fields[1]);
             let slots = fields[8..]
                 .iter()
                 .filter(|s| !s.starts_with('['))
@@ -153,7 +154,62 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
                 addr,
             })
         })
-        .collect()
+        .collect::<Vec<_>>();
+    supersede_shared_addresses(&mut nodes);
+    nodes
+}
+
+/// `ip:port` as a client reaches it, from `CLUSTER NODES`' `ip:port@cport[,hostname]`. Redis
+/// writes IPv6 addresses without brackets (`::1:7000@17000`); they get them here. A node that
+/// does not know its own IP yet (`:7000@17000`) keeps the empty host (see
+/// [`use_asked_address`]).
+fn client_address(field: &str) -> String {
+    let addr = field.split(['@', ',']).next().unwrap_or("");
+    match addr.rsplit_once(':') {
+        Some((ip, port)) if ip.contains(':') && !ip.starts_with('[') => format!("[{ip}]:{port}"),
+        _ => addr.to_owned(),
+    }
+}
+
+/// Two entries at one address: a node replaced at the same `ip:port` leaves its old id in
+/// the table, flagged `fail`, until someone runs `CLUSTER FORGET`. Only the better entry (not
+/// failing, then the answering node itself, a connected link, the higher config epoch) is
+/// polled and gets per-node series; the other would duplicate them and could hide the live
+/// node from `/discovery`.
+fn supersede_shared_addresses(nodes: &mut [ClusterNode]) {
+    use std::cmp::Reverse;
+    // Ties go to the entry listed first.
+    let rank = |n: &ClusterNode, at: usize| {
+        (
+            !n.fail,
+            !n.pfail,
+            n.myself,
+            n.link_up,
+            n.config_epoch,
+            Reverse(at),
+        )
+    };
+    for i in 0..nodes.len() {
+        for j in i + 1..nodes.len() {
+            let (a, b) = (&nodes[i], &nodes[j]);
+            if !a.unusable && !b.unusable && a.addr == b.addr {
+                let worse = if rank(a, i) > rank(b, j) { j } else { i };
+                nodes[worse].unusable = true;
+            }
+        }
+    }
+}
+
+/// The node that answered `CLUSTER NODES` at `asked` lists itself without an IP when it has
+/// not learnt one yet (a lone node before any `CLUSTER MEET`): it is reached where it was asked.
+pub fn use_asked_address(nodes: &mut [ClusterNode], asked: &str) {
+    for n in nodes
+        .iter_mut()
+        .filter(|n| n.myself && n.addr.starts_with(':'))
+    {
+        n.addr = asked.to_owned();
+        n.unusable = false;
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +242,46 @@ aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa :0@0 master,noaddr - 0 0 0 disconnected
             "migrating-slot brackets are not owned slots"
         );
         assert!(nodes[4].unusable);
+    }
+
+    #[test]
+    fn ipv6_addresses_get_brackets_and_a_lone_node_is_reached_where_asked() {
+        let text = "\
+b1 ::1:30001@40001 master - 0 0 1 connected 0-100
+b2 2001:db8::7:30002@40002,host2 slave b1 0 0 1 connected
+b3 :30003@40003 myself,master - 0 0 0 connected 101-16383
+";
+        let mut nodes = parse_cluster_nodes(text);
+        assert_eq!(nodes[0].addr, "[::1]:30001");
+        assert_eq!(nodes[1].addr, "[2001:db8::7]:30002");
+        assert!(!nodes[0].unusable && !nodes[1].unusable);
+        assert!(nodes[2].unusable, "no IP known yet");
+        use_asked_address(&mut nodes, "10.0.0.3:30003");
+        assert_eq!(nodes[2].addr, "10.0.0.3:30003");
+        assert!(!nodes[2].unusable);
+        assert!(!nodes[0].unusable, "only the answering node is placed");
+    }
+
+    #[test]
+    fn a_node_replaced_at_the_same_address_is_polled_once() {
+        // The old id stays in the table, failed, until CLUSTER FORGET; its replacement is live.
+        let text = "\
+old0 127.0.0.1:30002@40002 master,fail - 0 0 2 disconnected
+new0 127.0.0.1:30002@40002 master - 0 0 7 connected 5461-10922
+me00 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+twin 127.0.0.1:30001@40001 slave me00 0 0 1 connected
+";
+        let nodes = parse_cluster_nodes(text);
+        let usable: Vec<&str> = nodes
+            .iter()
+            .filter(|n| !n.unusable)
+            .map(|n| n.id.as_str())
+            .collect();
+        assert_eq!(usable, ["new0", "me00"]);
+        // The roll-up then has one series per address.
+        let set = crate::topology::ClusterFacts::default().observe(&nodes);
+        let slots = &set.get("redis_cluster_node_slots").unwrap().samples;
+        assert_eq!(slots.len(), 2);
     }
 
     #[test]

@@ -470,10 +470,13 @@ fn replication(info: &Info, out: &mut FamilySet) {
             labels(),
             replica.offset,
         );
-        if let Some(master_offset) = master_offset {
+        // A replica still in its initial sync (wait_bgsave, send_bulk) reports offset 0, which
+        // is no position in the stream: no lag until it is online (the sync shows on the
+        // replica as redis_master_sync_in_progress and a link that is down).
+        if let (Some(master_offset), true) = (master_offset, replica.state == "online") {
             out.add(
                 "redis_replica_lag_bytes",
-                "Replication bytes the replica has not yet acknowledged: master_repl_offset minus the replica's offset.",
+                "Replication bytes an online replica has not yet acknowledged: master_repl_offset minus the replica's offset.",
                 Kind::Gauge,
                 vec![("slave_ip", replica.ip.clone()), ("slave_port", replica.port.clone())],
                 (master_offset - replica.offset).max(0.0),
@@ -641,10 +644,10 @@ impl InfoCollector {
             }
         }
         let history = self.offsets.make_contiguous();
-        for replica in replicas {
+        for replica in replicas.iter().filter(|r| r.state == "online") {
             out.add(
                 "redis_replica_lag_seconds",
-                "Seconds since the master's replication offset was where the replica's is now (0 when caught up; resolution one poll)",
+                "Seconds since the master's replication offset was where an online replica's is now (0 when caught up; resolution one poll)",
                 Kind::Gauge,
                 vec![("slave_ip", replica.ip.clone()), ("slave_port", replica.port.clone())],
                 replica_lag_seconds(history, now, replica.offset),
@@ -844,6 +847,18 @@ mod tests {
         assert_eq!(lag.samples[1].labels[0], ("slave_ip", "::1".to_owned()));
         let bytes = out.get("redis_replica_lag_bytes").unwrap();
         assert_eq!(bytes.samples[0].value, 100.0);
+        // The replica still in its initial sync (offset 0) has no lag series, in bytes or
+        // seconds, rather than the whole stream or the age of the oldest offset recorded.
+        assert_eq!(bytes.samples.len(), 1);
+        let mut collector = InfoCollector::new(std::time::Duration::from_secs(30));
+        let mut out = FamilySet::new();
+        collector.replica_lag(&master, &mut out);
+        let seconds = out.get("redis_replica_lag_seconds").unwrap();
+        assert_eq!(seconds.samples.len(), 1);
+        assert_eq!(
+            seconds.samples[0].labels[1],
+            ("slave_port", "6380".to_owned())
+        );
 
         let replica = parse_info(
             "role:slave\nmaster_host:10.0.0.1\nmaster_port:6379\nmaster_link_status:down\n\
