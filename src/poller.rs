@@ -164,10 +164,14 @@ impl NodePoller {
                 match timeout(deadline, Box::pin(self.connect())).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) | Err(_) => {
-                        // Each failed attempt lengthens the next wait (up to the interval).
+                        // Each failed attempt lengthens the next wait (up to the interval),
+                        // counted from its end: an address that drops packets would otherwise
+                        // hold a connect slot most of the time (a 3 s attempt, then a wait of
+                        // 2.5-5 s counted from its start), and with many such targets the
+                        // healthy ones' reconnects queue behind them.
                         self.conn = None;
                         self.failures = self.failures.saturating_add(1);
-                        next_retry = Some(now + self.retry_delay());
+                        next_retry = Some(tokio::time::Instant::now() + self.retry_delay());
                         continue;
                     }
                 }
