@@ -1,23 +1,48 @@
-//! Wiring: one poller task per target, the HTTP server, and an orderly stop.
+//! Wiring: one poller task per target, the HTTP server, configuration reloads, and an orderly
+//! stop.
 //!
 //! `run` takes the listener and the shutdown signal as parameters so tests run the whole daemon
 //! in-process on port 0 and stop it when they like.
+//!
+//! A reload (`POST /-/reload`, SIGHUP) reads the configuration again from the same file, flags
+//! and environment. If it is invalid nothing changes. Otherwise targets are compared by name:
+//! a target whose settings are unchanged keeps its task and everything that task has built up
+//! (connections, the offset history behind replica lag, the keyspace census); a new one starts;
+//! a removed or changed one is stopped (a changed one then starts afresh). The `/scrape` allow-list
+//! and its idle time are taken too. Settings that only a restart can change (listen address,
+//! telemetry path, gzip, web config, logging, alerting, refresh periods) are reported, not
+//! applied.
 
 use crate::alerts::alertmanager::push_loop;
 use crate::alerts::eval::{Evaluator, Observation, State};
 use crate::collector::Refresh;
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Target};
 use crate::http::{serve, AppState};
 use crate::poller::PollContext;
-use crate::scrape::OnDemand;
-use crate::snapshot::SnapshotStore;
+use crate::scrape::{OnDemand, OnDemandSettings};
+use crate::snapshot::{SnapshotStore, Ticket};
 use crate::telemetry::Telemetry;
 use crate::topology::run_target;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+/// Reads the configuration again: the same file, flags and environment as at start.
+pub type Loader = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// How a running daemon may reload its configuration.
+pub struct Reload {
+    pub loader: Loader,
+    /// Also on SIGHUP (the binary does; tests sharing one process must not).
+    pub on_sighup: bool,
+}
+
+/// How long a stopped target's task may take to finish before it is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(4);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +54,19 @@ pub enum DaemonError {
 }
 
 /// Runs until `shutdown` completes, then stops accepting, drains requests and stops pollers.
+/// No reloading: `/-/reload` answers 404.
 pub async fn run(
     config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    run_with(config, None, listener, shutdown).await
+}
+
+/// [`run`], with configuration reloads when `reload` is given.
+pub async fn run_with(
+    config: Config,
+    reload: Option<Reload>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
@@ -91,33 +127,40 @@ pub async fn run(
         }
         evaluator = Some(e);
     }
-    let mut pollers = Vec::with_capacity(config.targets.len());
-    for target in &config.targets {
-        let task = run_target(Arc::new(target.clone()), ctx.clone(), stop_rx.clone());
-        pollers.push(tokio::spawn(task));
-    }
+    let mut fleet = Fleet {
+        ctx: ctx.clone(),
+        running: BTreeMap::new(),
+    };
+    fleet.apply(&config.targets, false);
 
-    let on_demand = OnDemand::new(
-        ctx.clone(),
-        config.scrape_allow.clone(),
-        config.scrape_idle,
-        config.poll_interval,
-        config.poll_timeout,
-        stop_rx.clone(),
-    );
+    let on_demand = OnDemand::new(ctx.clone(), on_demand_settings(&config), stop_rx.clone());
     let expiry = tokio::spawn(on_demand.clone().expire_loop());
-    let state = Arc::new(AppState {
-        store,
-        telemetry,
-        telemetry_path: config.telemetry_path.clone(),
-        gzip: config.gzip,
-        on_demand,
-        alerts: evaluator,
-        web,
-    });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, targets = config.targets.len(), path = %config.telemetry_path, "serving");
     }
+    let (telemetry_path, gzip) = (config.telemetry_path.clone(), config.gzip);
+    let reloader = Arc::new(Reloader {
+        loader: reload.as_ref().map(|r| r.loader.clone()),
+        current: tokio::sync::Mutex::new((config, fleet)),
+        on_demand: on_demand.clone(),
+        telemetry: telemetry.clone(),
+    });
+    if reload.as_ref().is_some_and(|r| r.on_sighup) {
+        background.push(tokio::spawn(reload_on_sighup(
+            reloader.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let state = Arc::new(AppState {
+        store,
+        telemetry,
+        telemetry_path,
+        gzip,
+        on_demand,
+        alerts: evaluator,
+        web,
+        reloader: reload.is_some().then(|| reloader.clone()),
+    });
     let server = tokio::spawn(serve(listener, state, stop_rx));
 
     shutdown.await;
@@ -128,17 +171,250 @@ pub async fn run(
     for task in background {
         let _ = task.await;
     }
-    for poller in pollers {
-        // A poll stuck past its own deadline cannot hold up the exit (children stop within 2 s).
-        let abort = poller.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(4), poller)
-            .await
-            .is_err()
-        {
-            abort.abort();
+    reloader.current.lock().await.1.stop_all().await;
+    Ok(())
+}
+
+fn on_demand_settings(config: &Config) -> OnDemandSettings {
+    OnDemandSettings {
+        rules: config.scrape_allow.clone(),
+        idle: config.scrape_idle,
+        poll_interval: config.poll_interval,
+        poll_timeout: config.poll_timeout,
+    }
+}
+
+/// One configured target's task.
+struct RunningTarget {
+    target: Target,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The configured targets being polled, by name.
+struct Fleet {
+    ctx: PollContext,
+    running: BTreeMap<String, RunningTarget>,
+}
+
+/// What a reload did to the targets.
+#[derive(Debug, Default, PartialEq)]
+pub struct FleetChanges {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+impl Fleet {
+    /// Makes the running targets those of `targets`: unchanged ones keep their task. `reload`:
+    /// log each target that starts or stops.
+    fn apply(&mut self, targets: &[Target], reload: bool) -> FleetChanges {
+        let mut changes = FleetChanges::default();
+        // Whatever a stopped task leaves in the store was declared before this.
+        let floor = self.ctx.store.next_ticket();
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            match targets.iter().find(|t| t.name == name) {
+                Some(t) if self.running[&name].target == *t => changes.unchanged += 1,
+                other => {
+                    if other.is_some() {
+                        changes.changed += 1;
+                    } else {
+                        changes.removed += 1;
+                    }
+                    if let Some(old) = self.running.remove(&name) {
+                        self.retire(name, old, floor);
+                    }
+                }
+            }
+        }
+        for target in targets {
+            if self.running.contains_key(&target.name) {
+                continue;
+            }
+            if reload {
+                tracing::info!(target_name = %target.name, "target starts");
+            }
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(run_target(
+                Arc::new(target.clone()),
+                self.ctx.clone(),
+                stop_rx,
+            ));
+            self.running.insert(
+                target.name.clone(),
+                RunningTarget {
+                    target: target.clone(),
+                    stop,
+                    task,
+                },
+            );
+        }
+        changes.added = targets.len() - changes.changed - changes.unchanged;
+        changes
+    }
+
+    /// Stops a target's task in the background; once it has ended (or been aborted past
+    /// [`STOP_GRACE`]), removes what it left in the store, unless declared since `floor`.
+    fn retire(&self, name: String, old: RunningTarget, floor: Ticket) {
+        tracing::info!(target_name = %name, "target stops");
+        let _ = old.stop.send(true);
+        let store = self.ctx.store.clone();
+        tokio::spawn(async move {
+            let abort = old.task.abort_handle();
+            if tokio::time::timeout(STOP_GRACE, old.task).await.is_err() {
+                abort.abort();
+            }
+            store.forget_target_before(&name, floor);
+        });
+    }
+
+    async fn stop_all(&mut self) {
+        let running = std::mem::take(&mut self.running);
+        for t in running.values() {
+            let _ = t.stop.send(true);
+        }
+        for (_, t) in running {
+            // A poll stuck past its own deadline cannot hold up the exit (children stop
+            // within 2 s).
+            let abort = t.task.abort_handle();
+            if tokio::time::timeout(STOP_GRACE, t.task).await.is_err() {
+                abort.abort();
+            }
         }
     }
-    Ok(())
+}
+
+/// Applies configuration reloads, one at a time.
+pub struct Reloader {
+    loader: Option<Loader>,
+    /// The configuration in effect (what a restart would change stays as it was at start)
+    /// and the targets' tasks.
+    current: tokio::sync::Mutex<(Config, Fleet)>,
+    on_demand: Arc<OnDemand>,
+    telemetry: Telemetry,
+}
+
+impl Reloader {
+    /// Reads the configuration again and applies it; the text says what changed. An invalid
+    /// configuration changes nothing, and the error names its file, line and column.
+    pub async fn reload(&self) -> Result<String, String> {
+        let Some(loader) = self.loader.clone() else {
+            return Err("this process has no configuration source to reload".into());
+        };
+        let mut current = self.current.lock().await;
+        let loaded = tokio::task::spawn_blocking(move || loader())
+            .await
+            .map_err(|e| format!("reading the configuration failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let new = match loaded {
+            Ok(config) => config,
+            Err(err) => {
+                self.telemetry.reloaded(false);
+                tracing::error!(error = %err, "configuration reload failed; the running configuration stays");
+                return Err(err);
+            }
+        };
+        let (config, fleet) = &mut *current;
+        let changes = fleet.apply(&new.targets, true);
+        let on_demand_stopped = self.on_demand.reconfigure(on_demand_settings(&new));
+        let pending = restart_only_changes(config, &new);
+        config.targets = new.targets;
+        config.scrape_allow = new.scrape_allow;
+        config.scrape_idle = new.scrape_idle;
+        config.poll_interval = new.poll_interval;
+        config.poll_timeout = new.poll_timeout;
+        self.telemetry.reloaded(true);
+        tracing::info!(
+            added = changes.added,
+            changed = changes.changed,
+            removed = changes.removed,
+            unchanged = changes.unchanged,
+            on_demand_stopped,
+            "configuration reloaded"
+        );
+        let mut text = format!(
+            "configuration reloaded: {} target(s): {} added, {} changed, {} removed, {} unchanged\n",
+            config.targets.len(),
+            changes.added,
+            changes.changed,
+            changes.removed,
+            changes.unchanged
+        );
+        if on_demand_stopped > 0 {
+            text.push_str(&format!(
+                "scrape_allow changed: {on_demand_stopped} on-demand poller(s) stopped\n"
+            ));
+        }
+        if !pending.is_empty() {
+            let list = pending.join(", ");
+            tracing::warn!(settings = %list, "changed settings take effect after a restart");
+            text.push_str(&format!("not applied until a restart: {list}\n"));
+        }
+        Ok(text)
+    }
+}
+
+/// The settings a reload cannot apply that differ between `running` and `new`.
+fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |name: &'static str, differs: bool| {
+        if differs {
+            out.push(name);
+        }
+    };
+    check("listen", running.listen != new.listen);
+    check(
+        "telemetry_path",
+        running.telemetry_path != new.telemetry_path,
+    );
+    check("gzip", running.gzip != new.gzip);
+    check(
+        "config_refresh",
+        running.config_refresh != new.config_refresh,
+    );
+    check(
+        "command_stats_refresh",
+        running.command_stats_refresh != new.command_stats_refresh,
+    );
+    check("log_format", running.log_format != new.log_format);
+    check("log_level", running.log_level != new.log_level);
+    check("alerting", running.alerting != new.alerting);
+    check("web config", running.web != new.web);
+    out
+}
+
+/// Reloads on every SIGHUP until shutdown.
+async fn reload_on_sighup(reloader: Arc<Reloader>, mut shutdown: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGHUP; reload with POST /-/reload");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                got = hup.recv() => {
+                    if got.is_none() { return; }
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // The outcome is logged by reload().
+                    let _ = reloader.reload().await;
+                }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, shutdown.changed().await);
+    }
 }
 
 /// Feeds each poll's facts to the evaluator, wakes the pusher on changes, keeps the alert

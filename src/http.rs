@@ -1,6 +1,7 @@
 //! The HTTP side: `/metrics` (renders snapshots, never touches Redis), `/`, `/-/healthy`,
-//! `/-/ready`. Connections are served concurrently; on shutdown the listener closes and
-//! in-flight requests get a few seconds to finish.
+//! `/-/ready`, `/-/reload` (POST), `/scrape`, `/discovery`, `/alerts`, `/runbooks/`.
+//! Connections are served concurrently; on shutdown the listener closes and in-flight requests
+//! get a few seconds to finish.
 
 use crate::alerts::eval::Evaluator;
 use crate::encoding::{self, GzipStream, Segment};
@@ -47,6 +48,8 @@ pub struct AppState {
     pub alerts: Option<Arc<std::sync::Mutex<Evaluator>>>,
     /// HTTPS and basic auth from the web config file, when given.
     pub web: Option<Arc<WebSecurity>>,
+    /// Configuration reloads (`POST /-/reload`), when the process has a source to reload.
+    pub reloader: Option<Arc<crate::daemon::Reloader>>,
 }
 
 /// How long a client may take over the TLS handshake before its connection is dropped.
@@ -314,6 +317,7 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
             "/" => "landing",
             "/-/healthy" => "healthy",
             "/-/ready" => "ready",
+            "/-/reload" => "reload",
             "/scrape" => "scrape",
             "/discovery" => "discovery",
             "/alerts" => "alerts",
@@ -326,6 +330,31 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
             }
         }
     };
+    // A reload changes state: POST only, as Prometheus' and Alertmanager's.
+    if handler == "reload" {
+        if req.method() != Method::POST {
+            let mut resp = response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n");
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return (handler, resp);
+        }
+        let resp = match &state.reloader {
+            Some(r) => match r.reload().await {
+                Ok(text) => response(StatusCode::OK, "text/plain", text),
+                Err(err) => response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("failed to reload the configuration: {err}\n"),
+                ),
+            },
+            None => response(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "this process has no configuration source to reload\n",
+            ),
+        };
+        return (handler, resp);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = response(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
         resp.headers_mut()

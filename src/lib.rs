@@ -21,7 +21,8 @@
 //!   file:line:column (those found after parsing too, located by following the setting's path
 //!   through the file), a flag's errors name the flag; passwords are [`config::Secret`]s that
 //!   cannot be printed.
-//! - [`daemon`]: starts the targets, the HTTP server and the alerting tasks; stops them.
+//! - [`daemon`]: starts the targets, the HTTP server and the alerting tasks; applies
+//!   configuration reloads (`POST /-/reload`, SIGHUP) target by target; stops them.
 //! - [`topology`]: per target, which nodes to poll: the configured one, the replicas a master
 //!   lists (`follow_replicas`), or every node of a Redis Cluster (`cluster`) with its roll-up.
 //! - [`sentinel`]: Sentinel-defined targets: the master and replicas Sentinel names, followed

@@ -23,7 +23,8 @@ fn main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
         }
     };
-    let config = match Config::load(&cli.overrides()) {
+    let overrides = cli.overrides();
+    let config = match Config::load(&overrides) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("redis-lookout: configuration error: {err}");
@@ -77,7 +78,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        match daemon::run(config, listener, shutdown_signal()).await {
+        // POST /-/reload and SIGHUP read the same file, flags and environment again.
+        let reload = daemon::Reload {
+            loader: std::sync::Arc::new(move || Config::load(&overrides)),
+            on_sighup: true,
+        };
+        match daemon::run_with(config, Some(reload), listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("redis-lookout: {err}");

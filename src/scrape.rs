@@ -37,13 +37,20 @@ struct Running {
     ticket: Ticket,
 }
 
+/// What the configuration says of on-demand polling; replaced whole on a reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnDemandSettings {
+    pub rules: Vec<AllowRule>,
+    /// An on-demand poller not scraped for this long is stopped.
+    pub idle: Duration,
+    pub poll_interval: Duration,
+    pub poll_timeout: Duration,
+}
+
 /// The allow-list and the pollers it started.
 pub struct OnDemand {
     ctx: PollContext,
-    rules: Vec<AllowRule>,
-    idle: Duration,
-    poll_interval: Duration,
-    poll_timeout: Duration,
+    settings: std::sync::RwLock<Arc<OnDemandSettings>>,
     shutdown: watch::Receiver<bool>,
     running: Mutex<HashMap<String, Running>>,
 }
@@ -51,18 +58,12 @@ pub struct OnDemand {
 impl OnDemand {
     pub fn new(
         ctx: PollContext,
-        rules: Vec<AllowRule>,
-        idle: Duration,
-        poll_interval: Duration,
-        poll_timeout: Duration,
+        settings: OnDemandSettings,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
         Arc::new(Self {
             ctx,
-            rules,
-            idle,
-            poll_interval,
-            poll_timeout,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             shutdown,
             running: Mutex::new(HashMap::new()),
         })
@@ -72,9 +73,37 @@ impl OnDemand {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn settings(&self) -> Arc<OnDemandSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Takes new settings (a configuration reload). When they differ, every on-demand poller
+    /// stops (an entry's credentials or its hosts may have changed); the next scrape of an
+    /// address still admitted starts it again. Returns how many stopped.
+    pub fn reconfigure(&self, settings: OnDemandSettings) -> usize {
+        {
+            let mut current = self.settings.write().unwrap_or_else(|e| e.into_inner());
+            if **current == settings {
+                return 0;
+            }
+            *current = Arc::new(settings);
+        }
+        let mut running = self.running();
+        let stopped = running.len();
+        for (address, r) in running.drain() {
+            let _ = r.stop.send(true);
+            self.ctx.store.forget(&(address, None), r.ticket);
+        }
+        stopped
+    }
+
     /// Answers `/scrape?target=<requested>` within `deadline`.
     pub async fn scrape(&self, requested: &str, deadline: Duration) -> ScrapeAnswer {
-        if self.rules.is_empty() {
+        let settings = self.settings();
+        if settings.rules.is_empty() {
             return ScrapeAnswer::Disabled;
         }
         let store = &self.ctx.store;
@@ -122,17 +151,17 @@ impl OnDemand {
                 return ScrapeAnswer::Metrics(out);
             }
         }
-        let Some(rule) = self.rules.iter().find(|r| r.allows(host, port)) else {
+        let Some(rule) = settings.rules.iter().find(|r| r.allows(host, port)) else {
             return ScrapeAnswer::Forbidden;
         };
-        if !self.start(&address, rule) {
+        if !self.start(&address, rule, &settings) {
             return ScrapeAnswer::TooMany;
         }
         self.first_snapshot(&address, deadline).await
     }
 
     /// Starts a poller for an allowed address unless one runs; false when at the limit.
-    fn start(&self, address: &str, rule: &AllowRule) -> bool {
+    fn start(&self, address: &str, rule: &AllowRule, settings: &OnDemandSettings) -> bool {
         let mut running = self.running();
         if let Some(r) = running.get_mut(address) {
             r.last_used = Instant::now();
@@ -151,8 +180,8 @@ impl OnDemand {
             url,
             rule.username.clone(),
             rule.password.clone(),
-            self.poll_interval,
-            self.poll_timeout,
+            settings.poll_interval,
+            settings.poll_timeout,
         ));
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();
@@ -199,10 +228,11 @@ impl OnDemand {
 
     /// Stops on-demand pollers nobody scraped for `idle`; returns how many it stopped.
     pub fn expire_idle(&self) -> usize {
+        let limit = self.settings().idle;
         let mut running = self.running();
         let idle: Vec<String> = running
             .iter()
-            .filter(|(_, r)| r.last_used.elapsed() >= self.idle)
+            .filter(|(_, r)| r.last_used.elapsed() >= limit)
             .map(|(a, _)| a.clone())
             .collect();
         for address in &idle {
@@ -220,8 +250,9 @@ impl OnDemand {
     /// Runs `expire_idle` periodically until shutdown.
     pub async fn expire_loop(self: Arc<Self>) {
         let mut shutdown = self.shutdown.clone();
-        let every = (self.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         loop {
+            let every = (self.settings().idle / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(30));
             tokio::select! {
                 _ = tokio::time::sleep(every) => { self.expire_idle(); }
                 _ = shutdown.changed() => {

@@ -46,7 +46,8 @@ pub struct NodeEntry {
 /// can take up to a poll timeout to notice; if its node is declared again meanwhile (it came
 /// back to a cluster, a scrape asked for it again), the old task's last publish and its
 /// `forget` on the way out must not touch the new task's entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Tickets are given in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ticket(u64);
 
 /// The shared map of latest snapshots, and the set of nodes expected to report.
@@ -106,6 +107,19 @@ impl SnapshotStore {
         if map.get(key).is_some_and(|e| e.owner == ticket) {
             map.remove(key);
         }
+    }
+
+    /// Every ticket given from now on is at least this one.
+    pub fn next_ticket(&self) -> Ticket {
+        Ticket(self.tickets.load(Ordering::Relaxed))
+    }
+
+    /// Removes every node of `target` whose reporter was declared before `floor`: what a
+    /// target's stopped tasks left behind (a task aborted past its deadline never forgets its
+    /// nodes), while whatever a later task of the same name declared stays.
+    pub fn forget_target_before(&self, target: &str, floor: Ticket) {
+        self.write()
+            .retain(|(name, _), e| name != target || e.owner >= floor);
     }
 
     /// Swaps in a node's newest snapshot. A node already forgotten stays forgotten, so a poll
@@ -222,5 +236,25 @@ mod tests {
         assert!(store.has_snapshot(&key));
         store.forget(&key, newer);
         assert!(store.all().is_empty());
+    }
+
+    #[test]
+    fn a_stopped_targets_leftovers_go_and_its_successors_nodes_stay() {
+        let store = SnapshotStore::new();
+        let node = |t: &str, n: &str| -> NodeKey { (t.into(), Some(n.into())) };
+        store.expect(node("t", "a:1"), "a:1".into());
+        store.expect(node("t", "b:1"), "b:1".into());
+        store.expect(node("other", "a:1"), "a:1".into());
+        // The target is replaced: its old tasks are told to stop, the new one starts.
+        let floor = store.next_ticket();
+        store.expect(node("t", "b:1"), "b:1".into());
+        store.expect(node("t", "c:1"), "c:1".into());
+        // The old tasks ended (or were aborted) without forgetting their nodes.
+        store.forget_target_before("t", floor);
+        let keys: Vec<NodeKey> = store.all().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [node("other", "a:1"), node("t", "b:1"), node("t", "c:1")]
+        );
     }
 }

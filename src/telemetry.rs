@@ -5,7 +5,7 @@
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 /// changes nothing for it, while a burst of scrapes reads /proc once a second rather than once
 /// per request.
 const PROCESS_REFRESH: Duration = Duration::from_secs(1);
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
 
 /// A collector whose families are collected at most once per `every` and reused in between.
 struct AtMostEvery<C> {
@@ -59,6 +65,10 @@ pub struct Telemetry {
     pub scrapes: IntCounterVec,
     /// Alerts of the in-process evaluator by name, severity and state.
     pub alerts: IntGaugeVec,
+    /// 1 when the last configuration reload (or the start) succeeded.
+    pub reload_ok: IntGauge,
+    /// When the configuration was last loaded successfully, in Unix seconds.
+    pub reload_time: Gauge,
 }
 
 impl Telemetry {
@@ -85,6 +95,18 @@ impl Telemetry {
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
+        let reload_ok = IntGauge::new(
+            "redis_lookout_config_last_reload_successful",
+            "1 when the last configuration reload succeeded (1 from the start until a reload fails)",
+        )?;
+        reload_ok.set(1);
+        let reload_time = Gauge::new(
+            "redis_lookout_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (start or reload), in Unix seconds",
+        )?;
+        reload_time.set(unix_now());
+        registry.register(Box::new(reload_ok.clone()))?;
+        registry.register(Box::new(reload_time.clone()))?;
         registry.register(Box::new(scrapes.clone()))?;
         registry.register(Box::new(build))?;
         #[cfg(target_os = "linux")]
@@ -96,7 +118,17 @@ impl Telemetry {
             registry,
             scrapes,
             alerts,
+            reload_ok,
+            reload_time,
         })
+    }
+
+    /// Records the outcome of a configuration reload.
+    pub fn reloaded(&self, ok: bool) {
+        self.reload_ok.set(i64::from(ok));
+        if ok {
+            self.reload_time.set(unix_now());
+        }
     }
 
     /// Appends the self-metrics in text format.

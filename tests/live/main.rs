@@ -13,6 +13,7 @@ mod hostile;
 mod keyspace;
 mod process;
 mod redis6;
+mod reload;
 mod secrets;
 mod sentinel;
 mod support;

@@ -695,13 +695,31 @@ impl Daemon {
     }
 
     pub async fn start_config(config: Config) -> Daemon {
+        Daemon::start_with(config, None).await
+    }
+
+    /// A daemon that reloads `file` on `POST /-/reload` (no SIGHUP: the tests share a process).
+    pub async fn start_reloadable(file: &Path) -> Daemon {
+        let overrides = Overrides {
+            config_file: Some(file.to_owned()),
+            ..Default::default()
+        };
+        let config = Config::load(&overrides).expect("test config");
+        let reload = redis_lookout::daemon::Reload {
+            loader: std::sync::Arc::new(move || Config::load(&overrides)),
+            on_sighup: false,
+        };
+        Daemon::start_with(config, Some(reload)).await
+    }
+
+    async fn start_with(config: Config, reload: Option<redis_lookout::daemon::Reload>) -> Daemon {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            redis_lookout::daemon::run(config, listener, async {
+            redis_lookout::daemon::run_with(config, reload, listener, async {
                 let _ = rx.await;
             })
             .await
