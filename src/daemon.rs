@@ -9,14 +9,14 @@
 //! a target whose settings are unchanged keeps its task and everything that task has built up
 //! (connections, the offset history behind replica lag, the keyspace census); a new one starts;
 //! a removed or changed one is stopped (a changed one then starts afresh). The `/scrape` allow-list
-//! and its idle time are taken too. Settings that only a restart can change (listen address,
-//! telemetry path, gzip, web config, logging, alerting, refresh periods) are reported, not
-//! applied.
+//! and its idle time are taken too, and so are alert thresholds and Alertmanagers. Settings that
+//! only a restart can change (listen address, telemetry path, gzip, web config, logging,
+//! turning alerting on or off, refresh periods) are reported, not applied.
 
-use crate::alerts::alertmanager::push_loop;
+use crate::alerts::alertmanager::{push_loop, PushTargets};
 use crate::alerts::eval::{Evaluator, Observation, State};
 use crate::collector::Refresh;
-use crate::config::{Config, ConfigError, Target};
+use crate::config::{Alerting, Config, ConfigError, Target};
 use crate::http::{serve, AppState};
 use crate::poller::PollContext;
 use crate::scrape::{OnDemand, OnDemandSettings};
@@ -97,36 +97,33 @@ pub async fn run_with(
         (a, rx, evaluator)
     });
     let mut background = Vec::new();
-    let mut evaluator = None;
+    let mut alerts = None;
     if let Some((a, rx, e)) = alerting {
         let changed = Arc::new(Notify::new());
-        let stale = config
-            .targets
-            .iter()
-            .map(|t| t.poll_interval)
-            .max()
-            .unwrap_or_default()
-            * 3
-            + Duration::from_secs(60);
+        let (stale_tx, stale_rx) = watch::channel(stale_after(&config.targets));
         background.push(tokio::spawn(evaluate(
             e.clone(),
             rx,
             changed.clone(),
             telemetry.clone(),
-            stale,
+            stale_rx,
             stop_rx.clone(),
         )));
-        if !a.alertmanagers.is_empty() {
-            background.push(tokio::spawn(push_loop(
-                e.clone(),
-                a.alertmanagers,
-                a.resend_interval,
-                changed,
-                stop_rx.clone(),
-            )));
-        }
-        evaluator = Some(e);
+        // Running with no Alertmanager too: a reload may add some.
+        let (push_tx, push_rx) = watch::channel(push_targets(&a));
+        background.push(tokio::spawn(push_loop(
+            e.clone(),
+            push_rx,
+            changed,
+            stop_rx.clone(),
+        )));
+        alerts = Some(AlertControl {
+            evaluator: e,
+            stale: stale_tx,
+            push: push_tx,
+        });
     }
+    let evaluator = alerts.as_ref().map(|a| a.evaluator.clone());
     let mut fleet = Fleet {
         ctx: ctx.clone(),
         running: BTreeMap::new(),
@@ -143,6 +140,7 @@ pub async fn run_with(
         loader: reload.as_ref().map(|r| r.loader.clone()),
         current: tokio::sync::Mutex::new((config, fleet)),
         on_demand: on_demand.clone(),
+        alerts,
         telemetry: telemetry.clone(),
     });
     if reload.as_ref().is_some_and(|r| r.on_sighup) {
@@ -173,6 +171,31 @@ pub async fn run_with(
     }
     reloader.current.lock().await.1.stop_all().await;
     Ok(())
+}
+
+/// How long a node may go unobserved before the evaluator resolves its alerts.
+fn stale_after(targets: &[Target]) -> Duration {
+    targets
+        .iter()
+        .map(|t| t.poll_interval)
+        .max()
+        .unwrap_or_default()
+        * 3
+        + Duration::from_secs(60)
+}
+
+fn push_targets(a: &Alerting) -> PushTargets {
+    PushTargets {
+        urls: a.alertmanagers.clone(),
+        resend: a.resend_interval,
+    }
+}
+
+/// The alerting tasks' settings a reload can change.
+struct AlertControl {
+    evaluator: Arc<Mutex<Evaluator>>,
+    stale: watch::Sender<Duration>,
+    push: watch::Sender<PushTargets>,
 }
 
 fn on_demand_settings(config: &Config) -> OnDemandSettings {
@@ -293,6 +316,8 @@ pub struct Reloader {
     /// and the targets' tasks.
     current: tokio::sync::Mutex<(Config, Fleet)>,
     on_demand: Arc<OnDemand>,
+    /// None when alerting is off (turning it on takes a restart).
+    alerts: Option<AlertControl>,
     telemetry: Telemetry,
 }
 
@@ -320,6 +345,24 @@ impl Reloader {
         let changes = fleet.apply(&new.targets, true);
         let on_demand_stopped = self.on_demand.reconfigure(on_demand_settings(&new));
         let pending = restart_only_changes(config, &new);
+        let mut alerting_applied = false;
+        if let (Some(control), Some(running), Some(wanted)) =
+            (&self.alerts, &config.alerting, &new.alerting)
+        {
+            if running != wanted {
+                control
+                    .evaluator
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .reconfigure(wanted.rules.clone(), wanted.runbook_base_url.clone());
+                control.push.send_replace(push_targets(wanted));
+                config.alerting = new.alerting.clone();
+                alerting_applied = true;
+            }
+        }
+        if let Some(control) = &self.alerts {
+            control.stale.send_replace(stale_after(&new.targets));
+        }
         config.targets = new.targets;
         config.scrape_allow = new.scrape_allow;
         config.scrape_idle = new.scrape_idle;
@@ -342,6 +385,9 @@ impl Reloader {
             changes.removed,
             changes.unchanged
         );
+        if alerting_applied {
+            text.push_str("alerting: thresholds and Alertmanagers applied\n");
+        }
         if on_demand_stopped > 0 {
             text.push_str(&format!(
                 "scrape_allow changed: {on_demand_stopped} on-demand poller(s) stopped\n"
@@ -380,7 +426,10 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     );
     check("log_format", running.log_format != new.log_format);
     check("log_level", running.log_level != new.log_level);
-    check("alerting", running.alerting != new.alerting);
+    check(
+        "alerting (turning it on or off)",
+        running.alerting.is_some() != new.alerting.is_some(),
+    );
     check("web config", running.web != new.web);
     out
 }
@@ -424,7 +473,7 @@ async fn evaluate(
     mut observations: tokio::sync::mpsc::Receiver<Observation>,
     changed: Arc<Notify>,
     telemetry: Telemetry,
-    stale: Duration,
+    stale: watch::Receiver<Duration>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut expiry = tokio::time::interval(Duration::from_secs(30));
@@ -437,7 +486,7 @@ async fn evaluate(
             _ = expiry.tick() => evaluator
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .expire(std::time::Instant::now(), stale),
+                .expire(std::time::Instant::now(), *stale.borrow()),
             _ = shutdown.changed() => {
                 if *shutdown.borrow() { break; }
                 continue;

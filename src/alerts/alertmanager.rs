@@ -55,10 +55,18 @@ pub fn payload(
 }
 
 /// Pushes to every configured Alertmanager until shutdown.
+/// Where and how often [`push_loop`] pushes; replaced on a configuration reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushTargets {
+    /// Alertmanager base URLs (none: evaluate only).
+    pub urls: Vec<String>,
+    /// Firing alerts are sent again this often.
+    pub resend: Duration,
+}
+
 pub async fn push_loop(
     evaluator: Arc<Mutex<Evaluator>>,
-    urls: Vec<String>,
-    resend: Duration,
+    mut targets: watch::Receiver<PushTargets>,
     changed: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -73,18 +81,10 @@ pub async fn push_loop(
             return;
         }
     };
-    // A URL's user and password go out as basic auth, never into a log line.
-    let shown: Vec<String> = urls
-        .iter()
-        .map(|u| {
-            url::Url::parse(u)
-                .map(|u| crate::config::without_userinfo(&u))
-                .unwrap_or_else(|_| "(unparsable URL)".to_owned())
-        })
-        .collect();
     let mut failures = 0u32;
     let mut healthy = true;
     loop {
+        let resend = targets.borrow_and_update().resend;
         let wait = if failures == 0 {
             resend
         } else {
@@ -93,10 +93,25 @@ pub async fn push_loop(
         tokio::select! {
             _ = changed.notified() => {}
             _ = tokio::time::sleep(wait) => {}
+            // New Alertmanagers (a reload) hear of what fires now, not a resend interval later.
+            Ok(()) = targets.changed() => { failures = 0; }
             _ = shutdown.changed() => {
                 if *shutdown.borrow() { break; }
             }
         }
+        let urls = targets.borrow_and_update().urls.clone();
+        if urls.is_empty() {
+            continue;
+        }
+        // A URL's user and password go out as basic auth, never into a log line.
+        let shown: Vec<String> = urls
+            .iter()
+            .map(|u| {
+                url::Url::parse(u)
+                    .map(|u| crate::config::without_userinfo(&u))
+                    .unwrap_or_else(|_| "(unparsable URL)".to_owned())
+            })
+            .collect();
         let (firing, resolved) = {
             let e = evaluator.lock().unwrap_or_else(|p| p.into_inner());
             (e.firing(), e.resolved_backlog())

@@ -339,6 +339,14 @@ impl Evaluator {
         }
     }
 
+    /// Takes new rules (thresholds, levels, `for`) and runbook base, from a configuration
+    /// reload. Alerts held keep their state; each node's next poll is judged by the new rules,
+    /// so an alert whose condition no longer holds resolves then.
+    pub fn reconfigure(&mut self, rules: Vec<AlertRule>, runbook_base: String) {
+        self.rules = rules;
+        self.runbook_base = runbook_base;
+    }
+
     /// Takes one node's poll and updates every alert of that node.
     pub fn observe(&mut self, obs: &Observation) -> Changes {
         let now = obs.at;

@@ -142,6 +142,63 @@ async fn a_dead_redis_reaches_alertmanager_and_its_recovery_resolves_it() {
     d.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_takes_new_thresholds_and_alertmanagers() {
+    let am = Alertmanager::start().await;
+    let redis = RedisServer::start(&["--maxmemory", "100mb"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lookout.yaml");
+    let config = |threshold: &str, alertmanager: &str| {
+        format!(
+            "poll_interval: 200ms\ntargets:\n  - name: sessions\n    url: {}\nalerting:\n{alertmanager}  resend_interval: 1s\n  thresholds:\n    RedisMemoryWarning: {{warning: {threshold}, for: 0s}}\n",
+            redis.url()
+        )
+    };
+    let with_am = format!(
+        "  alertmanager: http://127.0.0.1:{}\n",
+        am.server.addr.port()
+    );
+    // Evaluate only, with a threshold a fresh Redis is far from (it uses ~1% of 100 MB).
+    std::fs::write(&file, config("0.99", "")).unwrap();
+    let d = Daemon::start_reloadable(&file).await;
+    let up = d.wait_up("sessions").await;
+    d.metrics_when("a few polls judged", WAIT, |m| {
+        m.polls("sessions") >= up.polls("sessions") + 3.0
+    })
+    .await;
+    let (_, body) = http_get(d.addr, "/alerts").await;
+    assert!(!body.contains("RedisMemoryWarning"), "{body}");
+
+    // A threshold it is above, and an Alertmanager to tell.
+    std::fs::write(&file, config("0.000001", &with_am)).unwrap();
+    let (status, text) = http_request(d.addr, "POST", "/-/reload").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("alerting: thresholds and Alertmanagers applied"),
+        "{text}"
+    );
+    let firing = ("RedisMemoryWarning".to_owned(), "sessions".to_owned(), true);
+    wait_for(
+        "RedisMemoryWarning active in Alertmanager",
+        WAIT,
+        || async { am.alerts().await.contains(&firing).then_some(()) },
+    )
+    .await;
+
+    // Back to a threshold it is under: the alert resolves there.
+    std::fs::write(&file, config("0.99", &with_am)).unwrap();
+    assert_eq!(http_request(d.addr, "POST", "/-/reload").await.0, 200);
+    wait_for(
+        "RedisMemoryWarning resolved in Alertmanager",
+        WAIT,
+        || async { (!am.alerts().await.contains(&firing)).then_some(()) },
+    )
+    .await;
+    let (_, body) = http_get(d.addr, "/alerts").await;
+    assert!(!body.contains("RedisMemoryWarning"), "{body}");
+    d.stop().await;
+}
+
 pub(crate) fn run_check(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(binary())
         .arg("check")
