@@ -390,6 +390,10 @@ fn label_match(p: &[u8], t: &[u8]) -> bool {
     p[pi..].iter().all(|c| *c == b'*')
 }
 
+/// The most `keyspace.memory_samples` may ask of `MEMORY USAGE … SAMPLES` (Redis' default is 5;
+/// each sampled element costs Redis time on every inspected key).
+pub const MAX_MEMORY_SAMPLES: u32 = 64;
+
 /// The exporter's own endpoints (besides `/runbooks/…`), which the telemetry path may not
 /// take over: `/-/healthy` answers without authentication, for one.
 pub const RESERVED_PATHS: &[&str] = &[
@@ -1086,7 +1090,16 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
                         ),
                     ));
                 }
-
+                // SAMPLES 0 makes MEMORY USAGE read every element: seconds on a big hash.
+                let memory_samples = k.memory_samples.unwrap_or(defaults.memory_samples);
+                if !(1..=MAX_MEMORY_SAMPLES).contains(&memory_samples) {
+                    return Err(in_target(
+                        &["keyspace", "memory_samples"],
+                        format!(
+                            "target {name:?}: keyspace.memory_samples must be in 1..={MAX_MEMORY_SAMPLES} (0 would make MEMORY USAGE read whole keys), got {memory_samples}"
+                        ),
+                    ));
+                }
                 Some(crate::keyspace::KeyspaceConfig {
                     prefixes: k.prefixes,
                     must_expire: k.must_expire,
@@ -1096,7 +1109,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
                     budget,
                     export_key_names: k.export_key_names,
                     top_keys: k.top_keys.unwrap_or(defaults.top_keys).min(100),
-                    memory_samples: k.memory_samples.unwrap_or(defaults.memory_samples),
+                    memory_samples,
                     on_replicas: k.on_replicas,
                 })
             }
@@ -1678,6 +1691,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("test.yaml:3:"), "{err}");
+    }
+
+    #[test]
+    fn memory_samples_must_be_a_bounded_sample() {
+        for bad in ["0", "65"] {
+            let err = load(&format!(
+                "targets:\n  - url: redis://h:1\n    keyspace:\n      memory_samples: {bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("test.yaml:4:7:")
+                    && err.contains("memory_samples must be in 1..=64"),
+                "{err}"
+            );
+        }
+        let c = load("targets:\n  - url: redis://h:1\n    keyspace:\n      memory_samples: 64\n")
+            .unwrap();
+        assert_eq!(c.targets[0].keyspace.as_ref().unwrap().memory_samples, 64);
     }
 
     #[test]

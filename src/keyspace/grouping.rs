@@ -15,6 +15,10 @@ pub fn is_id_like(segment: &str) -> bool {
     if segment.is_empty() {
         return false;
     }
+    // An e-mail address (or user@host): one person.
+    if segment.contains('@') {
+        return true;
+    }
     let bytes = segment.as_bytes();
     let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count();
     if digits == bytes.len() {
@@ -129,6 +133,15 @@ impl Grouper {
                 pattern.push_str(segment);
             }
         }
+        // Every segment kept as written: the pattern is this one key's name, and key names are
+        // exported only when the config says so (they can carry personal data). Its last
+        // segment is shown as `*`.
+        if !pattern.contains('*') {
+            if let Some(cut) = pattern.rfind(self.delimiter) {
+                pattern.truncate(cut + self.delimiter.len_utf8());
+            }
+            pattern.push('*');
+        }
         pattern
     }
 
@@ -191,6 +204,11 @@ mod tests {
             ),
             ("lock:product:77", "lock:product:*"),
             ("saga:9f86d081884c7d65", "saga:*"),
+            // Never a whole key name: an e-mail folds, and so does the leaf of a key whose
+            // segments all look like words.
+            ("user:alice@example.com:settings", "user:*:settings"),
+            ("email:bob@example.com", "email:*"),
+            ("config:feature:darkmode", "config:feature:*"),
         ];
         for (key, want) in cases {
             assert_eq!(g.group(key.as_bytes()), want, "{key}");

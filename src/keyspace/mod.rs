@@ -599,6 +599,15 @@ pub async fn sample_for(
     out
 }
 
+/// Whether a pass that reached cursor 0 is a census. SCAN returns every key present from the
+/// start of a pass to its end; a pass that saw far fewer keys than the database held at both
+/// ends walked a table that was replaced under it (FLUSHDB and new writes, SWAPDB, a replica's
+/// full resync), and its counts would be published as exact.
+pub fn census_complete(visited: u64, size_at_start: u64, size_at_end: Option<u64>) -> bool {
+    let size = size_at_end.map_or(size_at_start, |end| end.min(size_at_start));
+    visited as f64 >= 0.9 * size as f64
+}
+
 /// Runs the sampler for one target until shutdown.
 pub async fn run_sampler(
     target: Arc<Target>,
@@ -875,9 +884,15 @@ impl Sampler {
         }
         match self.batch().await {
             Ok((round_trips, inspected)) => {
+                // Redis' time per inspected key, from commandstats, includes other clients'
+                // SCAN/SELECT/TYPE/PTTL/MEMORY calls (a rate limiter's PTTLs, another tool);
+                // our own commands cannot have taken longer than their round trips, so that
+                // bounds the charge (unbounded, the rest grew with others' share every
+                // window until the sampler all but stopped). A batch whose SCAN found no key
+                // (a sparse table) is charged its round trip: it cost Redis a SCAN.
                 let busy = match self.cost_per_key {
-                    Some(per_key) => per_key * inspected as u32,
-                    None => round_trips,
+                    Some(per_key) if inspected > 0 => (per_key * inspected as u32).min(round_trips),
+                    _ => round_trips,
                 };
                 self.stats.redis_seconds += busy.as_secs_f64();
                 if self.last_publish.elapsed() >= Duration::from_secs(1) {
@@ -1035,9 +1050,26 @@ impl Sampler {
             }
         }
         if next == 0 {
-            self.stats.passes += 1;
-            self.census.insert(pass.db, (pass, Instant::now()));
-            self.publish();
+            let conn = self.connection().await?;
+            let end_size: Option<u64> =
+                tokio::time::timeout(limit, redis::cmd("DBSIZE").query_async(conn))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+            if census_complete(pass.visited, pass.dbsize, end_size) {
+                self.stats.passes += 1;
+                self.census.insert(pass.db, (pass, Instant::now()));
+                self.publish();
+            } else {
+                tracing::info!(
+                    target_name = %self.target.name,
+                    db = pass.db,
+                    visited = pass.visited,
+                    at_start = pass.dbsize,
+                    at_end = end_size,
+                    "keyspace pass not published: the database changed under it (flushed, swapped or resynced)"
+                );
+            }
         } else {
             self.running = Some((pass, next));
         }
@@ -1083,6 +1115,9 @@ impl Sampler {
             })
             .collect();
         dbs.sort();
+        // A database emptied since its census (FLUSHDB, FLUSHALL) no longer has one.
+        self.census
+            .retain(|db, _| dbs.iter().any(|(with_keys, _)| with_keys == db));
         // The database after the one finished longest ago comes next.
         let next = dbs
             .iter()
@@ -1217,6 +1252,19 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pass_that_saw_far_less_than_the_database_held_is_no_census() {
+        // Keys came and went, nothing drastic: a census.
+        assert!(census_complete(950_000, 1_000_000, Some(1_020_000)));
+        // Half the keys expired during a long pass: those present throughout were all seen.
+        assert!(census_complete(700_000, 1_000_000, Some(500_000)));
+        // FLUSHDB mid-pass, then new writes: the cursor walked a new, partly filled table.
+        assert!(!census_complete(100_000, 1_000_000, Some(300_000)));
+        // DBSIZE unanswered: judged against the start.
+        assert!(!census_complete(100_000, 1_000_000, None));
+        assert!(census_complete(0, 0, Some(0)));
+    }
 
     fn key(name: &str, ttl: Option<f64>, memory: u64) -> KeyFacts {
         KeyFacts {

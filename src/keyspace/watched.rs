@@ -21,7 +21,7 @@ use crate::config::Target;
 use crate::metrics::{FamilySet, Kind};
 use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -255,7 +255,7 @@ pub fn publish_stream(
     db: u32,
     name: &str,
     stream: &StreamInfo,
-    groups: &[(GroupInfo, Vec<ConsumerInfo>)],
+    groups: &[(GroupInfo, Option<Vec<ConsumerInfo>>)],
     per_consumer: bool,
     stalled_for: &mut dyn FnMut(&str, bool) -> f64,
 ) {
@@ -377,6 +377,11 @@ pub fn publish_stream(
                 lag as f64,
             );
         }
+        // Not listed (too many consumers to ask about): neither stall nor consumer series.
+        let Some(consumers) = consumers else {
+            stalled_for(&group.name, false);
+            continue;
+        };
         // Entries wait when the group has not been delivered the last id yet.
         let waiting = group.last_delivered_id < stream.last_generated_id && stream.length > 0;
         let stalled = if !waiting {
@@ -472,6 +477,7 @@ pub async fn run_watcher(
         stalled: HashMap::new(),
         rounds: 0,
         redis_seconds: 0.0,
+        refused_dbs: BTreeSet::new(),
     };
     let mut next = tokio::time::Instant::now();
     loop {
@@ -500,6 +506,10 @@ pub async fn run_watcher(
     }
 }
 
+/// Groups with more consumers than this are not asked for their consumer list (see
+/// `inspect_streams`): no `redis_stream_group_stalled_seconds` or per-consumer series for them.
+pub const MAX_CONSUMERS_LISTED: i64 = 500;
+
 const REPLICA: &str = "a replica; primaries report watched keys";
 
 struct Watcher {
@@ -514,6 +524,8 @@ struct Watcher {
     stalled: HashMap<(u32, String, String), Instant>,
     rounds: u64,
     redis_seconds: f64,
+    /// Databases the server refused in the last round (warned about once).
+    refused_dbs: BTreeSet<u32>,
 }
 
 /// A SCAN reply: the next cursor and the keys of this step.
@@ -648,7 +660,37 @@ impl Watcher {
         if info.get("role") == Some("slave") {
             return Err(REPLICA);
         }
-        let config = self.config.clone();
+        let mut config = self.config.clone();
+        // A database the server refuses (past `databases`, or any but 0 on a cluster or some
+        // managed services): its entries are left out. Every pipeline below starts with a
+        // SELECT whose error would be ignored, and the commands after it would read whatever
+        // database the connection was on.
+        let dbs: BTreeSet<u32> = config
+            .keys
+            .iter()
+            .chain(&config.count)
+            .chain(&config.streams)
+            .map(|e| e.db)
+            .collect();
+        let mut probe = redis::pipe();
+        probe.ignore_errors();
+        for db in &dbs {
+            probe.cmd("SELECT").arg(*db);
+        }
+        let (selected, _): (Vec<RedisResult<Value>>, _) = self.send(&probe).await?;
+        let refused: BTreeSet<u32> = dbs
+            .iter()
+            .zip(&selected)
+            .filter(|(_, r)| r.is_err())
+            .map(|(db, _)| *db)
+            .collect();
+        for db in refused.difference(&self.refused_dbs) {
+            tracing::warn!(target_name = %self.target.name, db, "watch: the server refuses this database; its entries are skipped");
+        }
+        self.refused_dbs = refused;
+        for list in [&mut config.keys, &mut config.count, &mut config.streams] {
+            list.retain(|e| !self.refused_dbs.contains(&e.db));
+        }
         // Keys, by database.
         let mut keys: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
         for entry in &config.keys {
@@ -848,12 +890,16 @@ impl Watcher {
             };
             found.push((name, stream, parse_groups(groups)));
         }
+        // XINFO CONSUMERS answers with every consumer of the group, and consumers are never
+        // removed by Redis: a group that leaked thousands would cost Redis milliseconds each
+        // round. Groups beyond the limit are not listed.
+        let listed = |g: &GroupInfo| g.consumers <= MAX_CONSUMERS_LISTED;
         let mut consumers = redis::pipe();
         consumers.ignore_errors();
         consumers.cmd("SELECT").arg(db).ignore();
         let mut asked = 0;
         for (name, _, groups) in &found {
-            for g in groups {
+            for g in groups.iter().filter(|g| listed(g)) {
                 consumers
                     .cmd("XINFO")
                     .arg("CONSUMERS")
@@ -871,12 +917,16 @@ impl Watcher {
         let now = Instant::now();
         for (name, stream, groups) in found {
             let name = String::from_utf8_lossy(name).into_owned();
-            let groups: Vec<(GroupInfo, Vec<ConsumerInfo>)> = groups
+            let groups: Vec<(GroupInfo, Option<Vec<ConsumerInfo>>)> = groups
                 .into_iter()
                 .map(|g| {
-                    let list = match replies.next() {
-                        Some(Ok(v)) => parse_consumers(&v),
-                        _ => Vec::new(),
+                    let list = if listed(&g) {
+                        Some(match replies.next() {
+                            Some(Ok(v)) => parse_consumers(&v),
+                            _ => Vec::new(),
+                        })
+                    } else {
+                        None
                     };
                     (g, list)
                 })
@@ -1009,7 +1059,7 @@ mod tests {
                 0,
                 "s",
                 &s,
-                &[(g.clone(), consumers)],
+                &[(g.clone(), Some(consumers))],
                 true,
                 &mut |_, stuck| {
                     if stuck {
@@ -1036,7 +1086,7 @@ mod tests {
             0,
             "s",
             &s,
-            &[(caught_up, vec![])],
+            &[(caught_up, Some(vec![]))],
             false,
             &mut |_, _| 9.0,
         );
@@ -1050,6 +1100,19 @@ mod tests {
         assert!(out
             .get("redis_stream_group_consumer_idle_seconds")
             .is_none());
+        // A group with too many consumers to list: no stall figure rather than a wrong one.
+        let mut out = FamilySet::new();
+        publish_stream(
+            &mut out,
+            0,
+            "s",
+            &s,
+            &[(g.clone(), None)],
+            true,
+            &mut |_, _| 42.0,
+        );
+        assert!(out.get("redis_stream_group_stalled_seconds").is_none());
+        assert!(out.get("redis_stream_group_consumers").is_some());
     }
 
     #[test]

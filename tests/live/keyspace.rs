@@ -268,6 +268,61 @@ async fn a_completed_pass_is_an_exact_census_with_the_expected_patterns() {
     d.stop().await;
 }
 
+/// Other clients' PTTLs (a rate limiter checking its windows) count in the same commandstats
+/// as the sampler's own: the sampler must not take them for its own cost, or its rests grow
+/// window after window until it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_goes_on_while_other_clients_send_the_same_commands() {
+    let redis = RedisServer::start(&[]);
+    generate(&redis, 10_000).await;
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let neighbour = tokio::spawn(async move {
+        let mut sent = 0u64;
+        // Bounded: 200 PTTLs a round trip, at most 20 million in all.
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && sent < 20_000_000 {
+            let mut pipe = redis::pipe();
+            for i in 0..200 {
+                pipe.cmd("PTTL").arg(format!("rl:neighbour:{i}")).ignore();
+            }
+            let _: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            sent += 200;
+        }
+        sent
+    });
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\ntargets:\n  - name: shared\n    url: {}\n    keyspace:\n      budget: 0.02\n",
+        redis.url()
+    ))
+    .await;
+    // About 10 s on a quiet machine; without the bound the census never completes.
+    let m = d
+        .metrics_when(
+            "a completed census beside the neighbour",
+            Duration::from_secs(180),
+            |m| m.value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0),
+        )
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = neighbour.await.unwrap();
+    let stats: String = redis.cmd(&["INFO", "commandstats"]);
+    let pttl_calls = cmdstat(&stats, "pttl", "calls");
+    assert!(
+        pttl_calls > 2.0 * 10_000.0,
+        "the neighbour's PTTLs ({sent} sent) outnumbered the sampler's: {pttl_calls} calls"
+    );
+    assert_eq!(
+        m.value("redis_keyspace_sampler_keys_inspected_total", &[]),
+        Some(10_000.0)
+    );
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_key_names_keep_the_exposition_valid() {
     let redis = RedisServer::start(&[]);

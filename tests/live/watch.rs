@@ -39,7 +39,7 @@ async fn queue_lengths_and_group_lag_are_exact_and_a_deleted_key_loses_its_serie
         ">",
     ]);
     let d = Daemon::start(&format!(
-        "poll_interval: 300ms\ntargets:\n  - name: jobs\n    url: {}\n    watch:\n      keys: [\"queue:notification:*\", \"jobs:running\", \"stats:sent\", \"user:email\", \"visitors\", \"absent\"]\n      streams: [\"events:*\"]\n      count: [\"queue:*\"]\n      values: true\n      consumers: true\n      interval: 200ms\n      budget: 0.3\n",
+        "poll_interval: 300ms\ntargets:\n  - name: jobs\n    url: {}\n    watch:\n      keys: [\"queue:notification:*\", \"jobs:running\", \"stats:sent\", \"user:email\", \"visitors\", \"absent\", \"db20=jobs:running\"]\n      streams: [\"events:*\", \"db20=events:orders\"]\n      count: [\"queue:*\"]\n      values: true\n      consumers: true\n      interval: 200ms\n      budget: 0.3\n",
         redis.url()
     ))
     .await;
@@ -55,6 +55,14 @@ async fn queue_lengths_and_group_lag_are_exact_and_a_deleted_key_loses_its_serie
     assert_eq!(size(&m, "stats:sent"), Some(2.0), "STRLEN of a string");
     assert_eq!(size(&m, "visitors"), Some(4.0), "PFCOUNT of a HyperLogLog");
     assert_eq!(size(&m, "absent"), None, "a missing key has no series");
+    // db20 does not exist (databases 16): its entries are skipped, never read from the
+    // database the connection happened to be on, and they do not stop the round.
+    assert!(
+        !m.lines
+            .iter()
+            .any(|l| l.labels.get("db").map(String::as_str) == Some("db20")),
+        "series for a database the server refuses"
+    );
     assert_eq!(
         m.value("redis_key_value", &[("key", "stats:sent")]),
         Some(42.0)
