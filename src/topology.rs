@@ -359,6 +359,15 @@ pub(crate) fn publish_roll_up(
             version: None,
         },
     );
+    // The roll-up's facts (masters online, failovers counted) are judged by the in-process
+    // evaluator like a node's: RedisClusterMastersLow and the failover-loop alerts read them.
+    if let Some(tx) = &ctx.observations {
+        let _ = tx.try_send(crate::alerts::eval::Observation {
+            key: (target.name.clone(), None),
+            at: Instant::now(),
+            facts: Arc::new(set.clone()),
+        });
+    }
 }
 
 impl ClusterView {

@@ -27,7 +27,10 @@ pub struct PostableAlert {
     pub generator_url: String,
 }
 
-/// The body of one push: firing alerts ending `resend * 4` from now, resolved ones ended.
+/// The body of one push: firing alerts ending `resend * 4` from now, resolved ones ended. A
+/// resolution not delivered yet of an alert that fires again is left out: Alertmanager keeps
+/// the last of two entries with the same labels and non-overlapping times, so it would take
+/// the new firing for resolved.
 pub fn payload(
     firing: &[ActiveAlert],
     resolved: &[(ActiveAlert, SystemTime)],
@@ -44,13 +47,19 @@ pub fn payload(
             generator_url: String::new(),
         })
         .collect();
-    out.extend(resolved.iter().map(|(a, at)| PostableAlert {
-        labels: a.labels.clone(),
-        annotations: a.annotations.clone(),
-        starts_at: a.active_since,
-        ends_at: *at,
-        generator_url: String::new(),
-    }));
+    let firing_again = |a: &ActiveAlert| firing.iter().any(|f| f.labels == a.labels);
+    out.extend(
+        resolved
+            .iter()
+            .filter(|(a, _)| !firing_again(a))
+            .map(|(a, at)| PostableAlert {
+                labels: a.labels.clone(),
+                annotations: a.annotations.clone(),
+                starts_at: a.active_since,
+                ends_at: *at,
+                generator_url: String::new(),
+            }),
+    );
     out
 }
 
@@ -170,9 +179,13 @@ mod tests {
             since: Instant::now(),
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let other = ActiveAlert {
+            labels: BTreeMap::from([("alertname".to_owned(), "RedisMemoryHigh".to_owned())]),
+            ..alert.clone()
+        };
         let body = payload(
             std::slice::from_ref(&alert),
-            &[(alert.clone(), now)],
+            &[(other, now)],
             Duration::from_secs(60),
             now,
         );
@@ -185,5 +198,15 @@ mod tests {
             .unwrap()
             .starts_with("1970-01-01T00:00:00"));
         assert!(json[0].get("generatorURL").is_none());
+
+        // Resolved, then firing again before the resolution was delivered: only the firing.
+        let body = payload(
+            std::slice::from_ref(&alert),
+            &[(alert.clone(), now - Duration::from_secs(30))],
+            Duration::from_secs(60),
+            now,
+        );
+        assert_eq!(body.len(), 1);
+        assert!(body[0].ends_at > now);
     }
 }

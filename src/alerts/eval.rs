@@ -206,12 +206,22 @@ pub fn readings(
                 _ => Vec::new(),
             }
         }
-        Signal::DropFromMax(family, _window) => {
+        Signal::DropFromMax(family, window) => {
+            // max_over_time over the window: the value at its start and every change since
+            // (not every point ever kept: a drop would then never resolve).
+            let start = now.checked_sub(window);
             let max = history
                 .series
                 .iter()
                 .filter(|((f, _), _)| f == family)
-                .flat_map(|(_, points)| points.iter().map(|p| p.1))
+                .flat_map(|(_, points)| {
+                    let at_start = start.and_then(|s| NodeHistory::value_at(points, s));
+                    points
+                        .iter()
+                        .filter(move |p| start.is_none_or(|s| p.0 > s))
+                        .map(|p| p.1)
+                        .chain(at_start)
+                })
                 .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
             match (max, sum_of(family)) {
                 (Some(max), Some(now_v)) => vec![(Labels::new(), max - now_v)],
@@ -253,11 +263,11 @@ pub fn readings(
 
 /// True when the rule's guard (AOF enabled, enough wasted memory, …) lets the node be judged.
 pub fn guard_passes(rule: &AlertRule, facts: &FamilySet) -> bool {
-    rule.guard.is_none_or(|(family, min)| {
+    rule.guard.is_none_or(|(family, op, threshold)| {
         facts
             .get(family)
             .and_then(|f| f.samples.first())
-            .is_some_and(|s| s.value > min)
+            .is_some_and(|s| op.holds(s.value, threshold))
     })
 }
 
@@ -296,13 +306,18 @@ pub fn fill_template(text: &str, labels: &Labels, value: f64) -> String {
         )
         .replace("{{ $value | humanize }}", &format!("{value:.3}"))
         .replace("{{ $value }}", &format!("{value}"));
-    while let Some(start) = out.find("{{ $labels.") {
+    // The search resumes after each replacement: a label value (a stream group's name comes
+    // from Redis data) may itself contain `{{ $labels.… }}`.
+    let mut from = 0;
+    while let Some(found) = out[from..].find("{{ $labels.") {
+        let start = from + found;
         let Some(len) = out[start..].find("}}") else {
             break;
         };
         let name = out[start + 11..start + len].trim();
         let replacement = labels.get(name).cloned().unwrap_or_default();
         out.replace_range(start..start + len + 2, &replacement);
+        from = start + replacement.len();
     }
     out
 }
@@ -351,12 +366,28 @@ impl Evaluator {
     pub fn observe(&mut self, obs: &Observation) -> Changes {
         let now = obs.at;
         let history = self.nodes.entry(obs.key.clone()).or_default();
-        history.first_seen.get_or_insert(now);
+        // The first poll that reached Redis: lifetime totals read then are not news (a node
+        // first seen down would otherwise count them all as new once it answers).
+        let up = obs
+            .facts
+            .get("redis_up")
+            .and_then(|f| f.samples.first())
+            .is_some_and(|s| s.value == 1.0);
+        if up {
+            history.first_seen.get_or_insert(now);
+        }
         history.last_seen = Some(now);
+        // One history per family, kept for the longest window any rule reads it over (kept
+        // per rule, a 2-minute rule cut what a 5-minute one on the same counter needed).
+        let mut windows: HashMap<&'static str, Duration> = HashMap::new();
         for rule in &self.rules {
             for (family, window) in remembered(&rule.signal) {
-                history.record(family, &obs.facts, now, window);
+                let w = windows.entry(family).or_insert(window);
+                *w = (*w).max(window);
             }
+        }
+        for (family, window) in windows {
+            history.record(family, &obs.facts, now, window);
         }
         let mut base = Labels::new();
         base.insert("target".into(), obs.key.0.clone());
@@ -781,6 +812,142 @@ mod tests {
                 .iter()
                 .any(|a| a.labels["alertname"] == "RedisOutOfMemoryErrors"),
             "{fired:?}"
+        );
+    }
+
+    /// One `redis_errors_total{err}` series and `redis_up 1` (or a down node's `redis_up 0`).
+    fn errors_of(err: &str, total: Option<f64>) -> Arc<FamilySet> {
+        let mut set = FamilySet::new();
+        set.gauge("redis_up", "h", f64::from(u8::from(total.is_some())));
+        if let Some(v) = total {
+            set.add(
+                "redis_errors_total",
+                "h",
+                Kind::Counter,
+                vec![("err", err.into())],
+                v,
+            );
+        }
+        Arc::new(set)
+    }
+
+    fn fired_names(e: &Evaluator) -> Vec<String> {
+        e.active()
+            .into_iter()
+            .filter(|a| a.state == State::Firing)
+            .map(|a| a.labels["alertname"].clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_short_window_on_a_counter_does_not_cut_a_longer_ones_history() {
+        // 1000 WRONGPASS before we started, then one more every 100 s: two in any 5 minutes,
+        // under RedisUnauthorizedAccess' 5. The 2-minute MISCONF rule reads the same family.
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        for i in 0..=12u64 {
+            let o = Observation {
+                key: ("r".into(), None),
+                at: t0 + Duration::from_secs(50 * i),
+                facts: errors_of("WRONGPASS", Some(1000.0 + (i / 2) as f64)),
+            };
+            e.observe(&o);
+            let unauthorized = e
+                .active()
+                .into_iter()
+                .find(|a| a.labels["alertname"] == "RedisUnauthorizedAccess");
+            assert!(unauthorized.is_none(), "at {} s: {unauthorized:?}", 50 * i);
+        }
+    }
+
+    #[test]
+    fn a_lost_replica_resolves_once_the_hour_has_passed() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let at = |m: u32, replicas: f64| {
+            obs(
+                t0 + minute * m,
+                &[("redis_up", 1.0), ("redis_connected_slaves", replicas)],
+            )
+        };
+        e.observe(&at(0, 2.0));
+        for m in 1..=10 {
+            e.observe(&at(m, 0.0));
+        }
+        assert!(fired_names(&e).contains(&"RedisReplicaLost".to_owned()));
+        // An hour after the drop nobody had two replicas within the window: resolved.
+        for m in 11..=62 {
+            e.observe(&at(m, 0.0));
+        }
+        assert!(
+            !e.active()
+                .iter()
+                .any(|a| a.labels["alertname"] == "RedisReplicaLost"),
+            "{:?}",
+            e.active()
+        );
+    }
+
+    #[test]
+    fn lifetime_totals_are_not_news_when_the_first_polls_failed() {
+        // Started with a wrong password (polls fail), fixed later: the 4000 WRONGPASS and the
+        // other lifetime totals Redis then shows are history, not a burst.
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let at = |s: u64, total| Observation {
+            key: ("r".into(), None),
+            at: t0 + Duration::from_secs(s),
+            facts: errors_of("WRONGPASS", total),
+        };
+        e.observe(&at(0, None));
+        e.observe(&at(5, None));
+        e.observe(&at(10, Some(4000.0)));
+        e.observe(&at(15, Some(4000.0)));
+        assert!(!fired_names(&e).contains(&"RedisUnauthorizedAccess".to_owned()));
+        assert!(!e
+            .active()
+            .iter()
+            .any(|a| a.labels["alertname"] == "RedisUnauthorizedAccess"));
+    }
+
+    #[test]
+    fn a_restart_loading_its_dump_is_no_flush_but_an_empty_redis_is() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let at = |m: u32, keys: f64, loading: f64| {
+            obs(
+                t0 + minute * m,
+                &[
+                    ("redis_up", 1.0),
+                    ("redis_db_keys", keys),
+                    ("redis_loading_dump_file", loading),
+                ],
+            )
+        };
+        for m in 0..=20 {
+            e.observe(&at(m, 200_000.0, 0.0));
+        }
+        let flushed = |e: &Evaluator| {
+            e.active()
+                .iter()
+                .any(|a| a.labels["alertname"] == "RedisDatabaseFlushed")
+        };
+        e.observe(&at(21, 40_000.0, 1.0));
+        assert!(!flushed(&e), "loading");
+        e.observe(&at(22, 200_000.0, 0.0));
+        assert!(!flushed(&e));
+        e.observe(&at(23, 0.0, 0.0));
+        assert!(flushed(&e), "empty and not loading");
+    }
+
+    #[test]
+    fn a_label_value_that_looks_like_a_template_is_written_once() {
+        let labels = Labels::from([("group".to_owned(), "{{ $labels.group }}".to_owned())]);
+        assert_eq!(
+            fill_template("group {{ $labels.group }} stalled", &labels, 0.0),
+            "group {{ $labels.group }} stalled"
         );
     }
 

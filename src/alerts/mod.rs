@@ -176,8 +176,9 @@ pub struct AlertRule {
     pub expr: &'static str,
     pub op: Op,
     pub signal: Signal,
-    /// A node passes only where this family's value is above this number (AOF enabled, …).
-    pub guard: Option<(&'static str, f64)>,
+    /// A node is judged only where this family's value compares so with this number (AOF
+    /// enabled, not loading, …); the PromQL says the same in its `and on (target, node)`.
+    pub guard: Option<(&'static str, Op, f64)>,
     pub levels: Vec<Level>,
     /// How the value reads in reports: "ratio", "seconds", "per second", "count".
     pub unit: &'static str,
@@ -402,7 +403,7 @@ pub fn pack() -> Vec<AlertRule> {
             "count",
         ),
         AlertRule {
-            guard: Some(("redis_aof_enabled", 0.5)),
+            guard: Some(("redis_aof_enabled", Op::Above, 0.5)),
             ..rule(
                 "RedisAofWriteFailing",
                 "Redis cannot write its AOF",
@@ -415,7 +416,7 @@ pub fn pack() -> Vec<AlertRule> {
             )
         },
         AlertRule {
-            guard: Some(("redis_aof_enabled", 0.5)),
+            guard: Some(("redis_aof_enabled", Op::Above, 0.5)),
             ..rule(
                 "RedisAofRewriteFailing",
                 "Redis AOF rewrite failed",
@@ -427,16 +428,21 @@ pub fn pack() -> Vec<AlertRule> {
                 "ok",
             )
         },
-        rule(
-            "RedisDatabaseFlushed",
-            "Redis lost most of its keys",
-            "{{ $labels.target }} {{ $labels.node }} holds {{ $value | humanizePercentage }} of the keys it held 10 minutes ago (FLUSHALL/FLUSHDB, mass deletion, or a restart without persistence).",
-            "sum by (target, node) (redis_db_keys) / (sum by (target, node) (redis_db_keys offset 10m) > 100)",
-            Op::Below,
-            Signal::ShareOfEarlier("redis_db_keys", secs(600), 100.0),
-            vec![level(Critical, 0.5, 0)],
-            "ratio",
-        ),
+        AlertRule {
+            // While Redis loads its dump after a restart (or a replica loads a full sync), INFO
+            // answers with the keys loaded so far: not a flush.
+            guard: Some(("redis_loading_dump_file", Op::Below, 0.5)),
+            ..rule(
+                "RedisDatabaseFlushed",
+                "Redis lost most of its keys",
+                "{{ $labels.target }} {{ $labels.node }} holds {{ $value | humanizePercentage }} of the keys it held 10 minutes ago (FLUSHALL/FLUSHDB, mass deletion, or a restart without persistence).",
+                "sum by (target, node) (redis_db_keys) / (sum by (target, node) (redis_db_keys offset 10m) > 100) {cmp} and on (target, node) redis_loading_dump_file == 0",
+                Op::Below,
+                Signal::ShareOfEarlier("redis_db_keys", secs(600), 100.0),
+                vec![level(Critical, 0.5, 0)],
+                "ratio",
+            )
+        },
         rule(
             "RedisUnauthorizedAccess",
             "Failed authentication attempts on Redis",
@@ -508,7 +514,11 @@ pub fn pack() -> Vec<AlertRule> {
             "seconds",
         ),
         AlertRule {
-            guard: Some(("redis_mem_fragmentation_bytes", 100.0 * 1024.0 * 1024.0)),
+            guard: Some((
+                "redis_mem_fragmentation_bytes",
+                Op::Above,
+                100.0 * 1024.0 * 1024.0,
+            )),
             ..rule(
                 "RedisFragmentationHigh",
                 "Redis memory is fragmented",

@@ -3,7 +3,9 @@
 //!
 //! Steady state asks `SLOWLOG GET` for a small window; when the whole window is new (a busy
 //! slowlog) it asks again, in the same poll, for the server's whole log. Entries that rotated out
-//! of the log before we saw them are counted in `redis_slowlog_entries_missed_total`. Entries that
+//! of the log before we saw them are counted in `redis_slowlog_entries_missed_total` (from the
+//! gap in ids; not before the first entry seen when the log was empty at the first look, since
+//! ids go on across SLOWLOG RESET and the gap then says nothing). Entries that
 //! were already in the log when we started are not counted: after an exporter restart they would
 //! otherwise show up as a burst in `increase()`. Arguments are never read beyond the command name.
 
@@ -78,6 +80,9 @@ pub struct SlowlogCollector {
     unavailable: bool,
     /// Highest entry id already counted (None until the first look at the log).
     last_id: Option<i64>,
+    /// The log was empty at the first look: where Redis' id counter stood is unknown (ids go
+    /// on across SLOWLOG RESET), so the first entries seen say nothing of entries missed.
+    counter_unknown: bool,
     window: usize,
     asked_full: bool,
     length: Option<i64>,
@@ -113,11 +118,15 @@ impl SlowlogCollector {
         let newest = entries.iter().map(|e| e.id).max();
         let Some(last) = self.last_id else {
             self.last_id = Some(newest.unwrap_or(-1));
+            self.counter_unknown = newest.is_none();
             return true;
         };
         let last = match newest {
             // Ids restart at 0 when Redis restarts: everything in the log is new.
-            Some(newest) if newest < last => -1,
+            Some(newest) if newest < last => {
+                self.counter_unknown = false;
+                -1
+            }
             _ => last,
         };
         let fresh: Vec<&SlowEntry> = entries.iter().filter(|e| e.id > last).collect();
@@ -127,7 +136,9 @@ impl SlowlogCollector {
             return false;
         }
         if let Some(oldest) = oldest_fresh {
-            self.missed += (oldest - last - 1).max(0) as u64;
+            if !std::mem::take(&mut self.counter_unknown) {
+                self.missed += (oldest - last - 1).max(0) as u64;
+            }
         }
         let fresh: Vec<SlowEntry> = fresh.into_iter().cloned().collect();
         for entry in &fresh {
@@ -325,24 +336,35 @@ mod tests {
 
     #[test]
     fn entries_rotated_out_are_counted_as_missed_and_restart_resets_ids() {
+        let missed = |out: &FamilySet| {
+            out.get("redis_slowlog_entries_missed_total")
+                .unwrap()
+                .samples[0]
+                .value
+        };
         let mut c = SlowlogCollector::default();
-        poll(&mut c, 0, log(std::iter::empty()));
+        poll(&mut c, 1, log([0].into_iter()));
         let (outcome, _) = poll(&mut c, 8, log((93..=100).rev()));
         assert!(matches!(outcome, Outcome::FollowUp(_)));
         let mut out = FamilySet::new();
         c.collect(vec![Ok(log((73..=100).rev()))], &mut out);
         assert_eq!(total(&out, "keys"), 28.0);
-        // Ids 0 to 72 rotated out unseen.
-        assert_eq!(
-            out.get("redis_slowlog_entries_missed_total")
-                .unwrap()
-                .samples[0]
-                .value,
-            73.0
-        );
+        // Ids 1 to 72 rotated out unseen.
+        assert_eq!(missed(&out), 72.0);
         // Redis restarted: ids begin again at 0.
         let (_, out) = poll(&mut c, 2, log([1, 0].into_iter()));
         assert_eq!(total(&out, "keys"), 30.0);
+
+        // Empty at the first look (SLOWLOG RESET keeps the id counter going): the first entry
+        // seen, id 5000, is new, and the ids before it are no evidence of anything missed.
+        let mut c = SlowlogCollector::default();
+        poll(&mut c, 0, log(std::iter::empty()));
+        let (_, out) = poll(&mut c, 1, log([5000].into_iter()));
+        assert_eq!(total(&out, "keys"), 1.0);
+        assert_eq!(missed(&out), 0.0);
+        // From then on the counter is known: a gap is a miss.
+        let (_, out) = poll(&mut c, 2, log([5003, 5002].into_iter()));
+        assert_eq!(missed(&out), 1.0);
     }
 }
 

@@ -153,6 +153,17 @@ fn roles_by_node(m: &Exposition) -> Vec<(String, String)> {
     out
 }
 
+/// Whether the daemon's in-process evaluator has `alert` firing.
+async fn alert_firing(d: &Daemon, alert: &str) -> bool {
+    let (_, body) = http_get(d.addr, "/alerts").await;
+    let alerts: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    alerts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["labels"]["alertname"] == alert && a["state"] == "firing")
+}
+
 async fn discovered(d: &Daemon) -> BTreeSet<String> {
     let (status, body) = http_get(d.addr, "/discovery").await;
     assert_eq!(status, 200);
@@ -169,8 +180,9 @@ async fn discovered(d: &Daemon) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
     let mut cluster = RedisCluster::start().await;
+    // The in-process evaluator judges the roll-up too: thresholds this test reaches.
     let d = Daemon::start(&format!(
-        "poll_interval: 200ms\npoll_timeout: 150ms\ntargets:\n  - name: prod\n    url: redis://{}\n    cluster: true\n",
+        "poll_interval: 200ms\npoll_timeout: 150ms\ntargets:\n  - name: prod\n    url: redis://{}\n    cluster: true\nalerting:\n  thresholds:\n    RedisClusterMastersLow: {{critical: 3, for: 0s}}\n    RedisClusterFailoverLoop: 0\n",
         cluster.addr(0)
     ))
     .await;
@@ -199,6 +211,8 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
     );
     assert_eq!(m.sum("redis_cluster_node_slots", &[]), 16384.0);
     assert_eq!(discovered(&d).await, all, "discovery lists every node");
+    assert!(!alert_firing(&d, "RedisClusterMastersLow").await);
+    assert!(!alert_firing(&d, "RedisClusterFailoverLoop").await);
 
     // A manual failover: a replica takes over its master.
     let roles = cluster.roles();
@@ -231,6 +245,16 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
         Some(1.0),
         "counted once"
     );
+    wait_for(
+        "RedisClusterFailoverLoop firing in-process",
+        WAIT,
+        || async {
+            alert_firing(&d, "RedisClusterFailoverLoop")
+                .await
+                .then_some(())
+        },
+    )
+    .await;
 
     // Kill a master while its replica is frozen, so nothing can take over yet. Not the shard
     // that just failed over: Redis refuses to promote a node demoted moments ago.
@@ -253,6 +277,12 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
         })
         .await;
     assert_eq!(node_value(&m, "redis_up", &victim_addr), Some(0.0));
+    wait_for("RedisClusterMastersLow firing in-process", WAIT, || async {
+        alert_firing(&d, "RedisClusterMastersLow")
+            .await
+            .then_some(())
+    })
+    .await;
 
     cluster.nodes[heir].signal("CONT");
     let heir_addr = cluster.addr(heir);
