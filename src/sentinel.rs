@@ -56,13 +56,19 @@ pub struct FailoverCounter {
 }
 
 impl FailoverCounter {
+    /// True for a view older than one already seen: a lower config epoch comes from a
+    /// Sentinel cut off from the others since (it still names the old master).
+    pub fn is_stale(&self, epoch: Option<u64>) -> bool {
+        matches!((self.epoch, epoch), (Some(before), Some(now)) if now < before)
+    }
+
     pub fn observe(&mut self, master: &str, epoch: Option<u64>) {
         let failover = match (self.epoch, epoch) {
             (Some(before), Some(now)) => now > before,
             // Without epochs, an address change is the only sign.
             _ => self.master.as_deref().is_some_and(|m| m != master),
         };
-        let stale = matches!((self.epoch, epoch), (Some(before), Some(now)) if now < before);
+        let stale = self.is_stale(epoch);
         if failover {
             self.failovers += 1;
         }
@@ -81,6 +87,8 @@ pub struct SentinelView {
     ticket: Ticket,
     /// The Sentinel that answered last (index into the configured addresses) and its connection.
     conn: Option<(usize, MultiplexedConnection)>,
+    /// Where the next search for a Sentinel starts when there is no connection.
+    start_at: usize,
     counter: FailoverCounter,
     /// The data nodes of the last successful view, kept while no Sentinel answers.
     nodes: Vec<String>,
@@ -98,6 +106,7 @@ impl SentinelView {
             key,
             ticket,
             conn: None,
+            start_at: 0,
             counter: FailoverCounter::default(),
             nodes: Vec::new(),
             wake: Arc::new(Notify::new()),
@@ -135,12 +144,28 @@ impl SentinelView {
                 }
             }
             let started = Instant::now();
-            let view = self.ask().await;
+            let mut view = self.ask().await;
+            // A Sentinel that answers with an older configuration than one already seen was
+            // cut off from the others: ask the next one, once, and keep the nodes as they were
+            // if it says no better.
+            if view
+                .as_ref()
+                .is_some_and(|v| self.counter.is_stale(v.config_epoch))
+            {
+                if let Some((index, _)) = self.conn.take() {
+                    self.start_at = index + 1;
+                }
+                tracing::info!(target_name = %self.target.name, "a Sentinel answered with an older configuration; asking another");
+                view = self.ask().await;
+            }
             if let Some(view) = &view {
+                let stale = self.counter.is_stale(view.config_epoch);
                 self.counter.observe(&view.master, view.config_epoch);
-                let mut nodes = vec![view.master.clone()];
-                nodes.extend(view.replicas.iter().filter(|r| **r != view.master).cloned());
-                self.nodes = nodes;
+                if !stale {
+                    let mut nodes = vec![view.master.clone()];
+                    nodes.extend(view.replicas.iter().filter(|r| **r != view.master).cloned());
+                    self.nodes = nodes;
+                }
             }
             let mut want: Vec<(String, Result<Target, String>)> = self
                 .nodes
@@ -228,7 +253,7 @@ impl SentinelView {
         let master = self.target.sentinel.as_ref()?.master.clone();
         let limit = self.target.poll_timeout;
         let sentinels = self.sentinels().to_vec();
-        let mut start = 0;
+        let mut start = self.start_at;
         if let Some((index, mut conn)) = self.conn.take() {
             if let Some(view) = ask_one(&mut conn, &master, limit, &sentinels[index]).await {
                 self.conn = Some((index, conn));
@@ -410,7 +435,10 @@ mod tests {
         assert_eq!(c.failovers, 0);
         c.observe("10.0.0.2:6379", Some(4));
         assert_eq!(c.failovers, 1);
-        // A lagging Sentinel still names the old master with the old epoch.
+        // A lagging Sentinel still names the old master with the old epoch: stale, so the
+        // view asks another Sentinel and keeps its nodes.
+        assert!(c.is_stale(Some(3)));
+        assert!(!c.is_stale(Some(4)) && !c.is_stale(None));
         c.observe("10.0.0.1:6379", Some(3));
         c.observe("10.0.0.2:6379", Some(4));
         assert_eq!(c.failovers, 1);
