@@ -480,6 +480,7 @@ pub async fn run_watcher(
         refused_dbs: BTreeSet::new(),
     };
     let mut next = tokio::time::Instant::now();
+    let mut failed_rounds = 0u32;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
@@ -493,11 +494,17 @@ pub async fn run_watcher(
             _ = shutdown.changed() => break,
         };
         match round {
-            Ok(set) => *facts.lock().unwrap_or_else(|p| p.into_inner()) = set,
+            Ok(set) => {
+                failed_rounds = 0;
+                *facts.lock().unwrap_or_else(|p| p.into_inner()) = set;
+            }
             Err(why) => {
                 tracing::debug!(target_name = %watcher.target.name, problem = why, "key watcher round failed");
                 watcher.conn = None;
-                if why == REPLICA {
+                failed_rounds += 1;
+                // One failed round keeps the last figures (a timeout should not make series
+                // blink); more, and they would be served as if fresh while nothing is read.
+                if why == REPLICA || failed_rounds >= STALE_AFTER_FAILED_ROUNDS {
                     facts.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 }
             }
@@ -509,6 +516,9 @@ pub async fn run_watcher(
 /// Groups with more consumers than this are not asked for their consumer list (see
 /// `inspect_streams`): no `redis_stream_group_stalled_seconds` or per-consumer series for them.
 pub const MAX_CONSUMERS_LISTED: i64 = 500;
+
+/// Failed rounds in a row after which the watched series are withdrawn.
+const STALE_AFTER_FAILED_ROUNDS: u32 = 3;
 
 const REPLICA: &str = "a replica; primaries report watched keys";
 

@@ -358,3 +358,35 @@ async fn under_lfu_the_hottest_key_found_is_the_one_the_test_made_hot() {
     eprintln!("hot key: LFU counter {freq}, estimated share {share:.3}");
     d.stop().await;
 }
+
+/// A watcher whose rounds keep failing while the node's polls succeed (here its user lost
+/// TYPE) withdraws the watched series instead of serving the last figures as if fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_series_go_when_the_rounds_keep_failing() {
+    let redis = RedisServer::start(&[]);
+    let _: () = redis.cmd(&[
+        "ACL", "SETUSER", "watcher", "on", ">w-Pa55", "~*", "&*", "+@all",
+    ]);
+    let _: () = redis.cmd(&["SADD", "jobs:running", "1", "2"]);
+    let url = format!("redis://watcher:w-Pa55@127.0.0.1:{}", redis.port);
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\ntargets:\n  - name: jobs\n    url: {url}\n    watch:\n      keys: [\"jobs:running\"]\n      interval: 200ms\n      budget: 0.3\n"
+    ))
+    .await;
+    d.metrics_when("the watched key", WAIT, |m| {
+        size(m, "jobs:running") == Some(2.0)
+    })
+    .await;
+    let _: () = redis.cmd(&["ACL", "SETUSER", "watcher", "-type"]);
+    let m = d
+        .metrics_when("the watched series withdrawn", WAIT, |m| {
+            size(m, "jobs:running").is_none()
+        })
+        .await;
+    assert_eq!(
+        m.value("redis_up", &[("target", "jobs")]),
+        Some(1.0),
+        "the node's own polls go on"
+    );
+    d.stop().await;
+}
