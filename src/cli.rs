@@ -27,11 +27,11 @@ pub struct Cli {
     #[arg(global = true, long = "redis.addr", env = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
 
-    /// ACL user name for targets that set no credentials of their own.
+    /// ACL user name for targets that set none (in the file or the URL).
     #[arg(global = true, long = "redis.user", env = "REDIS_USER")]
     pub redis_user: Option<String>,
 
-    /// Password for targets that set no credentials of their own. Prefer --redis.password-file:
+    /// Password for targets that set none (in the file or the URL). Prefer --redis.password-file:
     /// a flag is visible in the process list.
     #[arg(
         global = true,
@@ -47,7 +47,9 @@ pub struct Cli {
         long = "redis.password-file",
         env = "REDIS_PASSWORD_FILE"
     )]
-    pub redis_password_file: Option<PathBuf>,
+    // A string, not a path: an empty value means none (see `overrides`), where clap's path
+    // parser would refuse it.
+    pub redis_password_file: Option<String>,
 
     /// Address to serve HTTP on (default 0.0.0.0:9121; ":9121" also works).
     #[arg(
@@ -173,10 +175,16 @@ impl Cli {
     pub fn overrides(&self) -> Overrides {
         Overrides {
             config_file: self.config.clone(),
-            redis_addr: self.redis_addr.clone(),
-            redis_user: self.redis_user.clone(),
-            redis_password: self.redis_password.clone(),
-            redis_password_file: self.redis_password_file.clone(),
+            // An empty value (`REDIS_PASSWORD=` from a template with nothing to put there) is
+            // no value: as in redis_exporter, not an empty password sent to Redis.
+            redis_addr: self.redis_addr.clone().filter(|v| !v.is_empty()),
+            redis_user: self.redis_user.clone().filter(|v| !v.is_empty()),
+            redis_password: self.redis_password.clone().filter(|v| !v.is_empty()),
+            redis_password_file: self
+                .redis_password_file
+                .clone()
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             listen: self.listen.clone(),
             telemetry_path: self.telemetry_path.clone(),
             poll_interval: self.poll_interval,
@@ -193,6 +201,25 @@ impl Cli {
             web_config_file: self.web_config_file.clone(),
         }
     }
+}
+
+/// The `REDIS_EXPORTER_*` variables set in `vars` that this exporter does not read. redis_exporter
+/// flags whose job is done differently here are refused by the parser; their environment forms
+/// would otherwise be ignored in silence, and some protect `/metrics` (basic auth, HTTPS).
+pub fn unread_exporter_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<String> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let read: Vec<&str> = command
+        .get_arguments()
+        .filter_map(|a| a.get_env()?.to_str())
+        .collect();
+    let mut unread: Vec<String> = vars
+        .into_iter()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with("REDIS_EXPORTER_") && !read.contains(&name.as_str()))
+        .collect();
+    unread.sort();
+    unread
 }
 
 /// Rewrites `-redis.addr=x` or `-redis.addr x` to `--redis.addr…` when the name is one of ours.
@@ -223,6 +250,43 @@ fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_exporter_variables_not_read_here_are_named() {
+        let vars = [
+            ("REDIS_EXPORTER_BASIC_AUTH_PASSWORD", "s3cret"),
+            ("REDIS_EXPORTER_LOG_FORMAT", "json"),
+            ("REDIS_EXPORTER_CHECK_KEYS", "db0=queue:*"),
+            ("REDIS_PASSWORD", "x"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        assert_eq!(
+            unread_exporter_env(vars),
+            [
+                "REDIS_EXPORTER_BASIC_AUTH_PASSWORD",
+                "REDIS_EXPORTER_CHECK_KEYS"
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_credentials_count_as_unset() {
+        let cli = Cli::parse_args(
+            [
+                "redis-lookout",
+                "--redis.password=",
+                "--redis.user=",
+                "--redis.password-file=",
+                "--redis.addr=",
+            ]
+            .map(OsString::from),
+        )
+        .unwrap();
+        let o = cli.overrides();
+        assert!(o.redis_password.is_none() && o.redis_user.is_none());
+        assert!(o.redis_password_file.is_none() && o.redis_addr.is_none());
+    }
 
     #[test]
     fn go_single_dash_flags_are_accepted() {

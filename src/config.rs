@@ -735,7 +735,9 @@ fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
 
 /// A YAML parse error as `file:line:column: what` (or `file: what` without a location).
 pub(crate) fn yaml_error(file: String, e: &serde_yaml::Error) -> ConfigError {
-    let message = strip_location(&e.to_string());
+    // The YAML library quotes a value it could not take (`invalid type: string "…"`): a URL
+    // given where a list was expected must not bring its password into the error.
+    let message = redact_userinfo(&strip_location(&e.to_string()));
     match e.location() {
         Some(loc) => ConfigError::At {
             file,
@@ -745,6 +747,32 @@ pub(crate) fn yaml_error(file: String, e: &serde_yaml::Error) -> ConfigError {
         },
         None => ConfigError::File { file, message },
     }
+}
+
+/// `text` with the userinfo (`user:password@`) of every `scheme://…` in it removed. A URL
+/// ends at the next double quote (the library quotes values) or, unquoted, at white space.
+pub(crate) fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let quoted = rest[..i].ends_with(|c: char| c.is_ascii_alphanumeric())
+            && rest[..i]
+                .rfind('"')
+                .is_some_and(|q| !rest[q..i].contains(char::is_whitespace));
+        out.push_str(&rest[..i + 3]);
+        rest = &rest[i + 3..];
+        let end = if quoted {
+            rest.find('"')
+        } else {
+            rest.find(char::is_whitespace)
+        }
+        .unwrap_or(rest.len());
+        if let Some(at) = rest[..end].rfind('@') {
+            rest = &rest[at + 1..];
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The YAML library appends " at line L column C"; we put the location in front instead.
@@ -907,6 +935,41 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
     // An explicit timeout is checked against the interval; the default shrinks to fit it.
     let explicit_timeout = o.poll_timeout.or(f.poll_timeout);
     let poll_timeout = explicit_timeout.unwrap_or(DEFAULT_POLL_TIMEOUT.min(poll_interval));
+    // Checked here too (each target checks its own below): on-demand /scrape pollers use
+    // these, in a process that may have no configured target at all.
+    let global = |key: &'static str, flag: bool, message: String| {
+        if flag {
+            ConfigError::Invalid(format!("--{}: {message}", key.replace('_', "-")))
+        } else {
+            at(&[Key(key)], message)
+        }
+    };
+    if poll_interval < Duration::from_millis(100) {
+        return Err(global(
+            "poll_interval",
+            o.poll_interval.is_some(),
+            "poll_interval must be at least 100ms".into(),
+        ));
+    }
+    if poll_timeout.is_zero() || poll_timeout > poll_interval {
+        return Err(global(
+            "poll_timeout",
+            o.poll_timeout.is_some(),
+            format!(
+                "poll_timeout ({}) must be above 0 and at most poll_interval ({})",
+                humantime::format_duration(poll_timeout),
+                humantime::format_duration(poll_interval)
+            ),
+        ));
+    }
+    let scrape_idle = f.scrape_idle.unwrap_or(Duration::from_secs(600));
+    if scrape_idle < Duration::from_secs(1) {
+        return Err(at(
+            &[Key("scrape_idle")],
+            "scrape_idle must be at least 1s (an on-demand poller would stop between scrapes)"
+                .into(),
+        ));
+    }
     let config_refresh = f.config_refresh.unwrap_or(DEFAULT_CONFIG_REFRESH);
 
     let mut file_targets = f.targets;
@@ -1009,19 +1072,19 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
                 format!("target name {name:?} is used twice"),
             ));
         }
-        let own_credentials = t.username.is_some()
-            || t.password_file.is_some()
-            || t.password_env.is_some()
-            || url.has_credentials();
         let mut password = password_source(&t.password_file, &t.password_env, Some(&url))
             .map_err(|e| in_target(&["password_env"], format!("target {name:?}: {e}")))?;
         let mut username = t.username.clone().or_else(|| {
             let user = url.url().username();
             (!user.is_empty()).then(|| percent_decode(user))
         });
-        // redis_exporter's global credentials apply to targets that bring none of their own.
-        if !own_credentials {
+        // redis_exporter's global credentials fill in what a target does not bring itself:
+        // `REDIS_ADDR=redis://exporter@host:6379` with `REDIS_PASSWORD` authenticates as
+        // `exporter` with that password, as it does there.
+        if username.is_none() {
             username = o.redis_user.clone();
+        }
+        if password == PasswordSource::None {
             password = match (&o.redis_password, &o.redis_password_file) {
                 (Some(p), _) => PasswordSource::Literal(Secret::new(p.clone())),
                 (None, Some(file)) => PasswordSource::File(file.clone()),
@@ -1238,9 +1301,16 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             }
             let rules = crate::alerts::pack_with(&a.thresholds)
                 .map_err(|e| at(&[Key("alerting"), Key("thresholds")], e))?;
+            let resend_interval = a.resend_interval.unwrap_or(Duration::from_secs(60));
+            if resend_interval < Duration::from_secs(1) {
+                return Err(at(
+                    &[Key("alerting"), Key("resend_interval")],
+                    "alerting.resend_interval must be at least 1s".into(),
+                ));
+            }
             Some(Alerting {
                 alertmanagers: urls,
-                resend_interval: a.resend_interval.unwrap_or(Duration::from_secs(60)),
+                resend_interval,
                 runbook_base_url: a
                     .runbook_base_url
                     .unwrap_or_else(|| crate::alerts::DEFAULT_RUNBOOK_BASE.to_owned()),
@@ -1269,7 +1339,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
         web,
         alerting,
         scrape_allow,
-        scrape_idle: f.scrape_idle.unwrap_or(Duration::from_secs(600)),
+        scrape_idle,
         listen,
         telemetry_path,
         gzip: f.gzip.unwrap_or(true),
@@ -1330,7 +1400,47 @@ fn percent_decode(raw: &str) -> String {
 
 /// Reads the password a target should send, if any. Errors never include the file's content.
 pub fn read_password(target: &Target) -> Result<Option<Secret>, String> {
-    match &target.password {
+    read_password_source(&target.password, &target.url)
+}
+
+impl Config {
+    /// Every password file and variable this configuration names, read now: what would make
+    /// a connection fail as `auth` later (a missing or unreadable file, a relative path under a
+    /// service manager, a variable not set). Messages name the place, never a value.
+    pub fn unreadable_secrets(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for t in &self.targets {
+            if let Err(e) = read_password(t) {
+                problems.push(format!("target {:?}: {e}", t.name));
+            }
+            if let Some(s) = &t.sentinel {
+                if let Some(url) = s.addrs.first() {
+                    if let Err(e) = read_password_source(&s.password, url) {
+                        problems.push(format!("target {:?}, sentinel: {e}", t.name));
+                    }
+                }
+            }
+        }
+        for (i, rule) in self.scrape_allow.iter().enumerate() {
+            // A JSON map is looked up by the address scraped; only readability is known now.
+            if let PasswordSource::File(_) | PasswordSource::Env(_) = &rule.password {
+                let probe = RedisUrl::parse("redis://scrape-allow.invalid:6379")
+                    .expect("a fixed, valid URL");
+                if let Err(e) = read_password_source(&rule.password, &probe) {
+                    problems.push(format!("scrape_allow entry {}: {e}", i + 1));
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// The password `source` holds for a node at `url` (a JSON map file is looked up by it).
+pub fn read_password_source(
+    source: &PasswordSource,
+    url: &RedisUrl,
+) -> Result<Option<Secret>, String> {
+    match source {
         PasswordSource::None => Ok(None),
         PasswordSource::Literal(s) => Ok(Some(s.clone())),
         PasswordSource::Env(var) => std::env::var(var)
@@ -1351,8 +1461,8 @@ pub fn read_password(target: &Target) -> Result<Option<Secret>, String> {
                         )
                     })?;
                 let want = [
-                    target.url.redacted(),
-                    target.url.redacted().trim_end_matches('/').to_owned(),
+                    url.redacted(),
+                    url.redacted().trim_end_matches('/').to_owned(),
                 ];
                 Ok(map
                     .iter()
@@ -1572,6 +1682,68 @@ mod tests {
             bare.targets[0].password,
             PasswordSource::Literal(Secret::new("global"))
         );
+
+        // A user in the address and the password from the flag (redis_exporter's way): both.
+        let user_in_url = Config::load(&Overrides {
+            redis_addr: Some("redis://exporter@h4:6379".into()),
+            redis_password: Some("global".into()),
+            redis_user: Some("ignored".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(user_in_url.targets[0].username.as_deref(), Some("exporter"));
+        assert_eq!(
+            user_in_url.targets[0].password,
+            PasswordSource::Literal(Secret::new("global"))
+        );
+    }
+
+    #[test]
+    fn a_url_in_a_yaml_error_loses_its_password() {
+        // A string where a list is expected: the library quotes the value in its message.
+        let err = load(
+            "targets:\n  - url: redis://h:7000\n    cluster: true\n    seeds: \"redis://:s3cr et@h:7001\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("s3cr") && !err.contains("et@"), "{err}");
+        assert!(err.contains("redis://h:7001"), "{err}");
+        assert_eq!(
+            redact_userinfo("a http://u:p@am:9093 and \"rediss://x@h\" z"),
+            "a http://am:9093 and \"rediss://h\" z"
+        );
+    }
+
+    #[test]
+    fn global_durations_are_checked_without_any_target() {
+        // (text, where the error points, what it says)
+        let scrape_only = "scrape_allow:\n  - hosts: [h]\n    ports: 1\n";
+        let cases = [
+            (
+                format!("poll_interval: 10ms\n{scrape_only}"),
+                "test.yaml:1:1:",
+                "at least 100ms",
+            ),
+            (
+                format!("poll_timeout: 0s\n{scrape_only}"),
+                "test.yaml:1:1:",
+                "above 0",
+            ),
+            (
+                format!("scrape_idle: 0s\n{scrape_only}"),
+                "test.yaml:1:1:",
+                "at least 1s",
+            ),
+            (
+                "alerting:\n  resend_interval: 0s\n".to_owned(),
+                "test.yaml:2:3:",
+                "at least 1s",
+            ),
+        ];
+        for (text, place, what) in cases {
+            let err = load(&text).unwrap_err().to_string();
+            assert!(err.starts_with(place) && err.contains(what), "{err}");
+        }
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //!
 //! ```text
 //! cli ─► config ─► daemon ─► topology ─┬─► poller (one task per node) ─► snapshot::SnapshotStore ─┬─► http: /metrics (streamed),
-//!                            (targets, │    one pipelined round trip     (latest facts, rendered) │   /, /-/ready, /discovery
-//!                             replicas,│    per poll; collector::*                                 ├─► scrape (/scrape, on demand)
-//!                             clusters)│         │ facts of each poll                              │
+//!                            (targets, │    one pipelined round trip     (latest facts, rendered) │   /, /-/ready, /discovery,
+//!                             replicas,│    per poll; collector::*                                 │   /-/reload (POST, SIGHUP too)
+//!                             clusters;│                                                           ├─► scrape (/scrape, on demand)
+//!                             reloaded)│         │ facts of each poll                              │
 //!                                      │         └──────────► alerts::eval ─► alerts::alertmanager ├─► /alerts
 //!                                      ├─ keyspace sampler (own task, SCAN within a budget) ─► poller
 //!                                      ├─ key watcher (own task: watched queues, streams) ──► poller
@@ -24,7 +25,8 @@
 //! - [`daemon`]: starts the targets, the HTTP server and the alerting tasks; applies
 //!   configuration reloads (`POST /-/reload`, SIGHUP) target by target; stops them.
 //! - [`topology`]: per target, which nodes to poll: the configured one, the replicas a master
-//!   lists (`follow_replicas`), or every node of a Redis Cluster (`cluster`) with its roll-up.
+//!   lists (`follow_replicas`), or every node of a Redis Cluster (`cluster`) with its roll-up
+//!   (published, and judged by the evaluator like a node's facts).
 //! - [`sentinel`]: Sentinel-defined targets: the master and replicas Sentinel names, followed
 //!   through failovers (`+switch-master` subscription, polling as fallback); failovers counted.
 //! - [`poller`]: one persistent connection per node, a deadline per poll, reconnect backoff;
@@ -39,6 +41,8 @@
 //! - [`metrics`]: the family/sample model, text rendering, interning, the merge of snapshots
 //!   (a window of families at a time, copied list by list).
 //! - [`snapshot`]: the shared map of nodes and their latest snapshots; readiness, discovery.
+//!   Each node's reporter holds a ticket, so a task told to stop cannot publish into, or
+//!   forget, the entry of the task that replaced it.
 //! - [`scrape`]: `/scrape?target=` with its allow-list and on-demand pollers.
 //! - [`alerts`]: the alert pack (one definition per alert → rule file and evaluator),
 //!   [`alerts::eval`] (pending/firing/resolved), [`alerts::alertmanager`] (API v2 push).
@@ -51,7 +55,7 @@
 //! - [`tls`]: TLS to Redis for `rediss://` targets (CA, client certificate, server name); the
 //!   poller does the handshake and hands the stream to redis-rs.
 //! - [`web_config`]: the exporter-toolkit style web config file (HTTPS certificate reloaded on
-//!   change, bcrypt basic auth with a cache of verified credentials).
+//!   change, bcrypt basic auth with a cache of verified credentials, one bcrypt check at a time).
 //! - [`error`]: [`error::PollError`] with a bounded `label()` for metrics.
 
 #![forbid(unsafe_code)]

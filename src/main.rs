@@ -23,6 +23,25 @@ fn main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
         }
     };
+    // Names only: a value may be a password.
+    let unread = redis_lookout::cli::unread_exporter_env(std::env::vars_os());
+    if !unread.is_empty() {
+        let protects = unread
+            .iter()
+            .any(|v| v.contains("BASIC_AUTH") || v.contains("TLS_SERVER"));
+        eprintln!(
+            "redis-lookout: configuration error: {} {} redis_exporter's and not read here; unset {}{}",
+            unread.join(", "),
+            if unread.len() == 1 { "is" } else { "are" },
+            if unread.len() == 1 { "it" } else { "them" },
+            if protects {
+                " (the exporter's own HTTPS and basic auth come from --web.config.file)"
+            } else {
+                " (README: Replacing redis_exporter)"
+            }
+        );
+        return ExitCode::from(2);
+    }
     let overrides = cli.overrides();
     let config = match Config::load(&overrides) {
         Ok(config) => config,
@@ -41,6 +60,11 @@ fn main() -> ExitCode {
         None => {}
     }
     if cli.check_config {
+        // What would fail later as `auth`, said now. A warning, not an error: configs are
+        // checked where their secrets are not (a CI job, a build host).
+        for problem in config.unreadable_secrets() {
+            eprintln!("redis-lookout: warning: {problem} (on this host)");
+        }
         println!(
             "configuration is valid: listen {}, {} target(s): {}",
             config.listen,
@@ -57,6 +81,11 @@ fn main() -> ExitCode {
     if let Err(err) = init_logging(&config) {
         eprintln!("redis-lookout: configuration error: log level: {err}");
         return ExitCode::from(2);
+    }
+    // Not fatal at start (a secret may be mounted a moment later), but said now rather than
+    // only as `auth` errors.
+    for problem in config.unreadable_secrets() {
+        tracing::warn!(%problem, "a password cannot be read; connections that need it will fail");
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

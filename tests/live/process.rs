@@ -22,6 +22,54 @@ fn run_with_config(text: &str) -> (Option<i32>, String, String) {
 }
 
 #[test]
+fn check_config_warns_of_unreadable_password_files_and_unread_redis_exporter_variables_are_refused()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    let missing = dir.path().join("no-such-secret");
+    std::fs::write(
+        &path,
+        format!(
+            "targets:
+  - name: a
+    url: redis://127.0.0.1:1
+    password_file: {}
+",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["--config", path.to_str().unwrap(), "--check-config"])
+        .env_remove("REDIS_ADDR")
+        .output()
+        .unwrap();
+    // A warning (configs are checked where their secrets are not), naming target and file.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: target \"a\"") && stderr.contains(&missing.display().to_string()),
+        "{stderr}"
+    );
+
+    // redis_exporter's basic auth, set by the environment, is not read here: refused by name,
+    // never echoed, rather than serving /metrics without the protection it asks for.
+    let out = std::process::Command::new(binary())
+        .args(["--redis.addr", "redis://127.0.0.1:1", "--check-config"])
+        .env("REDIS_EXPORTER_BASIC_AUTH_PASSWORD", "hunter2-value")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("REDIS_EXPORTER_BASIC_AUTH_PASSWORD")
+            && stderr.contains("--web.config.file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2-value"), "{stderr}");
+}
+
+#[test]
 fn bad_config_files_exit_2_naming_file_line_and_column() {
     let cases = [
         (
