@@ -332,8 +332,9 @@ pub struct AllowRule {
     pub ports: PortRange,
     pub username: Option<String>,
     pub password: PasswordSource,
-    /// Reach allowed hosts with `rediss://`.
-    pub tls: bool,
+    /// Reach allowed hosts with `rediss://`, with these settings (the `--tls-*` flags, as for
+    /// configured targets without a `tls:` of their own); None: plain `redis://`.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl AllowRule {
@@ -1265,12 +1266,20 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
                 "scrape_allow: an entry needs at least one host",
             ));
         }
+        let tls = if rule.tls {
+            o.tls
+                .validate()
+                .map_err(|e| in_rule("tls", &format!("scrape_allow: {e}")))?;
+            Some(o.tls.clone())
+        } else {
+            None
+        };
         scrape_allow.push(AllowRule {
             hosts: rule.hosts,
             ports: rule.ports,
             username: rule.username,
             password,
-            tls: rule.tls,
+            tls,
         });
     }
 

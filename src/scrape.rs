@@ -170,19 +170,27 @@ impl OnDemand {
         if running.len() >= MAX_ON_DEMAND {
             return false;
         }
-        let scheme = if rule.tls { "rediss" } else { "redis" };
+        let scheme = if rule.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         // Built from the address alone: nothing of the request but host and port is used.
         let Ok(url) = RedisUrl::parse(&format!("{scheme}://{address}")) else {
             return false;
         };
-        let target = Arc::new(Target::plain(
-            address.to_owned(),
-            url,
-            rule.username.clone(),
-            rule.password.clone(),
-            settings.poll_interval,
-            settings.poll_timeout,
-        ));
+        let target = Arc::new(Target {
+            // The --tls-* flags (CA, client certificate, server name), as configured targets get.
+            tls: rule.tls.clone().unwrap_or_default(),
+            ..Target::plain(
+                address.to_owned(),
+                url,
+                rule.username.clone(),
+                rule.password.clone(),
+                settings.poll_interval,
+                settings.poll_timeout,
+            )
+        });
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();
         let poller = NodePoller::new(target, None, &self.ctx);

@@ -236,3 +236,46 @@ fn any_up(m: &Exposition) -> Option<f64> {
         .find(|l| l.name == "redis_up")
         .map(|l| l.value)
 }
+
+/// The `--tls-*` flags reach `/scrape` targets too (an allow-list entry with `tls: true`), as
+/// they do in redis_exporter: a private CA and a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_targets_over_tls_use_the_tls_flags() {
+    let pki = Pki::generate();
+    let redis = RedisServer::start_tls(&pki, true, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "scrape_allow:\n  - hosts: [\"127.0.0.1\"]\n    ports: {}\n    tls: true\n",
+            redis.port
+        ),
+    )
+    .unwrap();
+    let p = Running::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        pki.path("ca.crt"),
+        "--tls-client-cert-file",
+        pki.path("client.crt"),
+        "--tls-client-key-file",
+        pki.path("client.key"),
+    ]);
+    let target = format!("127.0.0.1:{}", redis.port);
+    let m = wait_for("scraped over TLS", Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(p.addr).await.ok()?;
+        let (status, body) = http_get(p.addr, &format!("/scrape?target={target}")).await;
+        let m = Exposition::parse(&body);
+        (status == 200 && m.value("redis_up", &[("target", &target)]) == Some(1.0)).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        m.value(
+            "redis_exporter_last_scrape_error",
+            &[("target", &target), ("err", "tls")]
+        ),
+        None
+    );
+}
