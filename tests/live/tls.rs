@@ -200,18 +200,13 @@ async fn redis_exporters_tls_flags_configure_the_single_target() {
     let pki = Pki::generate();
     let redis = RedisServer::start_tls(&pki, true, &[]);
     let url = redis.url();
-    let p = Running::start(&[
-        "--redis.addr",
-        &url,
-        "--poll-interval",
-        "300ms",
-        "--tls-ca-cert-file",
-        pki.path("ca.crt"),
-        "--tls-client-cert-file",
-        pki.path("client.crt"),
-        "--tls-client-key-file",
-        pki.path("client.key"),
-    ]);
+    let p = Running::start(
+        &[
+            ["--redis.addr", url.as_str(), "--poll-interval", "300ms"].as_slice(),
+            &tls_flags(&pki),
+        ]
+        .concat(),
+    );
     let m = wait_for("up through the flags", Duration::from_secs(20), || async {
         p.metrics().await.filter(|m| any_up(m) == Some(1.0))
     })
@@ -228,6 +223,18 @@ async fn redis_exporters_tls_flags_configure_the_single_target() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("client.crt"), "{stderr}");
+}
+
+/// redis_exporter's TLS flags for the test's CA and client certificate.
+fn tls_flags(pki: &Pki) -> [&str; 6] {
+    [
+        "--tls-ca-cert-file",
+        pki.path("ca.crt"),
+        "--tls-client-cert-file",
+        pki.path("client.crt"),
+        "--tls-client-key-file",
+        pki.path("client.key"),
+    ]
 }
 
 fn any_up(m: &Exposition) -> Option<f64> {
@@ -253,16 +260,13 @@ async fn scrape_targets_over_tls_use_the_tls_flags() {
         ),
     )
     .unwrap();
-    let p = Running::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--tls-ca-cert-file",
-        pki.path("ca.crt"),
-        "--tls-client-cert-file",
-        pki.path("client.crt"),
-        "--tls-client-key-file",
-        pki.path("client.key"),
-    ]);
+    let p = Running::start(
+        &[
+            ["--config", config.to_str().unwrap()].as_slice(),
+            &tls_flags(&pki),
+        ]
+        .concat(),
+    );
     let target = format!("127.0.0.1:{}", redis.port);
     let m = wait_for("scraped over TLS", Duration::from_secs(20), || async {
         tokio::net::TcpStream::connect(p.addr).await.ok()?;
