@@ -493,9 +493,24 @@ impl Evaluator {
         self.backlog.clone()
     }
 
-    /// Forgets resolved alerts once delivered.
+    /// Forgets resolved alerts once delivered. `sent` is a copy of the backlog taken before the
+    /// push; since then entries were only appended, or dropped from the front past
+    /// [`MAX_BACKLOG`]: what was sent is the backlog's front, found in one pass (a comparison
+    /// of every entry with every other held the evaluator's lock for seconds after a long
+    /// Alertmanager outage with thousands of resolutions).
     pub fn delivered(&mut self, sent: &[(ActiveAlert, SystemTime)]) {
-        self.backlog.retain(|item| !sent.contains(item));
+        let Some(first) = self.backlog.first() else {
+            return;
+        };
+        let Some(start) = sent.iter().position(|s| s == first) else {
+            return;
+        };
+        let n = sent.len() - start;
+        if self.backlog.len() >= n && self.backlog[..n] == sent[start..] {
+            self.backlog.drain(..n);
+        } else {
+            self.backlog.retain(|item| !sent.contains(item));
+        }
     }
 
     /// Every pending or firing alert.
@@ -940,6 +955,35 @@ mod tests {
         assert!(!flushed(&e));
         e.observe(&at(23, 0.0, 0.0));
         assert!(flushed(&e), "empty and not loading");
+    }
+
+    #[test]
+    fn delivered_resolutions_leave_the_backlog_and_newer_ones_stay() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let resolved = |i: u64| {
+            let alert = ActiveAlert {
+                labels: Labels::from([("alertname".to_owned(), format!("A{i}"))]),
+                annotations: BTreeMap::new(),
+                state: State::Firing,
+                value: 0.0,
+                active_since: SystemTime::UNIX_EPOCH,
+                since: t0,
+            };
+            (alert, SystemTime::UNIX_EPOCH + Duration::from_secs(i))
+        };
+        e.backlog = (0..5).map(resolved).collect();
+        let sent = e.resolved_backlog();
+        // While the push was out: two more resolved, and the oldest dropped past the cap.
+        e.backlog.extend((5..7).map(resolved));
+        e.backlog.remove(0);
+        e.delivered(&sent);
+        assert_eq!(
+            e.resolved_backlog(),
+            (5..7).map(resolved).collect::<Vec<_>>()
+        );
+        e.delivered(&[]);
+        assert_eq!(e.resolved_backlog().len(), 2);
     }
 
     #[test]
