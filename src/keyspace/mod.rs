@@ -658,6 +658,7 @@ pub async fn run_sampler(
         calibrated_at: None,
         backoff: Backoff::No,
         lfu_log_factor: None,
+        resumes: 0,
     };
     loop {
         let pause = sampler.step().await;
@@ -670,7 +671,24 @@ pub async fn run_sampler(
     }
 }
 
+/// One SCAN step and the inspection of the keys it returned.
+struct Step {
+    /// The cursor to go on from (0: the pass is complete).
+    next: u64,
+    keys: Vec<Vec<u8>>,
+    /// TYPE, PTTL, MEMORY USAGE (and OBJECT FREQ under LFU) per key, in order.
+    replies: Vec<RedisResult<Value>>,
+    /// The SCAN's round trip alone, and both round trips.
+    scan_took: Duration,
+    round_trips: Duration,
+}
+
+/// Failed batches in a row after which a pass starts afresh instead of resuming.
+const MAX_RESUMES: u32 = 10;
+
 struct Sampler {
+    /// Failed batches in a row that the running pass resumed after.
+    resumes: u32,
     target: Arc<Target>,
     config: KeyspaceConfig,
     grouper: Grouper,
@@ -1005,23 +1023,16 @@ impl Sampler {
         }
     }
 
-    /// Scans and inspects one batch; returns the round-trip time and the keys inspected.
-    async fn batch(&mut self) -> Result<(Duration, u64), &'static str> {
+    /// One SCAN step of `db` from `cursor` and the inspection of the keys it returned.
+    async fn scan_and_inspect(&mut self, db: u32, cursor: u64) -> Result<Step, &'static str> {
         let limit = self.target.poll_timeout;
-        if self.running.is_none() {
-            self.start_pass().await?;
-        }
-        let Some((pass, cursor)) = self.running.take() else {
-            return Ok((Duration::ZERO, 0));
-        };
         let count = self.count.get();
         let samples = self.config.memory_samples;
         let lfu = self.lfu_log_factor.is_some();
-        let per_key = if lfu { 4 } else { 3 };
         let conn = self.connection().await?;
         let t0 = Instant::now();
         let mut select = redis::pipe();
-        select.cmd("SELECT").arg(pass.db).ignore();
+        select.cmd("SELECT").arg(db).ignore();
         select.cmd("SCAN").arg(cursor).arg("COUNT").arg(count);
         let scanned: Vec<(u64, Vec<Vec<u8>>)> =
             tokio::time::timeout(limit, select.query_async(conn))
@@ -1054,7 +1065,50 @@ impl Sampler {
                 .map_err(|_| "inspection timed out")?
                 .map_err(|_| "inspection failed")?
         };
-        let round_trips = t0.elapsed();
+        Ok(Step {
+            next,
+            keys,
+            replies,
+            scan_took,
+            round_trips: t0.elapsed(),
+        })
+    }
+
+    /// Scans and inspects one batch; returns the round-trip time and the keys inspected.
+    async fn batch(&mut self) -> Result<(Duration, u64), &'static str> {
+        if self.running.is_none() {
+            self.start_pass().await?;
+        }
+        let Some((pass, cursor)) = self.running.take() else {
+            return Ok((Duration::ZERO, 0));
+        };
+        let Step {
+            next,
+            keys,
+            replies,
+            scan_took,
+            round_trips,
+        } = match self.scan_and_inspect(pass.db, cursor).await {
+            Ok(step) => {
+                self.resumes = 0;
+                step
+            }
+            Err(why) => {
+                // SCAN cursors belong to the database, not the connection: the pass goes
+                // on from this cursor once a connection is back, so one timeout does not
+                // throw away hours of a pass over a big keyspace. A pass that keeps
+                // failing starts afresh.
+                if self.resumes < MAX_RESUMES {
+                    self.resumes += 1;
+                    self.running = Some((pass, cursor));
+                } else {
+                    self.resumes = 0;
+                }
+                return Err(why);
+            }
+        };
+        let limit = self.target.poll_timeout;
+        let per_key = if self.lfu_log_factor.is_some() { 4 } else { 3 };
         self.scans_sent += 1;
         let floor = self.scan_floor.map_or(scan_took, |f| f.min(scan_took));
         self.scan_floor = Some(floor);
@@ -1068,18 +1122,21 @@ impl Sampler {
             }
         }
         if next == 0 {
-            // From INFO keyspace (DBSIZE is not in the README's ACL line; INFO is).
-            let conn = self.connection().await?;
-            let end_size: Option<u64> = tokio::time::timeout(
-                limit,
-                redis::cmd("INFO")
-                    .arg("keyspace")
-                    .query_async::<String>(conn),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|text| {
+            // From INFO keyspace (DBSIZE is not in the README's ACL line; INFO is). Unknown
+            // (no connection, no answer): judged against the size at the start.
+            let end_text = match self.connection().await {
+                Ok(conn) => tokio::time::timeout(
+                    limit,
+                    redis::cmd("INFO")
+                        .arg("keyspace")
+                        .query_async::<String>(conn),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok),
+                Err(_) => None,
+            };
+            let end_size: Option<u64> = end_text.map(|text| {
                 keyspace_sizes(&crate::collector::info::parse_info(&text))
                     .into_iter()
                     .find(|(db, _)| *db == pass.db)

@@ -323,6 +323,54 @@ async fn the_sampler_goes_on_while_other_clients_send_the_same_commands() {
     d.stop().await;
 }
 
+/// A pass whose connection drops goes on from its cursor on the next one: every key is
+/// inspected once, not the first part twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_resumes_from_its_cursor_after_its_connection_drops() {
+    let redis = RedisServer::start(&[]);
+    generate(&redis, 20_000).await;
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\ntargets:\n  - name: resumed\n    url: {}\n    keyspace:\n      budget: 0.02\n",
+        redis.url()
+    ))
+    .await;
+    let progress = |m: &Exposition| {
+        m.value("redis_keyspace_sampler_pass_progress", &[("db", "db0")])
+            .unwrap_or(0.0)
+    };
+    let m = d
+        .metrics_when("a fifth of the pass", Duration::from_secs(120), |m| {
+            progress(m) >= 0.2
+        })
+        .await;
+    assert_eq!(
+        m.value("redis_keyspace_estimate", &[("db", "db0")]),
+        Some(1.0),
+        "still mid-pass"
+    );
+    let list: String = redis.cmd(&["CLIENT", "LIST"]);
+    let ours: Vec<String> = list
+        .lines()
+        .filter(|l| l.contains("name=redis-lookout "))
+        .filter_map(|l| l.split(' ').next()?.strip_prefix("id=").map(str::to_owned))
+        .collect();
+    assert!(!ours.is_empty());
+    for id in &ours {
+        let _: redis::Value = redis.cmd(&["CLIENT", "KILL", "ID", id]);
+    }
+    let m = d
+        .metrics_when("the census", Duration::from_secs(180), |m| {
+            m.value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0)
+        })
+        .await;
+    assert_eq!(
+        m.value("redis_keyspace_sampler_keys_inspected_total", &[]),
+        Some(20_000.0),
+        "each key inspected once"
+    );
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_key_names_keep_the_exposition_valid() {
     let redis = RedisServer::start(&[]);
