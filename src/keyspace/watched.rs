@@ -687,7 +687,11 @@ impl Watcher {
         for db in &dbs {
             probe.cmd("SELECT").arg(*db);
         }
-        let (selected, _): (Vec<RedisResult<Value>>, _) = self.send(&probe).await?;
+        let selected: Vec<RedisResult<Value>> = if dbs.is_empty() {
+            Vec::new()
+        } else {
+            self.send(&probe).await?.0
+        };
         let refused: BTreeSet<u32> = dbs
             .iter()
             .zip(&selected)
