@@ -395,6 +395,27 @@ fn label_match(p: &[u8], t: &[u8]) -> bool {
 /// each sampled element costs Redis time on every inspected key).
 pub const MAX_MEMORY_SAMPLES: u32 = 64;
 
+/// What is wrong with a poll interval and timeout, if anything: the setting at fault and why.
+/// Checked for the global settings (on-demand pollers use them) and for each target's.
+fn poll_times_problem(interval: Duration, timeout: Duration) -> Option<(&'static str, String)> {
+    if interval < Duration::from_millis(100) {
+        return Some((
+            "poll_interval",
+            "poll_interval must be at least 100ms".into(),
+        ));
+    }
+    (timeout.is_zero() || timeout > interval).then(|| {
+        (
+            "poll_timeout",
+            format!(
+                "poll_timeout ({}) must be above 0 and at most poll_interval ({})",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        )
+    })
+}
+
 /// The exporter's own endpoints (besides `/runbooks/…`), which the telemetry path may not
 /// take over: `/-/healthy` answers without authentication, for one.
 pub const RESERVED_PATHS: &[&str] = &[
@@ -945,23 +966,12 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             at(&[Key(key)], message)
         }
     };
-    if poll_interval < Duration::from_millis(100) {
-        return Err(global(
-            "poll_interval",
-            o.poll_interval.is_some(),
-            "poll_interval must be at least 100ms".into(),
-        ));
-    }
-    if poll_timeout.is_zero() || poll_timeout > poll_interval {
-        return Err(global(
-            "poll_timeout",
-            o.poll_timeout.is_some(),
-            format!(
-                "poll_timeout ({}) must be above 0 and at most poll_interval ({})",
-                humantime::format_duration(poll_timeout),
-                humantime::format_duration(poll_interval)
-            ),
-        ));
+    let flag_given = |key: &str| match key {
+        "poll_interval" => o.poll_interval.is_some(),
+        _ => o.poll_timeout.is_some(),
+    };
+    if let Some((key, message)) = poll_times_problem(poll_interval, poll_timeout) {
+        return Err(global(key, flag_given(key), message));
     }
     let scrape_idle = f.scrape_idle.unwrap_or(Duration::from_secs(600));
     if scrape_idle < Duration::from_secs(1) {
@@ -1106,25 +1116,17 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             }
             (false, false) => at(&[Key(key)], message),
         };
-        if poll_interval < Duration::from_millis(100) {
+        // (A default timeout shrinks to fit the interval: an explicit one is at fault.)
+        if let Some((key, message)) = poll_times_problem(poll_interval, poll_timeout) {
+            let own = match key {
+                "poll_interval" => t.poll_interval.is_some(),
+                _ => t.poll_timeout.is_some(),
+            };
             return Err(at_fault(
-                "poll_interval",
-                t.poll_interval.is_some(),
-                o.poll_interval.is_some(),
-                format!("target {name:?}: poll_interval must be at least 100ms"),
-            ));
-        }
-        if poll_timeout.is_zero() || poll_timeout > poll_interval {
-            // (A default timeout shrinks to fit the interval: an explicit one is at fault.)
-            return Err(at_fault(
-                "poll_timeout",
-                t.poll_timeout.is_some(),
-                o.poll_timeout.is_some(),
-                format!(
-                "target {name:?}: poll_timeout ({}) must be above 0 and at most poll_interval ({})",
-                humantime::format_duration(poll_timeout),
-                humantime::format_duration(poll_interval)
-            ),
+                key,
+                own,
+                flag_given(key),
+                format!("target {name:?}: {message}"),
             ));
         }
         if t.follow_replicas && t.cluster {
