@@ -22,7 +22,7 @@ use crate::poller::PollContext;
 use crate::scrape::{OnDemand, OnDemandSettings};
 use crate::snapshot::{SnapshotStore, Ticket};
 use crate::telemetry::Telemetry;
-use crate::topology::run_target;
+use crate::topology::{join_or_abort, run_target};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -285,10 +285,7 @@ impl Fleet {
         let _ = old.stop.send(true);
         let store = self.ctx.store.clone();
         tokio::spawn(async move {
-            let abort = old.task.abort_handle();
-            if tokio::time::timeout(STOP_GRACE, old.task).await.is_err() {
-                abort.abort();
-            }
+            join_or_abort(old.task, STOP_GRACE).await;
             store.forget_target_before(&name, floor);
         });
     }
@@ -299,12 +296,8 @@ impl Fleet {
             let _ = t.stop.send(true);
         }
         for (_, t) in running {
-            // A poll stuck past its own deadline cannot hold up the exit (children stop
-            // within 2 s).
-            let abort = t.task.abort_handle();
-            if tokio::time::timeout(STOP_GRACE, t.task).await.is_err() {
-                abort.abort();
-            }
+            // (Children stop within 2 s.)
+            join_or_abort(t.task, STOP_GRACE).await;
         }
     }
 }

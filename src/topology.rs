@@ -151,11 +151,17 @@ impl Children {
     pub(crate) async fn stop_all(self) {
         for (_, (task, stop, _)) in self.running {
             let _ = stop.send(true);
-            let abort = task.abort_handle();
-            if timeout(Duration::from_secs(2), task).await.is_err() {
-                abort.abort();
-            }
+            join_or_abort(task, Duration::from_secs(2)).await;
         }
+    }
+}
+
+/// Waits up to `grace` for a task told to stop, then aborts it: a poll stuck past its own
+/// deadline cannot hold up whoever stops it.
+pub(crate) async fn join_or_abort(task: JoinHandle<()>, grace: Duration) {
+    let abort = task.abort_handle();
+    if timeout(grace, task).await.is_err() {
+        abort.abort();
     }
 }
 
