@@ -272,6 +272,19 @@ pub fn guard_passes(rule: &AlertRule, facts: &FamilySet) -> bool {
 }
 
 /// The families a signal needs remembered across polls, with how long.
+/// One history per family, kept for the longest window any rule reads it over (kept per rule,
+/// a 2-minute rule cut what a 5-minute one on the same counter needed).
+fn history_windows(rules: &[AlertRule]) -> Vec<(&'static str, Duration)> {
+    let mut windows: BTreeMap<&'static str, Duration> = BTreeMap::new();
+    for rule in rules {
+        for (family, window) in remembered(&rule.signal) {
+            let w = windows.entry(family).or_insert(window);
+            *w = (*w).max(window);
+        }
+    }
+    windows.into_iter().collect()
+}
+
 fn remembered(signal: &Signal) -> Vec<(&'static str, Duration)> {
     match *signal {
         Signal::Series(_) | Signal::SeriesWithout(..) | Signal::Ratio(..) => Vec::new(),
@@ -325,6 +338,9 @@ pub fn fill_template(text: &str, labels: &Labels, value: f64) -> String {
 /// Alert state for every node, updated as observations arrive.
 pub struct Evaluator {
     rules: Vec<AlertRule>,
+    /// The families whose history the rules read, each with the longest window any rule
+    /// reads it over (see [`history_windows`]).
+    windows: Vec<(&'static str, Duration)>,
     runbook_base: String,
     nodes: HashMap<NodeKey, NodeHistory>,
     /// (alertname, severity, full labels) → state.
@@ -346,6 +362,7 @@ pub struct Changes {
 impl Evaluator {
     pub fn new(rules: Vec<AlertRule>, runbook_base: String) -> Self {
         Self {
+            windows: history_windows(&rules),
             rules,
             runbook_base,
             nodes: HashMap::new(),
@@ -358,6 +375,7 @@ impl Evaluator {
     /// reload. Alerts held keep their state; each node's next poll is judged by the new rules,
     /// so an alert whose condition no longer holds resolves then.
     pub fn reconfigure(&mut self, rules: Vec<AlertRule>, runbook_base: String) {
+        self.windows = history_windows(&rules);
         self.rules = rules;
         self.runbook_base = runbook_base;
     }
@@ -377,17 +395,8 @@ impl Evaluator {
             history.first_seen.get_or_insert(now);
         }
         history.last_seen = Some(now);
-        // One history per family, kept for the longest window any rule reads it over (kept
-        // per rule, a 2-minute rule cut what a 5-minute one on the same counter needed).
-        let mut windows: HashMap<&'static str, Duration> = HashMap::new();
-        for rule in &self.rules {
-            for (family, window) in remembered(&rule.signal) {
-                let w = windows.entry(family).or_insert(window);
-                *w = (*w).max(window);
-            }
-        }
-        for (family, window) in windows {
-            history.record(family, &obs.facts, now, window);
+        for (family, window) in &self.windows {
+            history.record(family, &obs.facts, now, *window);
         }
         let mut base = Labels::new();
         base.insert("target".into(), obs.key.0.clone());
@@ -495,9 +504,9 @@ impl Evaluator {
 
     /// Forgets resolved alerts once delivered. `sent` is a copy of the backlog taken before the
     /// push; since then entries were only appended, or dropped from the front past
-    /// [`MAX_BACKLOG`]: what was sent is the backlog's front, found in one pass (a comparison
-    /// of every entry with every other held the evaluator's lock for seconds after a long
-    /// Alertmanager outage with thousands of resolutions).
+    /// [`MAX_BACKLOG`]: what was sent is the backlog's front, found in one pass (comparing
+    /// every entry with every sent one was up to 10^8 label-set comparisons, under the lock
+    /// every poll's observation also takes, after a long Alertmanager outage).
     pub fn delivered(&mut self, sent: &[(ActiveAlert, SystemTime)]) {
         let Some(first) = self.backlog.first() else {
             return;
