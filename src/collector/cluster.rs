@@ -189,13 +189,21 @@ fn supersede_shared_addresses(nodes: &mut [ClusterNode]) {
             Reverse(at),
         )
     };
+    // The best entry seen so far at each address (one pass: clusters run to 1000 nodes).
+    let mut best: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for i in 0..nodes.len() {
-        for j in i + 1..nodes.len() {
-            let (a, b) = (&nodes[i], &nodes[j]);
-            if !a.unusable && !b.unusable && a.addr == b.addr {
-                let worse = if rank(a, i) > rank(b, j) { j } else { i };
-                nodes[worse].unusable = true;
+        if nodes[i].unusable {
+            continue;
+        }
+        match best.get(&nodes[i].addr).copied() {
+            None => {
+                best.insert(nodes[i].addr.clone(), i);
             }
+            Some(j) if rank(&nodes[i], i) > rank(&nodes[j], j) => {
+                nodes[j].unusable = true;
+                best.insert(nodes[i].addr.clone(), i);
+            }
+            Some(_) => nodes[i].unusable = true,
         }
     }
 }
