@@ -37,6 +37,15 @@ struct Running {
     ticket: Ticket,
 }
 
+impl Running {
+    /// Tells the poller of `address` to stop and removes its series now; a poller started for
+    /// the address before this one has exited keeps its own entry (see `Ticket`).
+    fn stop(self, store: &crate::snapshot::SnapshotStore, address: String) {
+        let _ = self.stop.send(true);
+        store.forget(&(address, None), self.ticket);
+    }
+}
+
 /// What the configuration says of on-demand polling; replaced whole on a reload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnDemandSettings {
@@ -94,8 +103,7 @@ impl OnDemand {
         let mut running = self.running();
         let stopped = running.len();
         for (address, r) in running.drain() {
-            let _ = r.stop.send(true);
-            self.ctx.store.forget(&(address, None), r.ticket);
+            r.stop(&self.ctx.store, address);
         }
         stopped
     }
@@ -245,10 +253,7 @@ impl OnDemand {
             .collect();
         for address in &idle {
             if let Some(r) = running.remove(address) {
-                let _ = r.stop.send(true);
-                // Its series go now; a poller started for this address before this one has
-                // exited keeps its own entry (see `Ticket`).
-                self.ctx.store.forget(&(address.clone(), None), r.ticket);
+                r.stop(&self.ctx.store, address.clone());
             }
             tracing::info!(address = %address, "on-demand poller stopped: not scraped recently");
         }
