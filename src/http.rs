@@ -308,21 +308,30 @@ async fn handle(
     Ok(resp)
 }
 
+/// The handler of one of the exporter's own endpoints (config::RESERVED_PATHS, which the
+/// telemetry path may not take, and `/runbooks/…`).
+fn own_handler(path: &str) -> Option<&'static str> {
+    Some(match path {
+        "/" => "landing",
+        "/-/healthy" => "healthy",
+        "/-/ready" => "ready",
+        "/-/reload" => "reload",
+        "/scrape" => "scrape",
+        "/discovery" => "discovery",
+        "/alerts" => "alerts",
+        p if p.starts_with("/runbooks/") => "runbooks",
+        _ => return None,
+    })
+}
+
 async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Response<Body>) {
     let path = req.uri().path();
     let handler = if path == state.telemetry_path {
         "metrics"
     } else {
-        match path {
-            "/" => "landing",
-            "/-/healthy" => "healthy",
-            "/-/ready" => "ready",
-            "/-/reload" => "reload",
-            "/scrape" => "scrape",
-            "/discovery" => "discovery",
-            "/alerts" => "alerts",
-            p if p.starts_with("/runbooks/") => "runbooks",
-            _ => {
+        match own_handler(path) {
+            Some(handler) => handler,
+            None => {
                 return (
                     "other",
                     response(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
@@ -578,6 +587,18 @@ mod tests {
     use super::*;
     use crate::encoding::gunzip;
     use crate::metrics::{merge_exposition, FamilySet, Interner, Kind};
+
+    #[test]
+    fn every_reserved_path_is_one_of_the_exporters_own_endpoints() {
+        for path in crate::config::RESERVED_PATHS {
+            assert!(
+                own_handler(path).is_some(),
+                "{path} is reserved but not served"
+            );
+        }
+        assert_eq!(own_handler("/runbooks/RedisDown.md"), Some("runbooks"));
+        assert_eq!(own_handler("/metrics"), None);
+    }
 
     /// `targets` snapshots of `families` families with `samples` samples each.
     fn snapshots(targets: usize, families: usize, samples: usize) -> Vec<Arc<Snapshot>> {
