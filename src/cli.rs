@@ -251,6 +251,11 @@ fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
 mod tests {
     use super::*;
 
+    /// The flags as the binary would get them (the program name first).
+    fn parse(args: &[&str]) -> Cli {
+        Cli::parse_args(args.iter().map(OsString::from)).unwrap()
+    }
+
     #[test]
     fn redis_exporter_variables_not_read_here_are_named() {
         let vars = [
@@ -272,17 +277,13 @@ mod tests {
 
     #[test]
     fn empty_credentials_count_as_unset() {
-        let cli = Cli::parse_args(
-            [
-                "redis-lookout",
-                "--redis.password=",
-                "--redis.user=",
-                "--redis.password-file=",
-                "--redis.addr=",
-            ]
-            .map(OsString::from),
-        )
-        .unwrap();
+        let cli = parse(&[
+            "redis-lookout",
+            "--redis.password=",
+            "--redis.user=",
+            "--redis.password-file=",
+            "--redis.addr=",
+        ]);
         let o = cli.overrides();
         assert!(o.redis_password.is_none() && o.redis_user.is_none());
         assert!(o.redis_password_file.is_none() && o.redis_addr.is_none());
@@ -290,17 +291,13 @@ mod tests {
 
     #[test]
     fn go_single_dash_flags_are_accepted() {
-        let cli = Cli::parse_args(
-            [
-                "redis-lookout",
-                "-redis.addr=redis://h:1",
-                "-web.listen-address",
-                ":9999",
-                "-log-format=json",
-            ]
-            .map(OsString::from),
-        )
-        .unwrap();
+        let cli = parse(&[
+            "redis-lookout",
+            "-redis.addr=redis://h:1",
+            "-web.listen-address",
+            ":9999",
+            "-log-format=json",
+        ]);
         assert_eq!(cli.redis_addr.as_deref(), Some("redis://h:1"));
         assert_eq!(cli.listen.as_deref(), Some(":9999"));
         assert_eq!(cli.log_format, Some(LogFormat::Json));
@@ -308,28 +305,22 @@ mod tests {
 
     #[test]
     fn redis_exporter_tls_flags_fill_the_tls_settings() {
-        let cli = Cli::parse_args(
-            [
-                "redis-lookout",
-                "--tls-ca-cert-file=/ca.pem",
-                "-tls-client-cert-file=/c.pem",
-                "--tls-client-key-file",
-                "/k.pem",
-                "--skip-tls-verification",
-                "--web.config.file=/web.yml",
-            ]
-            .map(OsString::from),
-        )
-        .unwrap();
+        let cli = parse(&[
+            "redis-lookout",
+            "--tls-ca-cert-file=/ca.pem",
+            "-tls-client-cert-file=/c.pem",
+            "--tls-client-key-file",
+            "/k.pem",
+            "--skip-tls-verification",
+            "--web.config.file=/web.yml",
+        ]);
         let o = cli.overrides();
         assert_eq!(o.tls.ca_file, Some(PathBuf::from("/ca.pem")));
         assert_eq!(o.tls.cert_file, Some(PathBuf::from("/c.pem")));
         assert_eq!(o.tls.key_file, Some(PathBuf::from("/k.pem")));
         assert!(o.tls.insecure_skip_verify);
         assert_eq!(o.web_config_file, Some(PathBuf::from("/web.yml")));
-        let off =
-            Cli::parse_args(["redis-lookout", "--skip-tls-verification=false"].map(OsString::from))
-                .unwrap();
+        let off = parse(&["redis-lookout", "--skip-tls-verification=false"]);
         assert!(!off.overrides().tls.insecure_skip_verify);
     }
 

@@ -68,6 +68,11 @@ async fn generate(redis: &RedisServer, n: u64) {
     assert_eq!(size, n);
 }
 
+/// True once db0's figures are a completed census (not a mid-pass estimate).
+fn census_done(m: &Exposition) -> bool {
+    m.value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0)
+}
+
 fn family_value(m: &Exposition, name: &str, pattern: &str) -> f64 {
     m.value(name, &[("prefix", pattern)]).unwrap_or(f64::NAN)
 }
@@ -203,9 +208,7 @@ pub(crate) async fn exact_census(
     ))
     .await;
     let m = d
-        .metrics_when(what, Duration::from_secs(60), |m| {
-            m.value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0) && also(m)
-        })
+        .metrics_when(what, Duration::from_secs(60), |m| census_done(m) && also(m))
         .await;
     for family in FAMILIES {
         assert_eq!(
@@ -305,7 +308,7 @@ async fn the_sampler_goes_on_while_other_clients_send_the_same_commands() {
         .metrics_when(
             "a completed census beside the neighbour",
             Duration::from_secs(180),
-            |m| m.value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0),
+            census_done,
         )
         .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -359,9 +362,7 @@ async fn a_pass_resumes_from_its_cursor_after_its_connection_drops() {
         let _: redis::Value = redis.cmd(&["CLIENT", "KILL", "ID", id]);
     }
     let m = d
-        .metrics_when("the census", Duration::from_secs(180), |m| {
-            m.value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0)
-        })
+        .metrics_when("the census", Duration::from_secs(180), census_done)
         .await;
     assert_eq!(
         m.value("redis_keyspace_sampler_keys_inspected_total", &[]),
@@ -408,10 +409,7 @@ async fn hostile_key_names_keep_the_exposition_valid() {
         .body_when(
             "a census of the odd keys, with the escaped newline in a key label",
             Duration::from_secs(60),
-            |b| {
-                Exposition::parse(b).value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0)
-                    && b.contains("key=\"line\\nbreak:1\"")
-            },
+            |b| census_done(&Exposition::parse(b)) && b.contains("key=\"line\\nbreak:1\""),
         )
         .await;
     let (_, complaints) = promtool_check_metrics(&body).expect("promtool");
@@ -551,10 +549,7 @@ async fn the_sampler_sends_nothing_but_its_readings_while_redis_is_loading() {
         .metrics_when(
             "loading over and a census of every key",
             Duration::from_secs(120),
-            |m| {
-                loading(m) == Some(0.0)
-                    && m.value("redis_keyspace_estimate", &[("db", "db0")]) == Some(0.0)
-            },
+            |m| loading(m) == Some(0.0) && census_done(m),
         )
         .await;
     assert_eq!(
