@@ -19,6 +19,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_CONFIG_REFRESH: Duration = Duration::from_secs(60);
 pub const DEFAULT_COMMAND_STATS_REFRESH: Duration = Duration::from_secs(30);
+/// `/metrics` responses in flight at once, as node_exporter's `--web.max-requests`.
+pub const DEFAULT_MAX_REQUESTS: usize = 40;
 
 /// A configuration problem; `Display` names the file, line and column when there is a file.
 #[derive(Debug, Error)]
@@ -435,6 +437,7 @@ struct FileConfig {
     listen: Option<String>,
     telemetry_path: Option<String>,
     gzip: Option<bool>,
+    max_requests: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     poll_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -686,6 +689,9 @@ pub struct Config {
     pub telemetry_path: String,
     /// gzip `/metrics` and `/scrape` for clients that accept it.
     pub gzip: bool,
+    /// `/metrics` responses in flight at once (until their last byte is written); more get
+    /// 503. 0: no limit.
+    pub max_requests: usize,
     pub poll_interval: Duration,
     pub poll_timeout: Duration,
     pub config_refresh: Duration,
@@ -1354,6 +1360,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
         listen,
         telemetry_path,
         gzip: f.gzip.unwrap_or(true),
+        max_requests: f.max_requests.unwrap_or(DEFAULT_MAX_REQUESTS),
         poll_interval,
         poll_timeout,
         config_refresh,

@@ -136,6 +136,8 @@ pub async fn run_with(
         tracing::info!(%addr, targets = config.targets.len(), path = %config.telemetry_path, "serving");
     }
     let (telemetry_path, gzip) = (config.telemetry_path.clone(), config.gzip);
+    let in_flight = (config.max_requests > 0)
+        .then(|| Arc::new(tokio::sync::Semaphore::new(config.max_requests)));
     let reloader = Arc::new(Reloader {
         loader: reload.as_ref().map(|r| r.loader.clone()),
         current: tokio::sync::Mutex::new((config, fleet)),
@@ -154,6 +156,7 @@ pub async fn run_with(
         telemetry,
         telemetry_path,
         gzip,
+        in_flight,
         on_demand,
         alerts: evaluator,
         web,
@@ -409,6 +412,7 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
         running.telemetry_path != new.telemetry_path,
     );
     check("gzip", running.gzip != new.gzip);
+    check("max_requests", running.max_requests != new.max_requests);
     check(
         "config_refresh",
         running.config_refresh != new.config_refresh,

@@ -43,6 +43,9 @@ pub struct AppState {
     pub telemetry_path: String,
     /// Whether `/metrics` and `/scrape` are gzipped for clients that ask (`gzip:` in config).
     pub gzip: bool,
+    /// `/metrics` responses allowed in flight at once (`max_requests:`); None: no limit.
+    /// Each holds the snapshots it started from until its last byte is written.
+    pub in_flight: Option<Arc<tokio::sync::Semaphore>>,
     pub on_demand: Arc<OnDemand>,
     /// The in-process evaluator, when alerting is configured.
     pub alerts: Option<Arc<std::sync::Mutex<Evaluator>>>,
@@ -54,6 +57,13 @@ pub struct AppState {
 
 /// How long a client may take over the TLS handshake before its connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a write to a client may make no progress before its connection is dropped. A
+/// client that stops reading a large `/metrics` would otherwise hold the snapshots the response
+/// started from (and, for a large one, a producing thread) for as long as it keeps the
+/// connection open. Prometheus reads as fast as it can and closes the connection itself at its
+/// scrape timeout.
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// Accepts connections until `shutdown` turns true, then drains.
 pub async fn serve(
@@ -82,6 +92,9 @@ pub async fn serve(
                 let acceptor = state.web.as_ref().and_then(|w| w.acceptor());
                 let watcher = graceful.watcher();
                 let state = state.clone();
+                let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+                stream.set_write_timeout(Some(WRITE_STALL));
+                let stream = Box::pin(stream);
                 tokio::spawn(async move {
                     match acceptor {
                         None => serve_connection(stream, state, watcher).await,
@@ -133,6 +146,10 @@ pub type Body = BoxBody<Bytes, Infallible>;
 /// produced a frame at a time as hyper asks for them ([`Frames`]).
 struct ExpositionBody {
     source: Source,
+    /// The `max_requests` slot this response takes until its last frame is produced (then,
+    /// not when hyper drops the body after writing the end: a client sending its next request
+    /// as soon as it has read this one would otherwise find the slot still taken).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Where the frames of an exposition come from.
@@ -195,7 +212,12 @@ const AHEAD_FROM: usize = 2 * WINDOW;
 static AHEAD_PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 impl ExpositionBody {
-    fn new(snapshots: Vec<Arc<Snapshot>>, tail: String, gzip: bool) -> Self {
+    fn new(
+        snapshots: Vec<Arc<Snapshot>>,
+        tail: String,
+        gzip: bool,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Self {
         let merger = Merger::new(snapshots);
         let permit = if merger.body_len() < AHEAD_FROM {
             None
@@ -226,7 +248,7 @@ impl ExpositionBody {
         } else {
             Source::Inline(frames)
         };
-        Self { source }
+        Self { source, slot }
     }
 }
 
@@ -238,10 +260,14 @@ impl hyper::body::Body for ExpositionBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let frame = match &mut self.get_mut().source {
+        let this = self.get_mut();
+        let frame = match &mut this.source {
             Source::Inline(frames) => frames.next(),
             Source::Ahead(rx) => std::task::ready!(rx.poll_recv(cx)),
         };
+        if frame.is_none() {
+            this.slot = None;
+        }
         Poll::Ready(frame.map(|bytes| Ok(Frame::data(Bytes::from(bytes)))))
     }
 }
@@ -372,10 +398,26 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
     }
     let resp = match handler {
         "metrics" => {
+            let slot = match &state.in_flight {
+                None => None,
+                Some(limit) => match limit.clone().try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => {
+                        return (
+                            "metrics",
+                            response(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "text/plain",
+                                "too many scrapes in flight (max_requests in the config)\n",
+                            ),
+                        )
+                    }
+                },
+            };
             let mut tail = String::new();
             state.telemetry.render_into(&mut tail);
             let gzip = wants_gzip(state, req);
-            let body = ExpositionBody::new(state.store.snapshots(|_, _| true), tail, gzip);
+            let body = ExpositionBody::new(state.store.snapshots(|_, _| true), tail, gzip, slot);
             let mut resp = Response::new(body.boxed());
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT));
@@ -655,7 +697,7 @@ mod tests {
             merge_exposition(&mut want, snaps.clone());
             want.push_str(&tail);
             let size = want.len();
-            let body = ExpositionBody::new(snaps.clone(), tail.clone(), false);
+            let body = ExpositionBody::new(snaps.clone(), tail.clone(), false, None);
             assert_eq!(
                 matches!(body.source, Source::Ahead(_)),
                 ahead,
@@ -669,7 +711,7 @@ mod tests {
             }
             assert_eq!(plain.concat(), want.as_bytes(), "plain, {size} bytes");
 
-            let body = ExpositionBody::new(snaps, tail.clone(), true);
+            let body = ExpositionBody::new(snaps, tail.clone(), true, None);
             assert_eq!(
                 matches!(body.source, Source::Ahead(_)),
                 ahead,

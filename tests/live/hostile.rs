@@ -132,3 +132,84 @@ async fn hostile_requests_get_4xx_and_never_stop_a_scrape() {
     .await;
     d.stop().await;
 }
+
+/// A client that asks for a large `/metrics` and never reads it takes one of `max_requests`'
+/// slots (the next scrape past the limit gets 503), and only until its writes have made no
+/// progress for `WRITE_STALL`: then its connection is dropped and the slot comes back, while
+/// the client still holds its end open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_connection_and_its_slot() {
+    let redis = RedisServer::start(&[]);
+    // ~600 targets of ~17 KB each: an exposition far larger than what the kernel buffers on
+    // the two sides of a loopback connection can absorb.
+    let targets: String = (0..600)
+        .map(|i| format!("  - name: t{i}\n    url: {}\n", redis.url()))
+        .collect();
+    let d = Daemon::start(&format!(
+        "poll_interval: 2s\nmax_requests: 1\ntargets:\n{targets}"
+    ))
+    .await;
+    let body = d
+        .body_when("600 targets up", Duration::from_secs(60), |b| {
+            b.lines()
+                .filter(|l| l.starts_with("redis_up{") && l.ends_with(" 1"))
+                .count()
+                == 600
+        })
+        .await;
+    assert!(body.len() > 8_000_000, "exposition of {} bytes", body.len());
+
+    // The stuck client: a tiny receive window, a request, and no reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stuck = socket.connect(d.addr).await.expect("connect");
+    stuck
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Its answer has begun (so it took the slot before the scrapes below): the status line,
+    // and nothing more is read.
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(20), stuck.read_exact(&mut head))
+        .await
+        .expect("the stuck client's answer begins")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "the stuck client's status line");
+
+    // Its response holds the only slot: the next scrape is turned away, not queued.
+    let refused = wait_for(
+        "503 while the stuck client holds the slot",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = http_get(d.addr, "/metrics").await;
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    assert!(refused.contains("max_requests"), "{refused}");
+    // Its writes stall; after WRITE_STALL the connection goes and a scrape is served again.
+    wait_for(
+        "the slot back from the stalled connection",
+        redis_lookout::http::WRITE_STALL + Duration::from_secs(30),
+        || async { (http_get(d.addr, "/metrics").await.0 == 200).then_some(()) },
+    )
+    .await;
+    // The server closed its end: what the stuck client reads now ends (EOF or reset) well
+    // before the whole exposition.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stuck.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled connection is still open");
+    assert!(
+        got < body.len(),
+        "the stuck client got the whole exposition ({got} bytes)"
+    );
+}
