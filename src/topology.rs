@@ -227,14 +227,16 @@ impl ClusterFacts {
         let usable: Vec<&ClusterNode> = nodes.iter().filter(|n| !n.unusable).collect();
         let addr_of = |id: &str| usable.iter().find(|n| n.id == id).map(|n| n.addr.clone());
         // A master that serves no slots (a demoted one the answering node has not yet heard about,
-        // or an empty one being added) serves nobody.
+        // or an empty one being added) serves nobody. One only suspected (`fail?`) is not
+        // counted either: once most masters are gone, no majority is left to turn a suspicion
+        // into `fail`, and the dead would stay "online" for good.
         let masters_online = usable
             .iter()
-            .filter(|n| n.master && !n.fail && n.slots > 0)
+            .filter(|n| n.master && !n.fail && !n.pfail && n.slots > 0)
             .count();
         set.gauge(
             "redis_cluster_masters_online",
-            "Masters serving slots and not flagged fail, in the cluster's view of itself",
+            "Masters serving slots and not flagged fail or fail? (suspected), in the cluster's view of itself",
             masters_online as f64,
         );
         for state in ["ok", "pfail", "fail"] {
@@ -522,6 +524,24 @@ mod tests {
             link_up: true,
             slots: if master { 100 } else { 0 },
         }
+    }
+
+    #[test]
+    fn masters_only_suspected_are_not_online() {
+        // Two of three masters dead: the survivor suspects them (fail?) but, without a
+        // majority, can never mark them fail.
+        let mut nodes = vec![
+            node("a", 1, true, None),
+            node("b", 2, true, None),
+            node("c", 3, true, None),
+        ];
+        nodes[1].pfail = true;
+        nodes[2].pfail = true;
+        let set = ClusterFacts::default().observe(&nodes);
+        assert_eq!(
+            set.get("redis_cluster_masters_online").unwrap().samples[0].value,
+            1.0
+        );
     }
 
     #[test]

@@ -396,7 +396,8 @@ pub fn publish_stream(
                 .unwrap_or(0) as f64
                 / 1000.0
         };
-        if consumers.is_empty() || !waiting {
+        // A consumer to ask about, or nothing waiting: no stall of the group's own.
+        if !consumers.is_empty() || !waiting {
             stalled_for(&group.name, false);
         }
         gauge(
@@ -1067,7 +1068,10 @@ mod tests {
             idle_ms: ms,
             ..Default::default()
         };
-        let stalled = |consumers: Vec<ConsumerInfo>| {
+        // The watcher's clock, 10 s a round: a stall starts when first seen, ends when told.
+        let (mut clock, mut since) = (0.0, None::<f64>);
+        let mut stalled = |consumers: Vec<ConsumerInfo>| {
+            clock += 10.0;
             let mut out = FamilySet::new();
             publish_stream(
                 &mut out,
@@ -1078,8 +1082,9 @@ mod tests {
                 true,
                 &mut |_, stuck| {
                     if stuck {
-                        42.0
+                        clock - *since.get_or_insert(clock)
                     } else {
+                        since = None;
                         0.0
                     }
                 },
@@ -1089,8 +1094,12 @@ mod tests {
                 .samples[0]
                 .value
         };
-        assert_eq!(stalled(vec![]), 42.0);
+        // No consumer at all: the stall grows round after round.
+        assert_eq!(stalled(vec![]), 0.0);
+        assert_eq!(stalled(vec![]), 10.0);
+        assert_eq!(stalled(vec![]), 20.0);
         assert_eq!(stalled(vec![idle(90_000), idle(30_000)]), 30.0);
+        assert_eq!(stalled(vec![]), 0.0, "a new stall starts afresh");
         let mut out = FamilySet::new();
         let caught_up = GroupInfo {
             last_delivered_id: (1700000000300, 0),
