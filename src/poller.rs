@@ -91,6 +91,21 @@ pub struct NodePoller {
     /// Figures another task keeps for this node (the keyspace sampler), merged into each
     /// successful poll's snapshot.
     extra_facts: Vec<crate::keyspace::SharedFacts>,
+    /// When the last successful poll ended.
+    last_success: Option<Instant>,
+}
+
+/// The least time after a node's last successful poll during which the in-process evaluator
+/// holds that node's alerts through failed polls.
+pub const HOLD_MIN: Duration = Duration::from_secs(30);
+
+/// How long after a node's last successful poll failed polls leave its alerts as they stand
+/// (see [`Observation::held_over`]): three intervals, at least [`HOLD_MIN`]. Without it one
+/// timed-out poll resolved every alert of the node (memory, lag, keys without TTL) and
+/// restarted its `for`. The exposition is not held: a failed poll serves `redis_up 0` and the
+/// exporter's own metrics only, never old Redis values as if fresh.
+pub fn hold_for(poll_interval: Duration) -> Duration {
+    poll_interval.saturating_mul(3).max(HOLD_MIN)
 }
 
 impl NodePoller {
@@ -121,6 +136,7 @@ impl NodePoller {
             durations: Histogram::new(POLL_BUCKETS),
             replicas_out: None,
             extra_facts: Vec::new(),
+            last_success: None,
         }
     }
 
@@ -299,13 +315,23 @@ impl NodePoller {
             polled_at: SystemTime::now(),
             duration,
         };
+        let up = snapshot.up;
         self.store.publish(self.ticket, snapshot);
+        let now = Instant::now();
+        let held_over = !up
+            && self
+                .last_success
+                .is_some_and(|at| now.duration_since(at) <= hold_for(self.target.poll_interval));
+        if up {
+            self.last_success = Some(now);
+        }
         if let Some(tx) = &self.observations {
             // Never wait on the evaluator: a full queue drops this poll's facts for alerting.
             let _ = tx.try_send(Observation {
                 key: (self.target.name.clone(), self.node.clone()),
-                at: Instant::now(),
+                at: now,
                 facts: Arc::new(set),
+                held_over,
             });
         }
     }

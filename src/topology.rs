@@ -374,6 +374,7 @@ pub(crate) fn publish_roll_up(
             key: (target.name.clone(), None),
             at: Instant::now(),
             facts: Arc::new(set.clone()),
+            held_over: false,
         });
     }
 }

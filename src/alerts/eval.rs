@@ -19,6 +19,10 @@ pub struct Observation {
     pub key: NodeKey,
     pub at: Instant,
     pub facts: Arc<FamilySet>,
+    /// A failed poll shortly after a good one ([`crate::poller::hold_for`]): the rules that
+    /// read families these facts lack keep their alerts as they stand, neither resolved nor
+    /// advanced. One timed-out poll is not news about memory or lag.
+    pub held_over: bool,
 }
 
 /// A label set, sorted, as alert identity and Alertmanager labels.
@@ -285,20 +289,35 @@ fn history_windows(rules: &[AlertRule]) -> Vec<(&'static str, Duration)> {
     windows.into_iter().collect()
 }
 
+/// The families a signal reads over a window, with the window (none for instant signals).
 fn remembered(signal: &Signal) -> Vec<(&'static str, Duration)> {
+    let window = match *signal {
+        Signal::Series(_) | Signal::SeriesWithout(..) | Signal::Ratio(..) => return Vec::new(),
+        Signal::Rate(_, w)
+        | Signal::Increase(_, w, ..)
+        | Signal::DropFromMax(_, w)
+        | Signal::ShareOfEarlier(_, w, _)
+        | Signal::SeriesChange(_, w)
+        | Signal::HitRatio(w, _) => w,
+    };
+    families_of(signal)
+        .into_iter()
+        .map(|f| (f, window))
+        .collect()
+}
+
+/// The families a signal reads.
+fn families_of(signal: &Signal) -> Vec<&'static str> {
     match *signal {
-        Signal::Series(_) | Signal::SeriesWithout(..) | Signal::Ratio(..) => Vec::new(),
-        Signal::Rate(f, w)
-        | Signal::Increase(f, w, ..)
-        | Signal::DropFromMax(f, w)
-        | Signal::ShareOfEarlier(f, w, _)
-        | Signal::SeriesChange(f, w) => {
-            vec![(f, w)]
-        }
-        Signal::HitRatio(w, _) => vec![
-            ("redis_keyspace_hits_total", w),
-            ("redis_keyspace_misses_total", w),
-        ],
+        Signal::Series(f)
+        | Signal::SeriesWithout(f, _)
+        | Signal::Rate(f, _)
+        | Signal::Increase(f, ..)
+        | Signal::DropFromMax(f, _)
+        | Signal::ShareOfEarlier(f, ..)
+        | Signal::SeriesChange(f, _) => vec![f],
+        Signal::Ratio(a, b) => vec![a, b],
+        Signal::HitRatio(..) => vec!["redis_keyspace_hits_total", "redis_keyspace_misses_total"],
     }
 }
 
@@ -407,6 +426,21 @@ impl Evaluator {
         let mut changes = Changes::default();
         let mut seen: Vec<(String, Severity, Labels)> = Vec::new();
         for rule in &self.rules {
+            if obs.held_over
+                && families_of(&rule.signal)
+                    .iter()
+                    .any(|f| obs.facts.get(f).is_none())
+            {
+                seen.extend(
+                    self.active
+                        .keys()
+                        .filter(|(name, _, labels)| {
+                            name == rule.name && same_node(labels, &obs.key)
+                        })
+                        .cloned(),
+                );
+                continue;
+            }
             let readings = if guard_passes(rule, &obs.facts) {
                 readings(&rule.signal, &obs.facts, history, now)
             } else {
@@ -576,6 +610,7 @@ mod tests {
             key: ("r".into(), None),
             at,
             facts: facts(pairs),
+            held_over: false,
         }
     }
 
@@ -598,6 +633,7 @@ mod tests {
             key: ("r".into(), None),
             at,
             facts: Arc::new(set),
+            held_over: false,
         }
     }
 
@@ -736,6 +772,47 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_poll_held_over_neither_resolves_nor_advances_the_nodes_alerts() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let full = [
+            ("redis_up", 1.0),
+            ("redis_memory_used_bytes", 90.0),
+            ("redis_memory_max_bytes", 100.0),
+        ];
+        e.observe(&obs(t0, &full));
+        let fired = e.observe(&obs(t0 + Duration::from_secs(901), &full)).fired;
+        assert!(fired
+            .iter()
+            .any(|a| a.labels["alertname"] == "RedisMemoryHigh"));
+        let high = |e: &Evaluator| {
+            e.active()
+                .iter()
+                .any(|a| a.labels["alertname"] == "RedisMemoryHigh" && a.state == State::Firing)
+        };
+        // A timed-out poll: only its own facts, the node's series held over.
+        let mut failed = obs(t0 + Duration::from_secs(905), &[("redis_up", 0.0)]);
+        failed.held_over = true;
+        let changes = e.observe(&failed);
+        assert!(changes.resolved.is_empty(), "{:?}", changes.resolved);
+        assert!(high(&e), "the memory alert is held");
+        assert!(
+            e.active()
+                .iter()
+                .any(|a| a.labels["alertname"] == "RedisDown"),
+            "redis_up is judged as usual"
+        );
+        // Past the hold, the same facts resolve it.
+        let gone = obs(t0 + Duration::from_secs(960), &[("redis_up", 0.0)]);
+        let changes = e.observe(&gone);
+        assert!(changes
+            .resolved
+            .iter()
+            .any(|a| a.labels["alertname"] == "RedisMemoryHigh"));
+        assert!(!high(&e));
+    }
+
+    #[test]
     fn a_series_without_a_label_keeps_one_reading_as_that_label_changes() {
         let signal = Signal::SeriesWithout("redis_sentinel_master_status", "master_status");
         let reading = |status: &str, value: f64| {
@@ -818,6 +895,7 @@ mod tests {
             key: ("r".into(), None),
             at: t0 + Duration::from_secs(s),
             facts: errors(oom),
+            held_over: false,
         };
         // 40 OOM errors happened before redis-lookout started: nothing fires.
         e.observe(&at(0, Some(40.0)));
@@ -874,6 +952,7 @@ mod tests {
                 key: ("r".into(), None),
                 at: t0 + Duration::from_secs(50 * i),
                 facts: errors_of("WRONGPASS", Some(1000.0 + (i / 2) as f64)),
+                held_over: false,
             };
             e.observe(&o);
             let unauthorized = e
@@ -923,6 +1002,7 @@ mod tests {
             key: ("r".into(), None),
             at: t0 + Duration::from_secs(s),
             facts: errors_of("WRONGPASS", total),
+            held_over: false,
         };
         e.observe(&at(0, None));
         e.observe(&at(5, None));

@@ -322,3 +322,61 @@ fn the_readme_lists_every_alert() {
         );
     }
 }
+
+/// The active alerts' (name, state) as /alerts shows them.
+async fn alert_states(d: &Daemon) -> Vec<(String, String)> {
+    let (status, body) = http_get(d.addr, "/alerts").await;
+    assert_eq!(status, 200, "{body}");
+    let alerts: serde_json::Value = serde_json::from_str(&body).expect("/alerts JSON");
+    alerts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                a["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
+                a["state"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A poll that fails right after good ones (Redis paused past the poll timeout) is judged for
+/// RedisDown, and leaves the node's other alerts firing: one timed-out poll used to resolve
+/// them all (a RESOLVED to Alertmanager, then a new `for`). The exposition is not held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failed_poll_neither_resolves_nor_restarts_the_nodes_alerts() {
+    let redis = RedisServer::start(&["--maxmemory", "100mb"]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\npoll_timeout: 150ms\ntargets:\n  - name: sessions\n    url: {}\nalerting:\n  thresholds:\n    RedisMemoryWarning: {{warning: 0.0001, for: 0s}}\n",
+        redis.url()
+    ))
+    .await;
+    d.wait_up("sessions").await;
+    let firing = ("RedisMemoryWarning".to_owned(), "firing".to_owned());
+    wait_for("RedisMemoryWarning firing", WAIT, || async {
+        alert_states(&d).await.contains(&firing).then_some(())
+    })
+    .await;
+
+    let paused: String = redis.cmd(&["CLIENT", "PAUSE", "3000", "ALL"]);
+    assert_eq!(paused, "OK");
+    // RedisDown pending: the evaluator has judged a failed poll.
+    let states = wait_for("RedisDown judged", WAIT, || async {
+        let states = alert_states(&d).await;
+        states
+            .iter()
+            .any(|(name, _)| name == "RedisDown")
+            .then_some(states)
+    })
+    .await;
+    assert!(states.contains(&firing), "{states:?}");
+    let m = d.metrics().await;
+    assert_eq!(m.value("redis_up", &[("target", "sessions")]), Some(0.0));
+    assert!(
+        m.value("redis_memory_used_bytes", &[("target", "sessions")])
+            .is_none(),
+        "no old Redis values served while down"
+    );
+    d.stop().await;
+}
