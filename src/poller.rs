@@ -61,6 +61,17 @@ impl PollContext {
     }
 }
 
+/// `redis_lookout_collector_refused{collector} 1`, published only while it is so.
+fn refused_gauge(set: &mut FamilySet, collector: &str) {
+    set.add(
+        "redis_lookout_collector_refused",
+        "1 while the server refuses the collector's command (renamed away, disabled, or not allowed to the ACL user); asked again at every config_refresh",
+        Kind::Gauge,
+        vec![("collector", collector.to_owned())],
+        1.0,
+    );
+}
+
 /// Polls one node until shutdown.
 pub struct NodePoller {
     target: Arc<Target>,
@@ -76,6 +87,12 @@ pub struct NodePoller {
     connect_slot: Option<OwnedSemaphorePermit>,
     polls: Arc<Semaphore>,
     collectors: Vec<Box<dyn Collector>>,
+    /// Per collector: refused by the server, not asked again before this time.
+    refused_until: Vec<Option<Instant>>,
+    /// How long a refused collector waits before asking again (`config_refresh`).
+    refusal_recheck: Duration,
+    /// Per collector: a refusal was logged and the command has not worked since.
+    refusal_said: Vec<bool>,
     conn: Option<MultiplexedConnection>,
     failures: u32,
     was_up: Option<bool>,
@@ -126,6 +143,9 @@ impl NodePoller {
             connect_slot: None,
             polls: ctx.polls.clone(),
             collectors: standard_set(ctx.refresh),
+            refused_until: Vec::new(),
+            refusal_recheck: ctx.refresh.config,
+            refusal_said: Vec::new(),
             conn: None,
             failures: 0,
             was_up: None,
@@ -467,10 +487,25 @@ impl NodePoller {
         let had_connection = self.conn.is_some();
         self.connect().await?;
         let now = Instant::now();
-        let mut spans = Vec::with_capacity(self.collectors.len());
+        let count = self.collectors.len();
+        self.refused_until.resize(count, None);
+        self.refusal_said.resize(count, false);
+        let mut spans = Vec::with_capacity(count);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for collector in &mut self.collectors {
+        for (collector, refused) in self.collectors.iter_mut().zip(&mut self.refused_until) {
+            match *refused {
+                Some(until) if now < until => {
+                    spans.push(0);
+                    continue;
+                }
+                // Time to try the refused command again.
+                Some(_) => {
+                    *refused = None;
+                    collector.reset();
+                }
+                None => {}
+            }
             let commands = collector.commands(now);
             spans.push(commands.len());
             for command in commands {
@@ -487,6 +522,7 @@ impl NodePoller {
                 for collector in &mut self.collectors {
                     collector.reset();
                 }
+                self.refused_until.fill(None);
                 self.send(&pipe).await?
             }
             Err(err) => return Err(err),
@@ -506,6 +542,16 @@ impl NodePoller {
         let mut outcomes = Vec::with_capacity(self.collectors.len());
         for (index, span) in spans.into_iter().enumerate() {
             let started = Instant::now();
+            if self.refused_until[index].is_some() {
+                // Not asked this poll (refused before): nothing to read, nothing learned.
+                refused_gauge(&mut set, self.collectors[index].name());
+                outcomes.push((
+                    self.collectors[index].name(),
+                    Outcome::NoData,
+                    started.elapsed(),
+                ));
+                continue;
+            }
             let mine: Vec<RedisResult<Value>> = replies.by_ref().take(span).collect();
             let mut outcome = self.collectors[index].collect(mine, &mut set);
             for _ in 0..2 {
@@ -520,7 +566,32 @@ impl NodePoller {
                 let replies = self.send(&follow).await?;
                 outcome = self.collectors[index].collect(replies, &mut set);
             }
-            outcomes.push((self.collectors[index].name(), outcome, started.elapsed()));
+            let name = self.collectors[index].name();
+            match &outcome {
+                Outcome::Refused(why) => {
+                    refused_gauge(&mut set, name);
+                    self.refused_until[index] = Some(now + self.refusal_recheck);
+                    if !std::mem::replace(&mut self.refusal_said[index], true) {
+                        tracing::warn!(
+                            target_name = %self.target.name,
+                            node = self.node.as_deref().unwrap_or(""),
+                            collector = name,
+                            reply = %why,
+                            "Redis refused a collector's command; its figures are missing until it is allowed (asked again at every config_refresh)"
+                        );
+                    }
+                }
+                Outcome::Collected if std::mem::take(&mut self.refusal_said[index]) => {
+                    tracing::info!(
+                        target_name = %self.target.name,
+                        node = self.node.as_deref().unwrap_or(""),
+                        collector = name,
+                        "a collector's command works again"
+                    );
+                }
+                _ => {}
+            }
+            outcomes.push((name, outcome, started.elapsed()));
         }
         for (name, outcome, took) in &outcomes {
             let failed = matches!(outcome, Outcome::Failed(_) | Outcome::FollowUp(_));

@@ -79,7 +79,7 @@ impl Collector for ClusterCollector {
             },
             Some(Err(err)) if super::is_unavailable(&err) => {
                 self.enabled = false;
-                Outcome::NoData
+                super::refusal(&err)
             }
             Some(Err(_)) => Outcome::Failed("CLUSTER INFO failed".into()),
             None => Outcome::NoData,

@@ -5,7 +5,7 @@
 //! data and stops asking; `redis_memory_max_bytes` and `redis_max_clients` from INFO still hold
 //! the limits there.
 
-use super::{is_unavailable, value_items, value_text, Collector, Outcome};
+use super::{is_unavailable, refusal, value_items, value_text, Collector, Outcome};
 use crate::metrics::{FamilySet, Kind};
 use redis::{Cmd, RedisResult, Value};
 use std::time::{Duration, Instant};
@@ -175,7 +175,7 @@ impl Collector for ConfigCollector {
                     Err(err) if is_unavailable(&err) => {
                         self.unavailable = true;
                         self.cached = ConfigValues::default();
-                        return Outcome::NoData;
+                        return refusal(&err);
                     }
                     Err(_) => return Outcome::Failed("CONFIG GET failed".into()),
                 }

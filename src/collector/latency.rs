@@ -2,7 +2,7 @@
 //!
 //! Only servers with `latency-monitor-threshold` set record events; an empty reply is no data.
 
-use super::{is_unavailable, value_int, value_items, value_text, Collector, Outcome};
+use super::{is_unavailable, refusal, value_int, value_items, value_text, Collector, Outcome};
 use crate::metrics::{FamilySet, Kind};
 use redis::{Cmd, RedisResult, Value};
 use std::time::Instant;
@@ -58,7 +58,7 @@ impl Collector for LatencyCollector {
             Ok(value) => parse_latency_latest(&value),
             Err(err) if is_unavailable(&err) => {
                 self.unavailable = true;
-                return Outcome::NoData;
+                return refusal(&err);
             }
             Err(_) => return Outcome::Failed("LATENCY LATEST failed".into()),
         };

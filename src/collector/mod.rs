@@ -4,8 +4,9 @@
 //! all collectors in **one pipeline** (one round trip) and hands each collector its own replies.
 //! The parsing half of each collector is a pure function tested on captured output; the I/O is
 //! the poller's single pipeline. A reply of "unknown command" or "disabled" (managed services
-//! rename or block CONFIG, SLOWLOG, LATENCY) means *no data*: the collector stops asking until
-//! the next reconnect, so we never inflate the server's `total_error_replies`.
+//! rename or block CONFIG, SLOWLOG, LATENCY) means *no data* ([`Outcome::Refused`]): the poller
+//! logs it once, stops asking and tries again every `config_refresh` (or at a reconnect), so
+//! we never inflate the server's `total_error_replies` or its ACL log.
 
 pub mod cluster;
 pub mod config;
@@ -30,6 +31,17 @@ pub enum Outcome {
     FollowUp(Vec<Cmd>),
     /// The replies could not be understood: a protocol problem, counted as a failed collector.
     Failed(String),
+    /// The server refused the collector's command (renamed away, disabled, or not in the ACL
+    /// user's rights), with Redis' words. No data, not a failure: the poller stops asking,
+    /// says so once, and asks again at every `config_refresh` ([`Refresh::config`]).
+    Refused(String),
+}
+
+/// Redis' reply to a refused command, for a log line: its first line, at most 200 characters.
+pub fn refusal(err: &redis::RedisError) -> Outcome {
+    let text = err.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    Outcome::Refused(line.chars().take(200).collect())
 }
 
 impl PartialEq for Outcome {
@@ -37,7 +49,8 @@ impl PartialEq for Outcome {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Outcome::Collected, Outcome::Collected) | (Outcome::NoData, Outcome::NoData) => true,
-            (Outcome::Failed(a), Outcome::Failed(b)) => a == b,
+            (Outcome::Failed(a), Outcome::Failed(b))
+            | (Outcome::Refused(a), Outcome::Refused(b)) => a == b,
             (Outcome::FollowUp(a), Outcome::FollowUp(b)) => {
                 a.len() == b.len()
                     && a.iter()

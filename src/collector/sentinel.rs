@@ -13,7 +13,7 @@
 //! and still what a query on `message` needs.
 
 use super::info::{parse_pairs, Info};
-use super::{is_unavailable, value_text, Collector, Outcome};
+use super::{is_unavailable, refusal, value_text, Collector, Outcome};
 use crate::metrics::{FamilySet, Kind};
 use redis::{Cmd, RedisResult, Value};
 use std::collections::HashMap;
@@ -267,7 +267,7 @@ impl Collector for SentinelCollector {
             },
             Some(Err(err)) if is_unavailable(&err) => {
                 self.enabled = false;
-                return Outcome::NoData;
+                return refusal(&err);
             }
             Some(Err(_)) => return Outcome::Failed("SENTINEL MASTERS failed".into()),
             None => return Outcome::NoData,

@@ -9,7 +9,7 @@
 //! were already in the log when we started are not counted: after an exporter restart they would
 //! otherwise show up as a burst in `increase()`. Arguments are never read beyond the command name.
 
-use super::{is_unavailable, value_int, value_items, value_text, Collector, Outcome};
+use super::{is_unavailable, refusal, value_int, value_items, value_text, Collector, Outcome};
 use crate::metrics::{FamilySet, Histogram, Kind};
 use redis::{Cmd, RedisResult, Value};
 use std::collections::BTreeMap;
@@ -226,7 +226,7 @@ impl Collector for SlowlogCollector {
             match reply {
                 Err(err) if is_unavailable(&err) => {
                     self.unavailable = true;
-                    return Outcome::NoData;
+                    return refusal(&err);
                 }
                 Err(_) => return Outcome::Failed("SLOWLOG failed".into()),
                 Ok(Value::Int(len)) => self.length = Some(len),

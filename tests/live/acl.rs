@@ -213,3 +213,75 @@ async fn the_readme_acl_user_runs_every_feature_and_nothing_outside_it_is_sent()
         }
     }
 }
+
+/// `errorstat_NOPERM` of the server: how many commands it refused for lack of rights.
+fn noperm_errors(redis: &RedisServer) -> u64 {
+    let text: String = redis.cmd(&["INFO", "errorstats"]);
+    text.lines()
+        .find_map(|l| l.strip_prefix("errorstat_NOPERM:count="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A user without rights to CONFIG GET and CLUSTER INFO on a cluster node polled as a plain
+/// target: the refusals are published, not asked again poll after poll (each one lands in the
+/// server's error counts and ACL log), and asked again at `config_refresh`, so the figures come
+/// back once the rights are granted, without a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_commands_are_said_once_not_resent_and_rechecked() {
+    let redis = RedisServer::cluster_node();
+    let set: String = redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "limited",
+        "on",
+        &format!(">{PASSWORD}"),
+        "~*",
+        "+@all",
+        "-config",
+        "-cluster|info",
+    ]);
+    assert_eq!(set, "OK");
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\nconfig_refresh: 4s\ntargets:\n  - name: r\n    url: redis://limited:{PASSWORD}@127.0.0.1:{}\n",
+        redis.port
+    ))
+    .await;
+    let refused = |m: &Exposition, c: &str| {
+        m.value("redis_lookout_collector_refused", &[("collector", c)]) == Some(1.0)
+    };
+    let m = d
+        .metrics_when("both refusals published", Duration::from_secs(20), |m| {
+            refused(m, "cluster") && refused(m, "config")
+        })
+        .await;
+    assert_eq!(m.value("redis_up", &[("target", "r")]), Some(1.0));
+    // Not asked again within config_refresh: ten more polls, no more refusals.
+    let (before, polls) = (noperm_errors(&redis), m.polls("r"));
+    d.metrics_when("ten more polls", Duration::from_secs(20), |m| {
+        m.polls("r") >= polls + 10.0
+    })
+    .await;
+    let after = noperm_errors(&redis);
+    assert!(
+        after <= before + 2,
+        "refused commands resent: NOPERM {before} -> {after} over ten polls"
+    );
+
+    // Rights granted: back within a config_refresh, on the same connection.
+    let set: String = redis.cmd(&["ACL", "SETUSER", "limited", "+config", "+cluster|info"]);
+    assert_eq!(set, "OK");
+    let m = d
+        .metrics_when("figures back", Duration::from_secs(30), |m| {
+            !refused(m, "cluster")
+                && !refused(m, "config")
+                && m.value("redis_cluster_enabled", &[("target", "r")]) == Some(1.0)
+                && m.value("redis_config_maxclients", &[("target", "r")])
+                    .is_some()
+                && m.value("redis_cluster_known_nodes", &[("target", "r")])
+                    .is_some()
+        })
+        .await;
+    assert_eq!(m.connections_opened("r"), Some(1.0), "no reconnect needed");
+    d.stop().await;
+}
