@@ -149,13 +149,15 @@ impl OnDemand {
                 store.render_into(&mut out, |(target, _), _| *target == address);
                 return ScrapeAnswer::Metrics(out);
             }
-            if let Some((key, _)) = nodes
+            // Every entry polled at that address: the node, and where the address is a
+            // cluster's or replica set's configured one, the target's roll-up beside it (the
+            // roll-up alone, first in the store's order, lost the node's own series).
+            if nodes
                 .iter()
-                .find(|(_, e)| e.address.eq_ignore_ascii_case(&address))
+                .any(|(_, e)| e.address.eq_ignore_ascii_case(&address))
             {
-                let key = key.clone();
                 let mut out = String::new();
-                store.render_into(&mut out, |k, _| *k == key);
+                store.render_into(&mut out, |_, e| e.address.eq_ignore_ascii_case(&address));
                 return ScrapeAnswer::Metrics(out);
             }
         }

@@ -182,7 +182,7 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
     let mut cluster = RedisCluster::start().await;
     // The in-process evaluator judges the roll-up too: thresholds this test reaches.
     let d = Daemon::start(&format!(
-        "poll_interval: 200ms\npoll_timeout: 150ms\ntargets:\n  - name: prod\n    url: redis://{}\n    cluster: true\nalerting:\n  thresholds:\n    RedisClusterMastersLow: {{critical: 3, for: 0s}}\n    RedisClusterFailoverLoop: 0\n",
+        "poll_interval: 200ms\npoll_timeout: 150ms\nscrape_allow:\n  - hosts: [\"192.0.2.1\"]\n    ports: \"6379\"\ntargets:\n  - name: prod\n    url: redis://{}\n    cluster: true\nalerting:\n  thresholds:\n    RedisClusterMastersLow: {{critical: 3, for: 0s}}\n    RedisClusterFailoverLoop: 0\n",
         cluster.addr(0)
     ))
     .await;
@@ -211,6 +211,26 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
     );
     assert_eq!(m.sum("redis_cluster_node_slots", &[]), 16384.0);
     assert_eq!(discovered(&d).await, all, "discovery lists every node");
+    // /scrape of the seed's address (as a per-node scrape of /discovery's list asks): the
+    // node's own series, and the cluster's roll-up polled at that address beside them.
+    let seed = cluster.addr(0);
+    let (status, body) = http_get(d.addr, &format!("/scrape?target={seed}")).await;
+    assert_eq!(status, 200, "{body}");
+    let scraped = Exposition::parse(&body);
+    assert_eq!(
+        scraped.value("redis_up", &[("node", seed.as_str())]),
+        Some(1.0),
+        "the seed node's own series"
+    );
+    assert_eq!(
+        scraped.value("redis_cluster_masters_online", &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        scraped.all("redis_up").len(),
+        1,
+        "only the node at that address"
+    );
     assert!(!alert_firing(&d, "RedisClusterMastersLow").await);
     assert!(!alert_firing(&d, "RedisClusterFailoverLoop").await);
 
