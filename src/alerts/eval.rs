@@ -5,7 +5,7 @@
 //! the families those signals read, only the points where the value changed (plus the last one
 //! before the window), so an idle counter costs one point however long the window.
 
-use super::{AlertRule, Level, Severity, Signal};
+use super::{AlertRule, Guard, Level, Severity, Signal};
 use crate::metrics::FamilySet;
 use crate::snapshot::NodeKey;
 use serde::Serialize;
@@ -267,12 +267,14 @@ pub fn readings(
 
 /// True when the rule's guard (AOF enabled, enough wasted memory, …) lets the node be judged.
 pub fn guard_passes(rule: &AlertRule, facts: &FamilySet) -> bool {
-    rule.guard.is_none_or(|(family, op, threshold)| {
-        facts
+    match rule.guard {
+        None => true,
+        Some(Guard::Value(family, op, threshold)) => facts
             .get(family)
             .and_then(|f| f.samples.first())
-            .is_some_and(|s| op.holds(s.value, threshold))
-    })
+            .is_some_and(|s| op.holds(s.value, threshold)),
+        Some(Guard::Absent(family)) => facts.get(family).is_none(),
+    }
 }
 
 /// The families a signal needs remembered across polls, with how long.

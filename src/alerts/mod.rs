@@ -176,12 +176,21 @@ pub struct AlertRule {
     pub expr: &'static str,
     pub op: Op,
     pub signal: Signal,
-    /// A node is judged only where this family's value compares so with this number (AOF
-    /// enabled, not loading, …); the PromQL says the same in its `and on (target, node)`.
-    pub guard: Option<(&'static str, Op, f64)>,
+    /// A node is judged only where the guard holds (AOF enabled, not loading, a master, …);
+    /// the PromQL says the same in its `and on (target, node)` or `unless on (target, node)`.
+    pub guard: Option<Guard>,
     pub levels: Vec<Level>,
     /// How the value reads in reports: "ratio", "seconds", "per second", "count".
     pub unit: &'static str,
+}
+
+/// When a node is judged at all (see [`AlertRule::guard`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Guard {
+    /// The family's value compares so with the number.
+    Value(&'static str, Op, f64),
+    /// The node publishes no such family (`redis_master_link_up`: not a replica).
+    Absent(&'static str),
 }
 
 const fn secs(s: u64) -> Duration {
@@ -279,7 +288,9 @@ pub fn pack() -> Vec<AlertRule> {
             "redis_replica_lag_seconds",
             Op::Above,
             Signal::Series("redis_replica_lag_seconds"),
-            vec![level(Critical, 30.0, 60)],
+            // No `for`: the value is already a duration (how long the replica has been behind
+            // by that much), so "above 30 s" pages at 30 s of lag, not 90.
+            vec![level(Critical, 30.0, 0)],
             "seconds",
         ),
         rule(
@@ -292,16 +303,21 @@ pub fn pack() -> Vec<AlertRule> {
             vec![level(Critical, 1.0, 120)],
             "up",
         ),
-        rule(
-            "RedisReplicaLost",
-            "A master has fewer replicas than an hour ago",
-            "{{ $labels.target }} {{ $labels.node }} lost {{ $value }} replica(s) compared with its maximum over the last hour.",
-            "max_over_time(redis_connected_slaves[1h]) - redis_connected_slaves",
-            Op::Above,
-            Signal::DropFromMax("redis_connected_slaves", secs(3600)),
-            vec![level(Warning, 0.0, 300)],
-            "count",
-        ),
+        AlertRule {
+            // A master demoted by a failover (now a replica) had replicas an hour ago; that is
+            // the failover, paged elsewhere, not a lost replica.
+            guard: Some(Guard::Absent("redis_master_link_up")),
+            ..rule(
+                "RedisReplicaLost",
+                "A master has fewer replicas than an hour ago",
+                "{{ $labels.target }} {{ $labels.node }} lost {{ $value }} replica(s) compared with its maximum over the last hour.",
+                "max_over_time(redis_connected_slaves[1h]) - redis_connected_slaves {cmp} unless on (target, node) redis_master_link_up",
+                Op::Above,
+                Signal::DropFromMax("redis_connected_slaves", secs(3600)),
+                vec![level(Warning, 0.0, 300)],
+                "count",
+            )
+        },
         rule(
             "RedisClusterStateNotOk",
             "Redis Cluster state is not ok",
@@ -403,7 +419,7 @@ pub fn pack() -> Vec<AlertRule> {
             "count",
         ),
         AlertRule {
-            guard: Some(("redis_aof_enabled", Op::Above, 0.5)),
+            guard: Some(Guard::Value("redis_aof_enabled", Op::Above, 0.5)),
             ..rule(
                 "RedisAofWriteFailing",
                 "Redis cannot write its AOF",
@@ -416,7 +432,7 @@ pub fn pack() -> Vec<AlertRule> {
             )
         },
         AlertRule {
-            guard: Some(("redis_aof_enabled", Op::Above, 0.5)),
+            guard: Some(Guard::Value("redis_aof_enabled", Op::Above, 0.5)),
             ..rule(
                 "RedisAofRewriteFailing",
                 "Redis AOF rewrite failed",
@@ -431,7 +447,7 @@ pub fn pack() -> Vec<AlertRule> {
         AlertRule {
             // While Redis loads its dump after a restart (or a replica loads a full sync), INFO
             // answers with the keys loaded so far: not a flush.
-            guard: Some(("redis_loading_dump_file", Op::Below, 0.5)),
+            guard: Some(Guard::Value("redis_loading_dump_file", Op::Below, 0.5)),
             ..rule(
                 "RedisDatabaseFlushed",
                 "Redis lost most of its keys",
@@ -514,11 +530,7 @@ pub fn pack() -> Vec<AlertRule> {
             "seconds",
         ),
         AlertRule {
-            guard: Some((
-                "redis_mem_fragmentation_bytes",
-                Op::Above,
-                100.0 * 1024.0 * 1024.0,
-            )),
+            guard: Some(Guard::Value("redis_mem_fragmentation_bytes", Op::Above, 100.0 * 1024.0 * 1024.0)),
             ..rule(
                 "RedisFragmentationHigh",
                 "Redis memory is fragmented",
@@ -534,7 +546,11 @@ pub fn pack() -> Vec<AlertRule> {
             "RedisSlowlogGrowing",
             "Redis logs many slow commands",
             "{{ $labels.target }} {{ $labels.node }} logged {{ $value | humanize }} slow commands in 5 minutes (see redis_slowlog_entries_total by cmd).",
-            "round(sum by (target, node) (increase(redis_slowlog_entries_total[5m])))",
+            // The same entries, each counted once, but in one series that exists from the first
+            // poll: increase() takes a new series' first sample as its baseline, so a burst by
+            // a command not slow before (a new `cmd` series) read as none. The evaluator counts
+            // new series from zero and reads the per-command counter.
+            "round(sum by (target, node) (increase(redis_slowlog_entry_duration_seconds_count[5m])))",
             Op::Above,
             Signal::Increase("redis_slowlog_entries_total", secs(300), "", &[]),
             vec![level(Warning, 10.0, 0)],
@@ -791,6 +807,21 @@ pub fn render_rules(rules: &[AlertRule], runbook_base: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_kind_an_alert_counts_is_published_from_zero() {
+        for rule in pack() {
+            if let Signal::Increase("redis_errors_total", _, "err", kinds) = rule.signal {
+                for kind in kinds {
+                    assert!(
+                        crate::collector::info::ALERTED_ERRORS.contains(kind),
+                        "{}: {kind} is not in ALERTED_ERRORS",
+                        rule.name
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_alert_has_a_unique_name_levels_and_a_runbook() {

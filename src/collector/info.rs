@@ -301,8 +301,14 @@ fn keyspace(info: &Info, databases: Option<u32>, out: &mut FamilySet) {
     }
 }
 
+/// The error kinds the alert pack reads with `increase()`: published as 0 until Redis first
+/// counts one, so that a burst shows in Prometheus' `increase()`, which takes a new series'
+/// first sample as its baseline (eight WRONGPASS in a new series read as none).
+pub const ALERTED_ERRORS: &[&str] = &["OOM", "MISCONF", "WRONGPASS", "NOAUTH"];
+
 fn commandstats(info: &Info, out: &mut FamilySet) {
     let mut calls_by_cmd: HashMap<&str, (f64, f64)> = HashMap::new();
+    let mut errors_seen: Vec<&str> = Vec::new();
     for (key, value) in info.fields() {
         if let Some(cmd) = key.strip_prefix("cmdstat_") {
             let mut calls = None;
@@ -354,6 +360,7 @@ fn commandstats(info: &Info, out: &mut FamilySet) {
                 .find(|(k, _)| *k == "count")
                 .and_then(|(_, v)| parse_number(v))
             {
+                errors_seen.push(err);
                 out.add(
                     "redis_errors_total",
                     "Total number of errors per error type",
@@ -362,6 +369,18 @@ fn commandstats(info: &Info, out: &mut FamilySet) {
                     count,
                 );
             }
+        }
+    }
+    // Servers with errorstats (6.2+, which also count total_error_replies).
+    if info.get("total_error_replies").is_some() {
+        for err in ALERTED_ERRORS.iter().filter(|e| !errors_seen.contains(e)) {
+            out.add(
+                "redis_errors_total",
+                "Total number of errors per error type",
+                Kind::Counter,
+                vec![("err", (*err).to_owned())],
+                0.0,
+            );
         }
     }
     // latencystats come after commandstats in INFO; pair them with the calls/usec seen above.
@@ -775,6 +794,36 @@ mod tests {
         );
         let ttl = out.get("redis_db_avg_ttl_seconds").expect("avg ttl");
         assert_eq!(ttl.samples[0].value, 99.49);
+    }
+
+    #[test]
+    fn the_alerted_error_kinds_read_zero_until_redis_counts_one() {
+        let errors = |text: &str| {
+            let mut out = FamilySet::new();
+            info_families(&parse_info(text), None, &mut out);
+            let mut got: Vec<(String, f64)> = out
+                .get("redis_errors_total")
+                .map(|f| {
+                    f.samples
+                        .iter()
+                        .map(|s| (s.labels[0].1.clone(), s.value))
+                        .collect()
+                })
+                .unwrap_or_default();
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            got
+        };
+        assert_eq!(
+            errors("total_error_replies:3\nerrorstat_WRONGPASS:count=3\n"),
+            vec![
+                ("MISCONF".into(), 0.0),
+                ("NOAUTH".into(), 0.0),
+                ("OOM".into(), 0.0),
+                ("WRONGPASS".into(), 3.0)
+            ]
+        );
+        // Before 6.2 there are no errorstats at all: nothing made up.
+        assert!(errors("connected_clients:1\n").is_empty());
     }
 
     #[test]
