@@ -168,8 +168,15 @@ pub enum ReportFormat {
 
 impl Cli {
     /// Parses the process arguments, accepting Go's `-flag` spelling for our long flags.
+    /// Environment variables set to an empty string count as unset, as in redis_exporter (a
+    /// deployment template with nothing to put in `REDIS_EXPORTER_LOG_FORMAT=` must not stop
+    /// the start).
     pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(go_style(args))
+        let command = ignore_empty_env(<Cli as clap::CommandFactory>::command(), |name| {
+            std::env::var_os(name).is_some_and(|v| v.is_empty())
+        });
+        let matches = command.try_get_matches_from(go_style(args))?;
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches)
     }
 
     pub fn overrides(&self) -> Overrides {
@@ -223,25 +230,61 @@ pub fn unread_exporter_env(vars: impl IntoIterator<Item = (OsString, OsString)>)
 }
 
 /// Rewrites `-redis.addr=x` or `-redis.addr x` to `--redis.addr…` when the name is one of ours.
+/// `command` with the environment variable of every argument whose variable `is_empty` says is
+/// empty no longer read.
+fn ignore_empty_env(
+    command: clap::Command,
+    is_empty: impl Fn(&std::ffi::OsStr) -> bool,
+) -> clap::Command {
+    command.mut_args(|arg| {
+        if arg.get_env().is_some_and(&is_empty) {
+            arg.env(None)
+        } else {
+            arg
+        }
+    })
+}
+
 fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     use clap::CommandFactory;
     let command = Cli::command();
-    let longs: Vec<String> = command
+    // Long flags, and whether each needs a value (the next argument when not given with `=`).
+    let longs: Vec<(String, bool)> = command
         .get_arguments()
-        .filter_map(|a| a.get_long().map(str::to_owned))
-        .chain(["help".to_owned(), "version".to_owned(), "format".to_owned()])
+        .filter_map(|a| {
+            let needs = a.get_action().takes_values();
+            a.get_long().map(|l| (l.to_owned(), needs))
+        })
+        .chain(
+            [("help", false), ("version", false), ("format", true)].map(|(l, n)| (l.to_owned(), n)),
+        )
         .collect();
+    let mut value_next = false;
     args.into_iter()
         .map(|arg| {
             let Some(text) = arg.to_str() else { return arg };
-            if text.starts_with("--") || !text.starts_with('-') || text.len() < 3 {
+            // The value of the flag before (a password may start with '-').
+            if std::mem::take(&mut value_next) {
                 return arg;
             }
-            let name = text[1..].split('=').next().unwrap_or("");
-            if longs.iter().any(|l| l == name) {
-                OsString::from(format!("-{text}"))
-            } else {
+            if !text.starts_with('-') || text.len() < 3 {
+                return arg;
+            }
+            let body = text.trim_start_matches('-');
+            let name = body.split('=').next().unwrap_or("");
+            if let Some((_, needs)) = longs.iter().find(|(l, _)| l == name) {
+                value_next = *needs && !body.contains('=');
+            }
+            // Go's `-flag`: ours, or one redis_exporter has and we do not, which clap would
+            // otherwise read as a cluster of one-letter flags and report as `-c`.
+            if text.starts_with("--")
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+            {
                 arg
+            } else {
+                OsString::from(format!("-{text}"))
             }
         })
         .collect()
@@ -287,6 +330,19 @@ mod tests {
         let o = cli.overrides();
         assert!(o.redis_password.is_none() && o.redis_user.is_none());
         assert!(o.redis_password_file.is_none() && o.redis_addr.is_none());
+    }
+
+    #[test]
+    fn a_go_flag_we_do_not_have_is_named_whole_and_values_are_left_alone() {
+        let err = Cli::parse_args(["redis-lookout", "-check-keys=db0=x"].map(OsString::from))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("'--check-keys'"), "{err}");
+        assert_eq!(
+            go_style(["x", "--redis.password", "-pw-x", "-debug"].map(OsString::from)),
+            ["x", "--redis.password", "-pw-x", "--debug"].map(OsString::from)
+        );
     }
 
     #[test]

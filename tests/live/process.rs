@@ -67,6 +67,31 @@ fn check_config_warns_of_unreadable_password_files_and_unread_redis_exporter_var
         "{stderr}"
     );
     assert!(!stderr.contains("hunter2-value"), "{stderr}");
+
+    // Variables redis_exporter reads, set to nothing by a deployment template: unset, as there.
+    let mut empty = std::process::Command::new(binary());
+    empty.args(["--redis.addr", "redis://127.0.0.1:1", "--check-config"]);
+    for name in [
+        "REDIS_EXPORTER_LOG_FORMAT",
+        "REDIS_EXPORTER_LOG_LEVEL",
+        "REDIS_EXPORTER_WEB_LISTEN_ADDRESS",
+        "REDIS_EXPORTER_WEB_TELEMETRY_PATH",
+        "REDIS_EXPORTER_SKIP_TLS_VERIFICATION",
+        "REDIS_EXPORTER_TLS_CA_CERT_FILE",
+        "REDIS_EXPORTER_TLS_CLIENT_CERT_FILE",
+        "REDIS_EXPORTER_TLS_CLIENT_KEY_FILE",
+        "REDIS_EXPORTER_TLS_SERVER_NAME",
+        "REDIS_PASSWORD",
+    ] {
+        empty.env(name, "");
+    }
+    let out = empty.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("listen 0.0.0.0:9121"),
+        "defaults kept"
+    );
 }
 
 #[test]
