@@ -9,7 +9,7 @@
 use crate::alerts::eval::Observation;
 use crate::collector::{standard_set, Collector, Outcome, Refresh};
 use crate::config::{read_password, Target};
-use crate::error::PollError;
+use crate::error::{Failure, PollError};
 use crate::metrics::{FamilySet, Histogram, Interner, Kind};
 use crate::snapshot::{Snapshot, SnapshotStore, Ticket};
 use rand::RngExt;
@@ -96,6 +96,8 @@ pub struct NodePoller {
     conn: Option<MultiplexedConnection>,
     failures: u32,
     was_up: Option<bool>,
+    /// The kind of failure last logged while down.
+    down_kind: Option<PollError>,
     last_connect_seconds: f64,
     /// Counters kept across polls and published in every snapshot, so a scrape never encodes
     /// per-node series itself.
@@ -149,6 +151,7 @@ impl NodePoller {
             conn: None,
             failures: 0,
             was_up: None,
+            down_kind: None,
             last_connect_seconds: 0.0,
             polls_total: 0,
             errors_total: [0; PollError::ALL.len()],
@@ -264,10 +267,10 @@ impl NodePoller {
     }
 
     /// Polls once within the deadline, for a one-shot caller (`check`): the facts, or why not.
-    pub async fn poll_facts(&mut self) -> Result<FamilySet, PollError> {
+    pub async fn poll_facts(&mut self) -> Result<FamilySet, Failure> {
         match timeout(self.target.poll_timeout, self.poll_once()).await {
             Ok(result) => result.map(|(set, _)| set),
-            Err(_) => Err(PollError::Timeout),
+            Err(_) => Err(PollError::Timeout.into()),
         }
     }
 
@@ -283,7 +286,7 @@ impl NodePoller {
             Err(_) => {
                 // A reply may still arrive on this connection; a fresh one keeps polls in step.
                 self.conn = None;
-                Err(PollError::Timeout)
+                Err(Failure::from(PollError::Timeout))
             }
         };
         let duration = started.elapsed();
@@ -306,13 +309,13 @@ impl NodePoller {
                 }
                 (set, Some(ping), None)
             }
-            Err(err) => {
+            Err(failure) => {
                 self.failures = self.failures.saturating_add(1);
-                if let Some(i) = PollError::ALL.iter().position(|k| *k == err) {
+                if let Some(i) = PollError::ALL.iter().position(|k| *k == failure.kind) {
                     self.errors_total[i] += 1;
                 }
-                self.log_transition(false, Some(&err));
-                (FamilySet::new(), None, Some(err))
+                self.log_transition(false, Some(&failure));
+                (FamilySet::new(), None, Some(failure.kind))
             }
         };
         tracing::debug!(
@@ -364,20 +367,31 @@ impl NodePoller {
         labels
     }
 
-    /// Down and back up are logged once each, not on every poll.
-    fn log_transition(&mut self, up: bool, err: Option<&PollError>) {
-        if self.was_up == Some(up) {
+    /// Down and back up are logged once each, not on every poll; while down, again only when
+    /// the kind of failure changes (refused, then timing out, then a wrong password). The line
+    /// carries Redis' or the system's own words: `kind` alone sent operators to rotate a
+    /// password that was fine when the user lacked a permission.
+    fn log_transition(&mut self, up: bool, err: Option<&Failure>) {
+        let kind = err.map(|e| e.kind.clone());
+        if self.was_up == Some(up) && (up || self.down_kind == kind) {
             return;
         }
         let first = self.was_up.is_none();
+        let still_down = self.was_up == Some(false);
         self.was_up = Some(up);
+        self.down_kind = if up { None } else { kind };
         let target = &self.target.name;
         let address = self.target.url.address();
+        let node = self.node.as_deref().unwrap_or("");
         match (up, err) {
-            (true, _) if first => tracing::info!(target_name = %target, %address, "polling"),
-            (true, _) => tracing::info!(target_name = %target, %address, "target is back up"),
+            (true, _) if first => tracing::info!(target_name = %target, %address, node, "polling"),
+            (true, _) => tracing::info!(target_name = %target, %address, node, "target is back up"),
+            (false, Some(err)) if still_down => tracing::warn!(
+                target_name = %target, %address, node, kind = err.label(), error = %err,
+                "target is still down, now for another reason; will keep retrying"
+            ),
             (false, Some(err)) => tracing::warn!(
-                target_name = %target, %address, kind = err.label(), error = %err,
+                target_name = %target, %address, node, kind = err.label(), error = %err,
                 "target is down; will keep retrying"
             ),
             (false, None) => {}
@@ -461,7 +475,7 @@ impl NodePoller {
         }
     }
 
-    async fn connect(&mut self) -> Result<(), PollError> {
+    async fn connect(&mut self) -> Result<(), Failure> {
         if self.conn.is_some() {
             return Ok(());
         }
@@ -483,7 +497,7 @@ impl NodePoller {
 
     /// Sends every collector's commands in one pipeline and lets each parse its replies.
     /// Returns the facts and the round-trip time of the pipeline.
-    async fn poll_once(&mut self) -> Result<(FamilySet, Duration), PollError> {
+    async fn poll_once(&mut self) -> Result<(FamilySet, Duration), Failure> {
         let had_connection = self.conn.is_some();
         self.connect().await?;
         let now = Instant::now();
@@ -516,7 +530,10 @@ impl NodePoller {
         let replies = match self.send(&pipe).await {
             Ok(replies) => replies,
             // The kept connection died (Redis restarted): one fresh try within this poll.
-            Err(PollError::Connection | PollError::ConnectionRefused) if had_connection => {
+            Err(f)
+                if had_connection
+                    && matches!(f.kind, PollError::Connection | PollError::ConnectionRefused) =>
+            {
                 self.conn = None;
                 self.connect().await?;
                 for collector in &mut self.collectors {
@@ -529,13 +546,13 @@ impl NodePoller {
         };
         let ping = sent.elapsed();
         if replies.len() != spans.iter().sum::<usize>() {
-            return Err(PollError::Protocol);
+            return Err(PollError::Protocol.into());
         }
         let info_index = self.collectors.iter().position(|c| c.name() == INFO);
         let info_error = info_index
             .and_then(|i| replies.get(spans[..i].iter().sum::<usize>()))
             .and_then(|r| r.as_ref().err())
-            .map(PollError::from_redis);
+            .map(Failure::redis);
 
         let mut set = FamilySet::new();
         let mut replies = replies.into_iter();
@@ -618,24 +635,24 @@ impl NodePoller {
             .iter()
             .any(|(name, outcome, _)| *name == INFO && matches!(outcome, Outcome::Failed(_)))
         {
-            return Err(info_error.unwrap_or(PollError::Protocol));
+            return Err(info_error.unwrap_or_else(|| PollError::Protocol.into()));
         }
         Ok((set, ping))
     }
 
-    async fn send(&mut self, pipe: &redis::Pipeline) -> Result<Vec<RedisResult<Value>>, PollError> {
+    async fn send(&mut self, pipe: &redis::Pipeline) -> Result<Vec<RedisResult<Value>>, Failure> {
         let conn = self.conn.as_mut().ok_or(PollError::Connection)?;
         match pipe.query_async::<Vec<RedisResult<Value>>>(conn).await {
             Ok(replies) => Ok(replies),
             Err(err) => {
-                let kind = PollError::from_redis(&err);
+                let failure = Failure::redis(&err);
                 if matches!(
-                    kind,
+                    failure.kind,
                     PollError::Connection | PollError::ConnectionRefused | PollError::Timeout
                 ) {
                     self.conn = None;
                 }
-                Err(kind)
+                Err(failure)
             }
         }
     }
@@ -646,7 +663,7 @@ impl NodePoller {
 pub async fn open_connection(
     target: &Target,
     url: &crate::config::RedisUrl,
-) -> Result<MultiplexedConnection, PollError> {
+) -> Result<MultiplexedConnection, Failure> {
     let client = client_for(target, url)?;
     let limit = target.poll_timeout;
     let config = AsyncConnectionConfig::new()
@@ -656,18 +673,83 @@ pub async fn open_connection(
         let settings = client.get_connection_info().redis_settings();
         open_tls(target, url, settings, config).await?
     } else {
-        client
+        match client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| PollError::from_redis(&e))?
+        {
+            Ok(conn) => conn,
+            Err(err) if err.kind() == redis::ErrorKind::AuthenticationFailed => {
+                return Err(refusal_behind_auth(url, &config, &err).await)
+            }
+            Err(err) => return Err(Failure::redis(&err)),
+        }
     };
-    // The name shows operators which connection is ours; a server that refuses it still works.
-    let _: RedisResult<Value> = redis::cmd("CLIENT")
+    // The name shows operators which connection is ours; a server that refuses the command
+    // (an ACL, a rename) still works. Any other error is the server turning the connection
+    // down at once (maxclients reached, protected mode): said as such, with its words.
+    let named: RedisResult<Value> = redis::cmd("CLIENT")
         .arg("SETNAME")
         .arg(CLIENT_NAME)
         .query_async(&mut conn)
         .await;
-    Ok(conn)
+    match named {
+        Err(err) if !crate::collector::is_unavailable(&err) => Err(Failure::redis(&err)),
+        _ => Ok(conn),
+    }
+}
+
+/// An AUTH that failed may not be about the password at all: a server at `maxclients`, or in
+/// protected mode, greets every new connection with an error and closes it, and redis-rs reports
+/// whatever answered its AUTH as "authentication failed" (an operator would rotate a password
+/// that is fine). One connection without credentials tells: an error other than NOAUTH/NOPERM
+/// to its first command is the server's real answer, and is what the failure says.
+async fn refusal_behind_auth(
+    url: &crate::config::RedisUrl,
+    config: &AsyncConnectionConfig,
+    auth_error: &redis::RedisError,
+) -> Failure {
+    let mut bare = url.url().clone();
+    let _ = bare.set_username("");
+    let _ = bare.set_password(None);
+    // No handshake command of redis-rs' own either: it would take the greeting and drop it.
+    let Ok(mut info) = bare.as_str().into_connection_info() else {
+        return Failure::redis(auth_error);
+    };
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    info = info.set_redis_settings(settings);
+    let Ok(client) = redis::Client::open(info) else {
+        return Failure::redis(auth_error);
+    };
+    let answer = match client
+        .get_multiplexed_async_connection_with_config(config)
+        .await
+    {
+        Ok(mut conn) => redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(CLIENT_NAME)
+            .query_async::<Value>(&mut conn)
+            .await
+            .err(),
+        Err(err) => Some(err),
+    };
+    match answer {
+        Some(err) if !err.is_io_error() && !is_auth_reply(&err) => Failure::redis(&err),
+        _ => Failure::redis(auth_error),
+    }
+}
+
+/// NOAUTH, WRONGPASS or NOPERM: the server asks for (other) credentials.
+fn is_auth_reply(err: &redis::RedisError) -> bool {
+    let text = err.to_string().to_ascii_lowercase();
+    [
+        "noauth",
+        "wrongpass",
+        "noperm",
+        "no permissions",
+        "authentication",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
 }
 
 /// A client for `url` with the target's credentials (read now, so a rotated password file is

@@ -247,3 +247,75 @@ async fn bad_requests_get_4xx() {
     assert_eq!(http_request(p.addr, "POST", "/metrics").await.0, 405);
     assert_eq!(http_request(p.addr, "DELETE", "/").await.0, 405);
 }
+
+/// Why a target is down is logged with Redis' own words, and said again when the reason
+/// changes: a user without INFO (kind auth, but the words say NOPERM and which command), then a
+/// server at maxclients (which used to pass as a connect, then fail as "connection dropped").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn why_a_target_is_down_is_logged_in_redis_words() {
+    let redis = RedisServer::start(&[]);
+    let set: String = redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "noinfo",
+        "on",
+        ">Why-Pa55-down",
+        "~*",
+        "+@all",
+        "-info",
+    ]);
+    assert_eq!(set, "OK");
+    let mut p = Running::start(&[
+        "--redis.addr",
+        &format!("redis://noinfo:Why-Pa55-down@127.0.0.1:{}", redis.port),
+        "--poll-interval",
+        "300ms",
+    ]);
+    wait_for("the refusal logged", WAIT, || async {
+        p.log_text()
+            .contains("no permissions to run the 'info' command")
+            .then_some(())
+    })
+    .await;
+    let log = p.log_text();
+    assert!(log.contains("target is down"), "{log}");
+
+    // INFO allowed: up. Then the server is full and our connection is cut: a new reason.
+    let set: String = redis.cmd(&["ACL", "SETUSER", "noinfo", "+info"]);
+    assert_eq!(set, "OK");
+    wait_for("up", WAIT, || async {
+        (p.metrics().await?.value("redis_up", &[])? == 1.0).then_some(())
+    })
+    .await;
+    let mut holder = redis
+        .client()
+        .get_connection()
+        .expect("a connection of our own");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg("1")
+        .query(&mut holder)
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg("noinfo")
+        .query(&mut holder)
+        .unwrap();
+    let full = std::time::Instant::now() + WAIT;
+    while !p.log_text().contains("max number of clients reached") {
+        assert!(
+            std::time::Instant::now() < full,
+            "the full server never logged: {}",
+            p.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = p.log_text();
+    assert!(
+        !log.contains("Why-Pa55-down"),
+        "the password in a log line: {log}"
+    );
+    assert!(p.alive());
+}
