@@ -765,7 +765,7 @@ fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
 pub(crate) fn yaml_error(file: String, e: &serde_yaml::Error) -> ConfigError {
     // The YAML library quotes a value it could not take (`invalid type: string "…"`): a URL
     // given where a list was expected must not bring its password into the error.
-    let message = redact_userinfo(&strip_location(&e.to_string()));
+    let message = redact_bcrypt(&redact_userinfo(&strip_location(&e.to_string())));
     match e.location() {
         Some(loc) => ConfigError::At {
             file,
@@ -775,6 +775,38 @@ pub(crate) fn yaml_error(file: String, e: &serde_yaml::Error) -> ConfigError {
         },
         None => ConfigError::File { file, message },
     }
+}
+
+/// `text` with every bcrypt hash (`$2b$12$…`, a web config's password) cut to its prefix: a
+/// hash given where the file wanted a map is quoted by the YAML library, and a hash is a
+/// password's stand-in that must not be handed to whoever reads logs.
+pub(crate) fn redact_bcrypt(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("$2") {
+        let tail = &rest[i..];
+        let b = tail.as_bytes();
+        let is_hash = b.len() > 7
+            && matches!(b[2], b'a' | b'b' | b'x' | b'y')
+            && b[3] == b'$'
+            && b[4].is_ascii_digit()
+            && b[5].is_ascii_digit()
+            && b[6] == b'$';
+        if !is_hash {
+            out.push_str(&rest[..i + 2]);
+            rest = &rest[i + 2..];
+            continue;
+        }
+        let body = tail[7..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '/'))
+            .map_or(tail.len(), |n| n + 7);
+        out.push_str(&rest[..i]);
+        out.push_str(&tail[..7]);
+        out.push_str("<hash hidden>");
+        rest = &tail[body..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `text` with the userinfo (`user:password@`) of every `scheme://…` in it removed. A URL
@@ -945,9 +977,19 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
         .unwrap_or_else(|| "/metrics".to_owned());
     let reserved = RESERVED_PATHS.contains(&telemetry_path.as_str())
         || telemetry_path.starts_with("/runbooks/");
-    if !telemetry_path.starts_with('/') || telemetry_path.len() < 2 || reserved {
+    // A request's path is compared as sent: a character a client would percent-encode (or
+    // that starts a query or a fragment) makes a path no request can match.
+    let unmatchable = telemetry_path
+        .chars()
+        .any(|c| !(c.is_ascii_graphic()) || matches!(c, '?' | '#' | '%'));
+    if !telemetry_path.starts_with('/') || telemetry_path.len() < 2 || reserved || unmatchable {
         let message = if reserved {
             format!("telemetry path {telemetry_path:?} is one of the exporter's own endpoints")
+        } else if unmatchable {
+            format!(
+                "telemetry path {telemetry_path:?} can never be requested as written: use \
+                 ASCII letters, digits and / - . _ ~ only (no space, ?, # or %)"
+            )
         } else {
             format!("telemetry path {telemetry_path:?} must start with / and name a path")
         };
@@ -1730,6 +1772,11 @@ mod tests {
             redact_userinfo("a http://u:p@am:9093 and \"rediss://x@h\" z"),
             "a http://am:9093 and \"rediss://h\" z"
         );
+        let hash = "$2y$10$RK6Y7V3eFsPbfCq0.Ij3/.ElFxJXmgS6xbYH6r1pzZB0M7.5XCbwS";
+        assert_eq!(
+            redact_bcrypt(&format!("string \"{hash}\", expected a map; cost $20 $2")),
+            "string \"$2y$10$<hash hidden>\", expected a map; cost $20 $2"
+        );
     }
 
     #[test]
@@ -1919,6 +1966,23 @@ mod tests {
                 .telemetry_path,
             "/prometheus"
         );
+        // Paths no request can match as written: refused, not served as 404 forever.
+        for path in [
+            "/metrics?x=1",
+            "/a#b",
+            "/my metrics",
+            "/métriques",
+            "/a%20b",
+        ] {
+            let err = load(&format!("telemetry_path: \"{path}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("test.yaml:1:1:") && err.contains("never be requested"),
+                "{err}"
+            );
+        }
+        assert!(load("telemetry_path: /a-b.c_d~/e\n").is_ok());
     }
 
     #[test]

@@ -274,13 +274,17 @@ impl hyper::body::Body for ExpositionBody {
 
 /// Whether to gzip this response: allowed by the config and asked for (`Accept-Encoding`).
 fn wants_gzip(state: &AppState, req: &Request<Incoming>) -> bool {
+    // Several header lines are one list (RFC 9110 §5.3): `gzip;q=0` on one line and `*` on
+    // the next refuse gzip, as they do on one line.
     state.gzip
-        && req
-            .headers()
-            .get_all(ACCEPT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(encoding::accepts_gzip)
+        && encoding::accepts_gzip(
+            &req.headers()
+                .get_all(ACCEPT_ENCODING)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
 }
 
 /// Marks an exposition response as gzipped, and as varying with `Accept-Encoding` either way.

@@ -33,8 +33,39 @@ use tokio_rustls::TlsAcceptor;
 #[serde(deny_unknown_fields)]
 struct WebConfigFile {
     tls_server_config: Option<ServerTlsFile>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "users_once_each")]
     basic_auth_users: BTreeMap<String, String>,
+}
+
+/// `basic_auth_users`, refusing a name given twice (the YAML library would keep the last, and
+/// the exporter-toolkit refuses it): which of two hashes is meant cannot be guessed.
+fn users_once_each<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Users;
+    impl<'de> serde::de::Visitor<'de> for Users {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of user names to bcrypt hashes")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut users = BTreeMap::new();
+            while let Some((user, hash)) = map.next_entry::<String, String>()? {
+                if users.contains_key(&user) {
+                    return Err(serde::de::Error::custom(format!(
+                        "basic_auth_users: user {user:?} is listed twice"
+                    )));
+                }
+                users.insert(user, hash);
+            }
+            Ok(users)
+        }
+    }
+    d.deserialize_map(Users)
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +133,20 @@ impl WebConfig {
                 return Err(at(
                     &[Step::Key("basic_auth_users"), Step::Key(&user)],
                     format!("basic_auth_users: user name {user:?} must be non-empty, without ':'"),
+                ));
+            }
+            if let Some(cost) = hash
+                .parse::<bcrypt::HashParts>()
+                .ok()
+                .map(|p| p.get_cost())
+                .filter(|c| *c > MAX_COST)
+            {
+                return Err(at(
+                    &[Step::Key("basic_auth_users"), Step::Key(&user)],
+                    format!(
+                        "basic_auth_users: the hash of {user:?} has bcrypt cost {cost}: every \
+                         check would take minutes (htpasswd stops at {MAX_COST}; 10 to 12 is usual)"
+                    ),
                 ));
             }
             if hash.parse::<bcrypt::HashParts>().is_err() {
@@ -193,8 +238,10 @@ impl CertReloader {
 /// Checks `Authorization: Basic` against the configured users.
 struct BasicAuth {
     users: BTreeMap<String, BcryptHash>,
-    /// Checked for unknown users, at the highest cost among the real hashes.
-    dummy: String,
+    /// Checked for unknown users, at the highest cost among the real hashes; made at the first
+    /// unknown user, off the start (at a high cost it takes seconds, and the port is open).
+    dummy: std::sync::OnceLock<String>,
+    dummy_cost: u32,
     /// A random key per process: the remembered digests are useless outside it.
     salt: [u8; 32],
     /// Digests of credentials that passed bcrypt.
@@ -203,6 +250,10 @@ struct BasicAuth {
     /// and polls and scrapes (which run on the same blocking pool and workers) go on.
     bcrypt_slot: tokio::sync::Semaphore,
 }
+
+/// The highest bcrypt cost accepted (`htpasswd -C`'s own limit): each step doubles the time
+/// of a check, and at 20 one takes about two minutes here.
+const MAX_COST: u32 = 17;
 
 /// At most this many remembered credentials (successes only, so in practice one per user).
 const REMEMBERED: usize = 64;
@@ -215,10 +266,10 @@ impl BasicAuth {
             .map(|p| p.get_cost())
             .max()
             .unwrap_or(bcrypt::DEFAULT_COST);
-        let dummy = bcrypt::hash(rand::random::<[u8; 16]>(), cost).map_err(|e| e.to_string())?;
         Ok(BasicAuth {
             users,
-            dummy,
+            dummy: std::sync::OnceLock::new(),
+            dummy_cost: cost,
             salt: rand::random(),
             verified: Mutex::new(Vec::new()),
             bcrypt_slot: tokio::sync::Semaphore::new(1),
@@ -249,17 +300,27 @@ impl BasicAuth {
             return true;
         }
         let (hash, known) = match self.users.get(&user) {
-            Some(h) => (h.0.clone(), true),
-            None => (self.dummy.clone(), false),
+            Some(h) => (Some(h.0.clone()), true),
+            None => (None, false),
         };
         // bcrypt is slow on purpose: off the async workers, one check at a time.
         let Ok(_slot) = self.bcrypt_slot.acquire().await else {
             return false;
         };
-        let matched =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false);
+        let auth = self.clone();
+        let matched = tokio::task::spawn_blocking(move || {
+            let hash = hash.unwrap_or_else(|| {
+                auth.dummy
+                    .get_or_init(|| {
+                        bcrypt::hash(rand::random::<[u8; 16]>(), auth.dummy_cost)
+                            .unwrap_or_default()
+                    })
+                    .clone()
+            });
+            bcrypt::verify(password, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
         let ok = matched && known;
         if ok {
             let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
@@ -352,6 +413,28 @@ mod tests {
             .to_string();
         assert!(err.starts_with("/etc/web.yml:2:3: "), "{err}");
         assert!(err.contains("/etc/missing.crt"), "{err}");
+        // A user twice: which hash is meant cannot be guessed.
+        let hash = "$2y$04$RK6Y7V3eFsPbfCq0.Ij3/.ElFxJXmgS6xbYH6r1pzZB0M7.5XCbwS";
+        let err = parse(&format!(
+            "basic_auth_users:\n  prom: '{hash}'\n  prom: '{hash}'\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("/etc/web.yml:"), "{err}");
+        assert!(err.contains("listed twice"), "{err}");
+        // A hash where the users' map belongs: the error does not repeat it.
+        let err = parse(&format!("basic_auth_users: '{hash}'\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/web.yml:1:"), "{err}");
+        assert!(!err.contains("RK6Y7V3eF"), "{err}");
+        // A cost no scrape could wait for.
+        let slow = hash.replace("$04$", "$18$");
+        let err = parse(&format!("basic_auth_users:\n  prom: '{slow}'\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/web.yml:2:3: "), "{err}");
+        assert!(err.contains("cost 18"), "{err}");
     }
 
     #[tokio::test]

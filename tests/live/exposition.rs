@@ -179,7 +179,12 @@ async fn expositions_are_gzipped_for_clients_that_ask_and_only_for_them() {
         assert_eq!(m.value("redis_up", &[("target", &target)]), Some(1.0));
         assert_promtool_clean(&text, path);
 
-        for refused in [&[][..], &[("Accept-Encoding", "gzip;q=0, identity")][..]] {
+        // Refused on one line, or over two lines that read as one list.
+        for refused in [
+            &[][..],
+            &[("Accept-Encoding", "gzip;q=0, identity")][..],
+            &[("Accept-Encoding", "gzip;q=0"), ("Accept-Encoding", "*")][..],
+        ] {
             let r = http_exchange(d.addr, "GET", path, refused).await;
             assert_eq!(r.status, 200, "{path}");
             assert_eq!(r.header("content-encoding"), None, "{path} {refused:?}");
