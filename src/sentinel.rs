@@ -4,9 +4,11 @@
 //! Every poll interval the view asks one Sentinel (the one that answered last, else each
 //! configured address in turn, so any one Sentinel down does not matter), in one pipeline:
 //! `SENTINEL GET-MASTER-ADDR-BY-NAME`, `SENTINEL REPLICAS` and `SENTINEL MASTER`. The nodes of
-//! the target are the master plus every replica not flagged down, each polled by its own
-//! [`crate::poller::NodePoller`] (`node="ip:port"`); a node that leaves the list (the old master
-//! after a failover, while it is down) stops being polled and its series go. Each configured
+//! the target are the master plus every replica Sentinel lists, each polled by its own
+//! [`crate::poller::NodePoller`] (`node="ip:port"`). A replica Sentinel flags down (the old
+//! master after a failover, while it is down) is still polled: its `redis_up 0` is what pages
+//! (RedisDown), where dropping it left the new master without a replica and nothing firing. A
+//! node Sentinel stops listing (after `SENTINEL RESET`) stops being polled. Each configured
 //! Sentinel is polled too, as a node with the Sentinels' credentials, which is where the
 //! `redis_sentinel_*` families come from.
 //!
@@ -40,8 +42,10 @@ const QUIET_RESUBSCRIBE: std::time::Duration = std::time::Duration::from_secs(30
 pub struct MasterView {
     /// `ip:port` of the current master.
     pub master: String,
-    /// Replicas not flagged down, `ip:port`.
+    /// Every replica Sentinel lists, `ip:port`, down or not.
     pub replicas: Vec<String>,
+    /// How many of them Sentinel does not flag down.
+    pub replicas_up: usize,
     pub config_epoch: Option<u64>,
     /// Which configured Sentinel answered.
     pub sentinel: String,
@@ -233,8 +237,8 @@ impl SentinelView {
             );
             set.gauge(
                 "redis_lookout_sentinel_replicas",
-                "Replicas of the master that Sentinel does not flag down (the ones polled)",
-                view.replicas.len() as f64,
+                "Replicas of the master that Sentinel does not flag down",
+                view.replicas_up as f64,
             );
         }
         publish_roll_up(
@@ -313,15 +317,15 @@ pub fn parse_view(replies: &[RedisResult<Value>], sentinel: String) -> Option<Ma
         return None;
     };
     let master = format!("{}:{}", value_text(host)?, value_text(port)?);
-    let replicas = replicas
+    let listed = replicas
         .as_ref()
         .ok()
         .and_then(parse_details_list)
-        .unwrap_or_default()
-        .iter()
-        .filter(|r| !flagged_down(r) && !r.get("flags").is_some_and(|f| f.contains("disconnected")))
-        .filter_map(address)
-        .collect();
+        .unwrap_or_default();
+    let is_up =
+        |r: &_| !flagged_down(r) && !r.get("flags").is_some_and(|f| f.contains("disconnected"));
+    let replicas_up = listed.iter().filter(|r| is_up(r)).count();
+    let replicas = listed.iter().filter_map(address).collect();
     let config_epoch = details
         .as_ref()
         .ok()
@@ -330,6 +334,7 @@ pub fn parse_view(replies: &[RedisResult<Value>], sentinel: String) -> Option<Ma
     Some(MasterView {
         master,
         replicas,
+        replicas_up,
         config_epoch,
         sentinel,
     })
@@ -450,7 +455,7 @@ mod tests {
     }
 
     #[test]
-    fn the_view_keeps_replicas_not_flagged_down() {
+    fn the_view_keeps_every_replica_and_counts_those_not_flagged_down() {
         let replies = vec![
             Ok(Value::Array(vec![bulk("127.0.0.1"), bulk("7001")])),
             Ok(Value::Array(vec![
@@ -465,7 +470,11 @@ mod tests {
         ];
         let view = parse_view(&replies, "127.0.0.1:26379".into()).unwrap();
         assert_eq!(view.master, "127.0.0.1:7001");
-        assert_eq!(view.replicas, vec!["127.0.0.1:7002".to_owned()]);
+        assert_eq!(
+            view.replicas,
+            vec!["127.0.0.1:7002".to_owned(), "127.0.0.1:7000".to_owned()]
+        );
+        assert_eq!(view.replicas_up, 1);
         assert_eq!(view.config_epoch, Some(2));
         let unknown = vec![Ok(Value::Nil), Ok(Value::Array(vec![])), Ok(Value::Nil)];
         assert!(parse_view(&unknown, String::new()).is_none());
