@@ -13,7 +13,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// The port redis_exporter registered, kept so scrape configs need no change.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:9121";
+/// IPv6 and IPv4 alike (see [`crate::http::bind`]), as redis_exporter's `:9121`.
+pub const DEFAULT_LISTEN: &str = "[::]:9121";
 pub const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -1421,8 +1422,9 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
 
 /// Accepts `host:port`, `:port` (all interfaces, as Go does) and `[::1]:port`.
 fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
+    // Go's `:port`: every address, IPv6 and IPv4.
     let full = if raw.starts_with(':') {
-        format!("0.0.0.0{raw}")
+        format!("[::]{raw}")
     } else {
         raw.to_owned()
     };
@@ -1435,7 +1437,7 @@ fn parse_listen(raw: &str) -> Result<SocketAddr, String> {
         }
     }
     Err(format!(
-        "listen address {raw:?} is not host:port (for example 0.0.0.0:9121)"
+        "listen address {raw:?} is not host:port (for example :9121, 0.0.0.0:9121 or [::1]:9121)"
     ))
 }
 
@@ -1549,7 +1551,7 @@ mod tests {
     #[test]
     fn no_file_and_no_flags_means_local_redis_every_five_seconds() {
         let c = Config::load(&Overrides::default()).unwrap();
-        assert_eq!(c.listen.to_string(), "0.0.0.0:9121");
+        assert_eq!(c.listen.to_string(), "[::]:9121");
         assert_eq!(c.targets.len(), 1);
         assert_eq!(c.targets[0].name, "127.0.0.1:6379");
         assert_eq!(c.targets[0].poll_interval, Duration::from_secs(5));
@@ -1987,7 +1989,11 @@ mod tests {
 
     #[test]
     fn listen_accepts_go_style_port_only() {
-        assert_eq!(parse_listen(":9121").unwrap().to_string(), "0.0.0.0:9121");
+        assert_eq!(parse_listen(":9121").unwrap().to_string(), "[::]:9121");
+        assert_eq!(
+            parse_listen("0.0.0.0:9121").unwrap().to_string(),
+            "0.0.0.0:9121"
+        );
         assert_eq!(parse_listen("[::1]:9").unwrap().to_string(), "[::1]:9");
         assert!(parse_listen("nonsense").is_err());
     }

@@ -65,6 +65,33 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// scrape timeout.
 pub const WRITE_STALL: Duration = Duration::from_secs(30);
 
+/// The listening socket for `addr`. `[::]` (which `:port` and the default mean) listens on IPv6
+/// and IPv4 alike, as Go's `:9121` does for redis_exporter, whatever the host's
+/// `net.ipv6.bindv6only`; on a host without IPv6 it falls back to `0.0.0.0`.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = |addr: std::net::SocketAddr| -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        TcpListener::from_std(socket.into())
+    };
+    match open(addr) {
+        Err(err) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+            let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            open(v4).inspect(|_| {
+                tracing::warn!(error = %err, %v4, "no IPv6 on this host: listening on IPv4 only")
+            })
+        }
+        other => other,
+    }
+}
+
 /// Accepts connections until `shutdown` turns true, then drains.
 pub async fn serve(
     listener: TcpListener,

@@ -100,7 +100,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        let listener = match redis_lookout::http::bind(config.listen) {
             Ok(l) => l,
             Err(err) => {
                 eprintln!("redis-lookout: cannot listen on {}: {err}", config.listen);

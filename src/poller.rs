@@ -501,32 +501,8 @@ impl NodePoller {
         let had_connection = self.conn.is_some();
         self.connect().await?;
         let now = Instant::now();
-        let count = self.collectors.len();
-        self.refused_until.resize(count, None);
-        self.refusal_said.resize(count, false);
-        let mut spans = Vec::with_capacity(count);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for (collector, refused) in self.collectors.iter_mut().zip(&mut self.refused_until) {
-            match *refused {
-                Some(until) if now < until => {
-                    spans.push(0);
-                    continue;
-                }
-                // Time to try the refused command again.
-                Some(_) => {
-                    *refused = None;
-                    collector.reset();
-                }
-                None => {}
-            }
-            let commands = collector.commands(now);
-            spans.push(commands.len());
-            for command in commands {
-                pipe.add_command(command);
-            }
-        }
-        let sent = Instant::now();
+        let (mut pipe, mut spans) = self.pipeline(now);
+        let mut sent = Instant::now();
         let replies = match self.send(&pipe).await {
             Ok(replies) => replies,
             // The kept connection died (Redis restarted): one fresh try within this poll.
@@ -536,10 +512,12 @@ impl NodePoller {
             {
                 self.conn = None;
                 self.connect().await?;
-                for collector in &mut self.collectors {
-                    collector.reset();
-                }
                 self.refused_until.fill(None);
+                // Asked afresh: what the collectors chose for the old connection (cached
+                // command stats and CONFIG values not due yet) belongs to the process that
+                // went away.
+                (pipe, spans) = self.pipeline(now);
+                sent = Instant::now();
                 self.send(&pipe).await?
             }
             Err(err) => return Err(err),
@@ -638,6 +616,36 @@ impl NodePoller {
             return Err(info_error.unwrap_or_else(|| PollError::Protocol.into()));
         }
         Ok((set, ping))
+    }
+
+    /// Every collector's commands for this poll in one pipeline, and how many each sent.
+    fn pipeline(&mut self, now: Instant) -> (redis::Pipeline, Vec<usize>) {
+        let count = self.collectors.len();
+        self.refused_until.resize(count, None);
+        self.refusal_said.resize(count, false);
+        let mut spans = Vec::with_capacity(count);
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for (collector, refused) in self.collectors.iter_mut().zip(&mut self.refused_until) {
+            match *refused {
+                Some(until) if now < until => {
+                    spans.push(0);
+                    continue;
+                }
+                // Time to try the refused command again.
+                Some(_) => {
+                    *refused = None;
+                    collector.reset();
+                }
+                None => {}
+            }
+            let commands = collector.commands(now);
+            spans.push(commands.len());
+            for command in commands {
+                pipe.add_command(command);
+            }
+        }
+        (pipe, spans)
     }
 
     async fn send(&mut self, pipe: &redis::Pipeline) -> Result<Vec<RedisResult<Value>>, Failure> {

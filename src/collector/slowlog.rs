@@ -89,6 +89,11 @@ pub struct SlowlogCollector {
     per_command: BTreeMap<String, u64>,
     durations: Option<Histogram>,
     missed: u64,
+    /// The server's `run_id` (from this poll's INFO): a new one is a restart, whose slowlog
+    /// ids start again at 0 and may pass the old last id before the next poll.
+    run_id: Option<String>,
+    /// A restart seen and not yet taken into account by [`SlowlogCollector::absorb`].
+    restarted: bool,
 }
 
 impl SlowlogCollector {
@@ -122,8 +127,9 @@ impl SlowlogCollector {
             return true;
         };
         let last = match newest {
-            // Ids restart at 0 when Redis restarts: everything in the log is new.
-            Some(newest) if newest < last => {
+            // Ids restart at 0 when Redis restarts: everything in the log is new. The run_id
+            // tells even when the new ids have already passed the old last one.
+            Some(newest) if newest < last || self.restarted => {
                 self.counter_unknown = false;
                 -1
             }
@@ -180,7 +186,7 @@ impl SlowlogCollector {
         }
         out.add(
             "redis_slowlog_entries_missed_total",
-            "Slowlog entries that rotated out of the log before the exporter could read them",
+            "Slowlog entries not counted by command: rotated out of the log before the exporter could read them, or past the 1024 it reads in one poll",
             Kind::Counter,
             Vec::new(),
             self.missed as f64,
@@ -234,11 +240,24 @@ impl Collector for SlowlogCollector {
             }
         }
         let entries = entries.unwrap_or_default();
+        // INFO ran earlier in this poll: a new run_id is a restart.
+        let run_id = out
+            .get("redis_instance_info")
+            .and_then(|f| f.samples.first())
+            .and_then(|s| s.labels.iter().find(|(k, _)| *k == "run_id"))
+            .map(|(_, v)| v.clone());
+        if let Some(run_id) = run_id {
+            if self.run_id.as_ref().is_some_and(|old| *old != run_id) {
+                self.restarted = true;
+            }
+            self.run_id = Some(run_id);
+        }
         let window = if follow_up { FULL_WINDOW } else { self.window };
         self.asked_full |= follow_up;
         if !self.absorb(&entries, window) {
             return Outcome::FollowUp(vec![Self::get(FULL_WINDOW)]);
         }
+        self.restarted = false;
         self.publish(entries.iter().max_by_key(|e| e.id), out);
         Outcome::Collected
     }
@@ -317,6 +336,34 @@ mod tests {
         let hist = out.get("redis_slowlog_entry_duration_seconds").unwrap();
         let count = hist.samples.iter().find(|s| s.suffix == "_count").unwrap();
         assert_eq!(count.value, 2.0);
+    }
+
+    #[test]
+    fn a_restart_is_seen_by_its_run_id_even_when_new_ids_pass_the_old_last_one() {
+        let mut c = SlowlogCollector::default();
+        let poll_as = |c: &mut SlowlogCollector, run_id: &str, ids: Vec<i64>| {
+            let _ = c.commands(Instant::now());
+            let mut out = FamilySet::new();
+            out.add(
+                "redis_instance_info",
+                "h",
+                crate::metrics::Kind::Gauge,
+                vec![("run_id", run_id.to_owned())],
+                1.0,
+            );
+            let len = ids.len() as i64;
+            c.collect(
+                vec![Ok(Value::Int(len)), Ok(log(ids.into_iter()))],
+                &mut out,
+            );
+            out
+        };
+        poll_as(&mut c, "a", vec![4, 3, 2, 1, 0]);
+        // Restarted: 7 new entries, ids 0 to 6, past the old last id 4.
+        let out = poll_as(&mut c, "b", (0..=6).rev().collect());
+        assert_eq!(total(&out, "keys"), 7.0);
+        let out = poll_as(&mut c, "b", (0..=6).rev().collect());
+        assert_eq!(total(&out, "keys"), 7.0, "and only once");
     }
 
     #[test]

@@ -193,3 +193,40 @@ where
     }
     out
 }
+
+/// The first poll after Redis restarted between two polls (the kept connection found dead,
+/// a new one made within the poll) asks afresh: it used to re-send what the collectors chose
+/// for the old connection, and republish the old process' cached command stats beside the new
+/// process' uptime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_poll_after_a_restart_publishes_nothing_of_the_old_process() {
+    let mut redis = RedisServer::start(&[]);
+    for _ in 0..50 {
+        let _: Option<String> = redis.cmd(&["GET", "k"]);
+    }
+    // Command stats cached for an hour: only a fresh connection's first poll asks for them.
+    let d = Daemon::start(&format!(
+        "poll_interval: 2s\ncommand_stats_refresh: 1h\ntargets:\n  - name: r\n    url: {}\n",
+        redis.url()
+    ))
+    .await;
+    let run_id = |m: &Exposition| {
+        m.all("redis_instance_info")
+            .first()
+            .map(|l| l.labels["run_id"].clone())
+    };
+    let gets = |m: &Exposition| m.value("redis_commands_total", &[("cmd", "get")]);
+    let before = d
+        .metrics_when("the GETs counted", WAIT, |m| gets(m) == Some(50.0))
+        .await;
+    let old = run_id(&before).unwrap();
+    redis.restart();
+    // Every snapshot of the new process, from the first: no GETs (the new one has had none).
+    let after = d
+        .metrics_when("a poll of the new process", WAIT, |m| {
+            run_id(m).is_some_and(|id| id != old)
+        })
+        .await;
+    assert_eq!(gets(&after), None, "the old process' GET count republished");
+    d.stop().await;
+}

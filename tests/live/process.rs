@@ -89,7 +89,7 @@ fn check_config_warns_of_unreadable_password_files_and_unread_redis_exporter_var
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("listen 0.0.0.0:9121"),
+        String::from_utf8_lossy(&out.stdout).contains("listen [::]:9121"),
         "defaults kept"
     );
 }
@@ -318,4 +318,37 @@ async fn why_a_target_is_down_is_logged_in_redis_words() {
         "the password in a log line: {log}"
     );
     assert!(p.alive());
+}
+
+/// `:port` (the default's form) listens on IPv6 and IPv4 alike, as redis_exporter's `:9121`
+/// does: a straight swap must stay reachable on IPv6-only networks. (On a host without IPv6
+/// at all only the IPv4 half can be checked, and the daemon falls back to it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_only_listen_address_serves_ipv6_and_ipv4() {
+    let port = free_port();
+    let mut child = Command::new(binary())
+        .args([
+            "--web.listen-address",
+            &format!(":{port}"),
+            "--redis.addr",
+            "redis://127.0.0.1:1",
+        ])
+        .env_remove("REDIS_ADDR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut addrs: Vec<std::net::SocketAddr> = vec![([127, 0, 0, 1], port).into()];
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        addrs.push(format!("[::1]:{port}").parse().unwrap());
+    }
+    for addr in addrs {
+        wait_for(&format!("/-/healthy on {addr}"), WAIT, || async move {
+            tokio::net::TcpStream::connect(addr).await.ok()?;
+            (http_get(addr, "/-/healthy").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
