@@ -5,6 +5,10 @@
 //! delivered, with `endsAt` at their resolution. Pushes happen on every change, every resend
 //! interval, and after a failure with capped exponential backoff; they run in their own task,
 //! so a slow or dead Alertmanager never delays polling or evaluation.
+//!
+//! Every push also carries [`WATCHDOG`], an alert that fires for as long as the process runs.
+//! When redis-lookout dies, its alerts end by themselves (their `endsAt` passes) and read as
+//! resolved; the watchdog ending too is how a dead man's switch behind Alertmanager tells.
 
 use super::eval::{ActiveAlert, Evaluator};
 use serde::Serialize;
@@ -63,6 +67,43 @@ pub fn payload(
     out
 }
 
+/// The name of the always-firing alert (see the module doc).
+pub const WATCHDOG: &str = "RedisLookoutWatchdog";
+
+/// The watchdog as pushed: labelled with the host the process runs on, firing since `since`,
+/// ending like any firing alert a few resend intervals ahead.
+pub fn watchdog(host: &str, since: SystemTime, resend: Duration, now: SystemTime) -> PostableAlert {
+    PostableAlert {
+        labels: BTreeMap::from([
+            ("alertname".to_owned(), WATCHDOG.to_owned()),
+            ("severity".to_owned(), "none".to_owned()),
+            ("host".to_owned(), host.to_owned()),
+        ]),
+        annotations: BTreeMap::from([
+            (
+                "summary".to_owned(),
+                "redis-lookout is running and pushing alerts".to_owned(),
+            ),
+            (
+                "description".to_owned(),
+                "Always firing while redis-lookout runs. Route it to a dead man's switch: when it stops, redis-lookout (or its way to Alertmanager) is down, and the alerts it had sent end as if resolved.".to_owned(),
+            ),
+        ]),
+        starts_at: since,
+        ends_at: now + resend * 4,
+        generator_url: String::new(),
+    }
+}
+
+/// The machine's host name, for the watchdog's `host` label.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// Pushes to every configured Alertmanager until shutdown.
 /// Where and how often [`push_loop`] pushes; replaced on a configuration reload.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +133,7 @@ pub async fn push_loop(
     };
     let mut failures = 0u32;
     let mut healthy = true;
+    let (host, started) = (host_name(), SystemTime::now());
     loop {
         let resend = targets.borrow_and_update().resend;
         let wait = if failures == 0 {
@@ -125,10 +167,9 @@ pub async fn push_loop(
             let e = evaluator.lock().unwrap_or_else(|p| p.into_inner());
             (e.firing(), e.resolved_backlog())
         };
-        if firing.is_empty() && resolved.is_empty() {
-            continue;
-        }
-        let body = payload(&firing, &resolved, resend, SystemTime::now());
+        let now = SystemTime::now();
+        let mut body = payload(&firing, &resolved, resend, now);
+        body.push(watchdog(&host, started, resend, now));
         let mut all_ok = true;
         for (url, shown) in urls.iter().zip(&shown) {
             let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
@@ -208,5 +249,15 @@ mod tests {
         );
         assert_eq!(body.len(), 1);
         assert!(body[0].ends_at > now);
+
+        let w = watchdog(
+            "db-host-1",
+            SystemTime::UNIX_EPOCH,
+            Duration::from_secs(60),
+            now,
+        );
+        assert_eq!(w.labels["alertname"], WATCHDOG);
+        assert_eq!(w.labels["host"], "db-host-1");
+        assert_eq!(w.ends_at, now + Duration::from_secs(240));
     }
 }

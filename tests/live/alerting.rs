@@ -139,7 +139,16 @@ async fn a_dead_redis_reaches_alertmanager_and_its_recovery_resolves_it() {
     .await;
     let (_, body) = http_get(d.addr, "/alerts").await;
     assert!(!body.contains("RedisDown"), "{body}");
+
+    // The watchdog fires while the process runs, and ends (a dead man's switch tells) once
+    // it has stopped: its endsAt, four resend intervals ahead, passes.
+    let watchdog = |active| ("RedisLookoutWatchdog".to_owned(), String::new(), active);
+    assert!(am.alerts().await.contains(&watchdog(true)));
     d.stop().await;
+    wait_for("the watchdog ended after the stop", WAIT, || async {
+        (!am.alerts().await.contains(&watchdog(true))).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
