@@ -249,7 +249,15 @@ struct BasicAuth {
     /// One bcrypt check at a time: a flood of wrong passwords then costs one core at most,
     /// and polls and scrapes (which run on the same blocking pool and workers) go on.
     bcrypt_slot: tokio::sync::Semaphore,
+    /// Checks queued or running; past [`MAX_WAITING`] a request is refused without one.
+    waiting: std::sync::atomic::AtomicUsize,
 }
+
+/// Checks queued at most. A check runs to its end even when its client has gone (Prometheus
+/// gives up at its scrape timeout, and a flood of wrong passwords can queue a first, right
+/// login for longer than that): a right password is then remembered, and the next scrape
+/// passes at once. The bound keeps a flood from queueing work and memory without end.
+const MAX_WAITING: usize = 256;
 
 /// The highest bcrypt cost accepted (`htpasswd -C`'s own limit): each step doubles the time
 /// of a check, and at 20 one takes about two minutes here.
@@ -273,6 +281,7 @@ impl BasicAuth {
             salt: rand::random(),
             verified: Mutex::new(Vec::new()),
             bcrypt_slot: tokio::sync::Semaphore::new(1),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -299,6 +308,22 @@ impl BasicAuth {
         if bool::from(remembered) {
             return true;
         }
+        use std::sync::atomic::Ordering;
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let auth = self.clone();
+        let check = tokio::spawn(async move {
+            let ok = auth.clone().verify(user, password, digest).await;
+            auth.waiting.fetch_sub(1, Ordering::AcqRel);
+            ok
+        });
+        check.await.unwrap_or(false)
+    }
+
+    /// The bcrypt check of a credential not remembered; remembers it when right.
+    async fn verify(self: Arc<Self>, user: String, password: String, digest: [u8; 32]) -> bool {
         let (hash, known) = match self.users.get(&user) {
             Some(h) => (Some(h.0.clone()), true),
             None => (None, false),
@@ -435,6 +460,37 @@ mod tests {
             .to_string();
         assert!(err.starts_with("/etc/web.yml:2:3: "), "{err}");
         assert!(err.contains("cost 18"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_right_password_is_remembered_even_when_its_client_gave_up_waiting() {
+        use std::time::Duration;
+        let hash = bcrypt::hash("s3cret", 6).unwrap();
+        let config = parse(&format!("basic_auth_users:\n  prom: '{hash}'\n")).unwrap();
+        let web = WebSecurity::new(&config).unwrap();
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD.encode("prom:s3cret");
+        let header = HeaderValue::from_str(&format!("Basic {raw}")).unwrap();
+        // The client leaves long before bcrypt is done (a scrape timeout in a queue).
+        let gave_up = tokio::time::timeout(
+            Duration::from_micros(1),
+            web.allows("/metrics", Some(&header)),
+        )
+        .await;
+        assert!(
+            gave_up.is_err(),
+            "bcrypt at cost 6 takes longer than a microsecond"
+        );
+        let auth = web.auth.clone().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while auth.verified.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the right password was not remembered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(auth.waiting.load(std::sync::atomic::Ordering::Acquire), 0);
     }
 
     #[tokio::test]
