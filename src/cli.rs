@@ -51,7 +51,7 @@ pub struct Cli {
     // parser would refuse it.
     pub redis_password_file: Option<String>,
 
-    /// Address to serve HTTP on (default :9121, i.e. [::]:9121: IPv6 and IPv4).
+    /// Address to serve HTTP on (default `:9121`, i.e. `[::]:9121`: IPv6 and IPv4).
     #[arg(
         global = true,
         long = "web.listen-address",

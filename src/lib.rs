@@ -31,7 +31,9 @@
 //!   through failovers (`+switch-master` subscription, polling as fallback); failovers counted.
 //! - [`poller`]: one persistent connection per node, a deadline per poll, reconnect backoff;
 //!   runs every collector's commands in one pipeline, renders a [`snapshot::Snapshot`], swaps it
-//!   in, and hands the facts to the evaluator.
+//!   in, and hands the facts to the evaluator (a failed poll soon after a good one marked
+//!   `held_over`). A command the server refuses is logged once and asked again only at
+//!   `config_refresh`; why a node is down is logged in Redis' words.
 //! - [`collector`]: one file per source (INFO, CONFIG, SLOWLOG, LATENCY, CLUSTER, SENTINEL): the commands
 //!   it wants and a pure parser from replies to [`metrics::FamilySet`].
 //! - [`keyspace`]: the budgeted SCAN sampler per target (prefix groups, TTLs, memory,
@@ -45,7 +47,8 @@
 //!   forget, the entry of the task that replaced it.
 //! - [`scrape`]: `/scrape?target=` with its allow-list and on-demand pollers.
 //! - [`alerts`]: the alert pack (one definition per alert → rule file and evaluator),
-//!   [`alerts::eval`] (pending/firing/resolved), [`alerts::alertmanager`] (API v2 push).
+//!   [`alerts::eval`] (pending/firing/resolved), [`alerts::alertmanager`] (API v2 push, with an
+//!   always-firing watchdog for a dead man's switch).
 //! - [`check`]: the one-shot `check` command.
 //! - [`telemetry`]: process self-metrics on one `prometheus` registry (HTTP, alerts, process).
 //! - [`http`]: hyper 1 server and the handlers; HTTPS and basic auth from [`web_config`].
@@ -58,7 +61,8 @@
 //!   poller does the handshake and hands the stream to redis-rs.
 //! - [`web_config`]: the exporter-toolkit style web config file (HTTPS certificate reloaded on
 //!   change, bcrypt basic auth with a cache of verified credentials, one bcrypt check at a time).
-//! - [`error`]: [`error::PollError`] with a bounded `label()` for metrics.
+//! - [`error`]: [`error::PollError`] with a bounded `label()` for metrics, and
+//!   [`error::Failure`]: that kind plus Redis' own words, for logs and `check` only.
 
 #![forbid(unsafe_code)]
 
