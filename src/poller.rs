@@ -488,9 +488,11 @@ impl NodePoller {
         tracing::debug!(target_name = %self.target.name, url = %self.target.url, "connecting");
         let conn = open_connection(&self.target, &self.target.url).await?;
         self.last_connect_seconds = started.elapsed().as_secs_f64();
+        // A new connection learns the server afresh, refused commands included.
         for collector in &mut self.collectors {
             collector.reset();
         }
+        self.refused_until.fill(None);
         self.conn = Some(conn);
         Ok(())
     }
@@ -512,7 +514,6 @@ impl NodePoller {
             {
                 self.conn = None;
                 self.connect().await?;
-                self.refused_until.fill(None);
                 // Asked afresh: what the collectors chose for the old connection (cached
                 // command stats and CONFIG values not due yet) belongs to the process that
                 // went away.
