@@ -110,6 +110,24 @@ impl FamilySet {
         self.families.get(name)
     }
 
+    /// The value of the first sample of `family` (a one-sample gauge: `redis_up`,
+    /// `redis_cluster_enabled`, a setting).
+    pub fn value_of(&self, family: &str) -> Option<f64> {
+        self.get(family)?.samples.first().map(|s| s.value)
+    }
+
+    /// The value of `label` on the first sample of `family`: an info metric's field
+    /// (`redis_instance_info`'s role, run_id, redis_mode).
+    pub fn label_of(&self, family: &str, label: &str) -> Option<&str> {
+        self.get(family)?
+            .samples
+            .first()?
+            .labels
+            .iter()
+            .find(|(k, _)| *k == label)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Every family, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Family)> {
         self.families.iter()

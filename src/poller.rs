@@ -332,8 +332,12 @@ impl NodePoller {
             node: self.node.clone(),
             families: set.render(&self.base_labels(), &self.interner),
             up: error.is_none(),
-            role: label_of(&set, "redis_instance_info", "role"),
-            version: label_of(&set, "redis_instance_info", "redis_version"),
+            role: set
+                .label_of("redis_instance_info", "role")
+                .map(str::to_owned),
+            version: set
+                .label_of("redis_instance_info", "redis_version")
+                .map(str::to_owned),
             error,
             polled_at: SystemTime::now(),
             duration,
@@ -893,15 +897,4 @@ fn replica_addresses(set: &FamilySet) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-/// Reads one label of the first sample of a family (role and version for the landing page).
-fn label_of(set: &FamilySet, family: &str, label: &str) -> Option<String> {
-    set.get(family)?
-        .samples
-        .first()?
-        .labels
-        .iter()
-        .find(|(k, _)| *k == label)
-        .map(|(_, v)| v.clone())
 }

@@ -142,8 +142,6 @@ pub fn readings(
     history: &NodeHistory,
     now: Instant,
 ) -> Vec<Reading> {
-    let value_of =
-        |family: &str| -> Option<f64> { facts.get(family)?.samples.first().map(|s| s.value) };
     let sum_of = |family: &str| -> Option<f64> {
         facts
             .get(family)
@@ -188,7 +186,7 @@ pub fn readings(
             }
             highest.into_iter().collect()
         }
-        Signal::Ratio(a, b) => match (value_of(a), value_of(b)) {
+        Signal::Ratio(a, b) => match (facts.value_of(a), facts.value_of(b)) {
             (Some(a), Some(b)) if b > 0.0 => vec![(Labels::new(), a / b)],
             _ => Vec::new(),
         },
@@ -270,9 +268,8 @@ pub fn guard_passes(rule: &AlertRule, facts: &FamilySet) -> bool {
     match rule.guard {
         None => true,
         Some(Guard::Value(family, op, threshold)) => facts
-            .get(family)
-            .and_then(|f| f.samples.first())
-            .is_some_and(|s| op.holds(s.value, threshold)),
+            .value_of(family)
+            .is_some_and(|v| op.holds(v, threshold)),
         Some(Guard::Absent(family)) => facts.get(family).is_none(),
     }
 }
@@ -407,11 +404,7 @@ impl Evaluator {
         let history = self.nodes.entry(obs.key.clone()).or_default();
         // The first poll that reached Redis: lifetime totals read then are not news (a node
         // first seen down would otherwise count them all as new once it answers).
-        let up = obs
-            .facts
-            .get("redis_up")
-            .and_then(|f| f.samples.first())
-            .is_some_and(|s| s.value == 1.0);
+        let up = obs.facts.value_of("redis_up") == Some(1.0);
         if up {
             history.first_seen.get_or_insert(now);
         }

@@ -54,10 +54,7 @@ impl Collector for ClusterCollector {
 
     fn collect(&mut self, replies: Vec<RedisResult<Value>>, out: &mut FamilySet) -> Outcome {
         // INFO ran earlier in this poll; its cluster_enabled decides the next poll.
-        let enabled_now = out
-            .get("redis_cluster_enabled")
-            .and_then(|f| f.samples.first())
-            .is_some_and(|s| s.value == 1.0);
+        let enabled_now = out.value_of("redis_cluster_enabled") == Some(1.0);
         let asked = std::mem::replace(&mut self.asked, false);
         let learned = enabled_now && !self.enabled;
         self.enabled = enabled_now;

@@ -711,10 +711,7 @@ impl Collector for InfoCollector {
         if info.is_empty() {
             return Outcome::Failed("INFO reply had no fields".into());
         }
-        let databases = out
-            .get("redis_config_databases")
-            .and_then(|f| f.samples.first())
-            .map(|s| s.value as u32);
+        let databases = out.value_of("redis_config_databases").map(|v| v as u32);
         info_families(&info, databases, out);
         if self.command_asked {
             self.command_cache = command_lines(&text);

@@ -241,11 +241,7 @@ impl Collector for SentinelCollector {
     }
 
     fn collect(&mut self, replies: Vec<RedisResult<Value>>, out: &mut FamilySet) -> Outcome {
-        let sentinel_now = out
-            .get("redis_instance_info")
-            .and_then(|f| f.samples.first())
-            .and_then(|s| s.labels.iter().find(|(k, _)| *k == "redis_mode"))
-            .is_some_and(|(_, mode)| mode == "sentinel");
+        let sentinel_now = out.label_of("redis_instance_info", "redis_mode") == Some("sentinel");
         let learned = sentinel_now && !self.enabled;
         self.enabled = sentinel_now;
         let Some(asked) = self.asked.take() else {

@@ -241,16 +241,11 @@ impl Collector for SlowlogCollector {
         }
         let entries = entries.unwrap_or_default();
         // INFO ran earlier in this poll: a new run_id is a restart.
-        let run_id = out
-            .get("redis_instance_info")
-            .and_then(|f| f.samples.first())
-            .and_then(|s| s.labels.iter().find(|(k, _)| *k == "run_id"))
-            .map(|(_, v)| v.clone());
-        if let Some(run_id) = run_id {
-            if self.run_id.as_ref().is_some_and(|old| *old != run_id) {
+        if let Some(run_id) = out.label_of("redis_instance_info", "run_id") {
+            if self.run_id.as_deref().is_some_and(|old| old != run_id) {
                 self.restarted = true;
             }
-            self.run_id = Some(run_id);
+            self.run_id = Some(run_id.to_owned());
         }
         let window = if follow_up { FULL_WINDOW } else { self.window };
         self.asked_full |= follow_up;
