@@ -132,6 +132,8 @@ impl NodePoller {
         let ticket = ctx
             .store
             .expect((target.name.clone(), node.clone()), target.url.address());
+        let collectors = standard_set(ctx.refresh);
+        let count = collectors.len();
         Self {
             target,
             node,
@@ -144,10 +146,10 @@ impl NodePoller {
             connects: ctx.connects.clone(),
             connect_slot: None,
             polls: ctx.polls.clone(),
-            collectors: standard_set(ctx.refresh),
-            refused_until: Vec::new(),
+            collectors,
+            refused_until: vec![None; count],
             refusal_recheck: ctx.refresh.config,
-            refusal_said: Vec::new(),
+            refusal_said: vec![false; count],
             conn: None,
             failures: 0,
             was_up: None,
@@ -625,10 +627,7 @@ impl NodePoller {
 
     /// Every collector's commands for this poll in one pipeline, and how many each sent.
     fn pipeline(&mut self, now: Instant) -> (redis::Pipeline, Vec<usize>) {
-        let count = self.collectors.len();
-        self.refused_until.resize(count, None);
-        self.refusal_said.resize(count, false);
-        let mut spans = Vec::with_capacity(count);
+        let mut spans = Vec::with_capacity(self.collectors.len());
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for (collector, refused) in self.collectors.iter_mut().zip(&mut self.refused_until) {
@@ -745,24 +744,22 @@ async fn refusal_behind_auth(
             .err(),
         Err(err) => Some(err),
     };
-    match answer {
-        Some(err) if !err.is_io_error() && !is_auth_reply(&err) => Failure::redis(&err),
+    // NOAUTH, WRONGPASS, NOPERM (the server asks for other credentials) or a dropped
+    // connection say nothing new.
+    match answer.map(|err| Failure::redis(&err)) {
+        Some(f)
+            if !matches!(
+                f.kind,
+                PollError::Auth
+                    | PollError::Connection
+                    | PollError::ConnectionRefused
+                    | PollError::Timeout
+            ) =>
+        {
+            f
+        }
         _ => Failure::redis(auth_error),
     }
-}
-
-/// NOAUTH, WRONGPASS or NOPERM: the server asks for (other) credentials.
-fn is_auth_reply(err: &redis::RedisError) -> bool {
-    let text = err.to_string().to_ascii_lowercase();
-    [
-        "noauth",
-        "wrongpass",
-        "noperm",
-        "no permissions",
-        "authentication",
-    ]
-    .iter()
-    .any(|w| text.contains(w))
 }
 
 /// A client for `url` with the target's credentials (read now, so a rotated password file is

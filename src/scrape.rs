@@ -152,12 +152,11 @@ impl OnDemand {
             // Every entry polled at that address: the node, and where the address is a
             // cluster's or replica set's configured one, the target's roll-up beside it (the
             // roll-up alone, first in the store's order, lost the node's own series).
-            if nodes
-                .iter()
-                .any(|(_, e)| e.address.eq_ignore_ascii_case(&address))
-            {
+            let at_address =
+                |e: &crate::snapshot::NodeEntry| e.address.eq_ignore_ascii_case(&address);
+            if nodes.iter().any(|(_, e)| at_address(e)) {
                 let mut out = String::new();
-                store.render_into(&mut out, |_, e| e.address.eq_ignore_ascii_case(&address));
+                store.render_into(&mut out, |_, e| at_address(e));
                 return ScrapeAnswer::Metrics(out);
             }
         }

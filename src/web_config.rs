@@ -135,27 +135,21 @@ impl WebConfig {
                     format!("basic_auth_users: user name {user:?} must be non-empty, without ':'"),
                 ));
             }
-            if let Some(cost) = hash
-                .parse::<bcrypt::HashParts>()
-                .ok()
-                .map(|p| p.get_cost())
-                .filter(|c| *c > MAX_COST)
-            {
+            let problem = match hash.parse::<bcrypt::HashParts>().map(|p| p.get_cost()) {
+                Err(_) => Some(format!(
+                    "basic_auth_users: the password of {user:?} is not a bcrypt hash \
+                     (make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n')"
+                )),
+                Ok(cost) if cost > MAX_COST => Some(format!(
+                    "basic_auth_users: the hash of {user:?} has bcrypt cost {cost}: every \
+                     check would take minutes (htpasswd stops at {MAX_COST}; 10 to 12 is usual)"
+                )),
+                Ok(_) => None,
+            };
+            if let Some(problem) = problem {
                 return Err(at(
                     &[Step::Key("basic_auth_users"), Step::Key(&user)],
-                    format!(
-                        "basic_auth_users: the hash of {user:?} has bcrypt cost {cost}: every \
-                         check would take minutes (htpasswd stops at {MAX_COST}; 10 to 12 is usual)"
-                    ),
-                ));
-            }
-            if hash.parse::<bcrypt::HashParts>().is_err() {
-                return Err(at(
-                    &[Step::Key("basic_auth_users"), Step::Key(&user)],
-                    format!(
-                        "basic_auth_users: the password of {user:?} is not a bcrypt hash \
-                         (make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n')"
-                    ),
+                    problem,
                 ));
             }
             users.insert(user, BcryptHash(hash));
