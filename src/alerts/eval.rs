@@ -740,13 +740,7 @@ mod tests {
             .active()
             .iter()
             .all(|a| !a.labels["alertname"].starts_with("RedisMemory")));
-        let pairs = [
-            ("redis_up", 1.0),
-            ("redis_memory_used_bytes", 90.0),
-            ("redis_memory_max_bytes", 100.0),
-        ];
-        e.observe(&obs(t0, &pairs));
-        let fired = e.observe(&obs(t0 + Duration::from_secs(901), &pairs)).fired;
+        let fired = fire_memory_alerts(&mut e, t0);
         let names: Vec<&str> = fired
             .iter()
             .map(|a| a.labels["alertname"].as_str())
@@ -766,17 +760,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_failed_poll_held_over_neither_resolves_nor_advances_the_nodes_alerts() {
-        let mut e = evaluator();
-        let t0 = Instant::now();
-        let full = [
+    /// A node at 90% of maxmemory from `t0` to past every memory alert's `for` (15 min):
+    /// what fired then.
+    fn fire_memory_alerts(e: &mut Evaluator, t0: Instant) -> Vec<ActiveAlert> {
+        let at_90 = [
             ("redis_up", 1.0),
             ("redis_memory_used_bytes", 90.0),
             ("redis_memory_max_bytes", 100.0),
         ];
-        e.observe(&obs(t0, &full));
-        let fired = e.observe(&obs(t0 + Duration::from_secs(901), &full)).fired;
+        e.observe(&obs(t0, &at_90));
+        e.observe(&obs(t0 + Duration::from_secs(901), &at_90)).fired
+    }
+
+    #[test]
+    fn a_failed_poll_held_over_neither_resolves_nor_advances_the_nodes_alerts() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let fired = fire_memory_alerts(&mut e, t0);
         assert!(fired
             .iter()
             .any(|a| a.labels["alertname"] == "RedisMemoryHigh"));

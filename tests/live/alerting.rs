@@ -332,24 +332,6 @@ fn the_readme_lists_every_alert() {
     }
 }
 
-/// The active alerts' (name, state) as /alerts shows them.
-async fn alert_states(d: &Daemon) -> Vec<(String, String)> {
-    let (status, body) = http_get(d.addr, "/alerts").await;
-    assert_eq!(status, 200, "{body}");
-    let alerts: serde_json::Value = serde_json::from_str(&body).expect("/alerts JSON");
-    alerts
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| {
-            (
-                a["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
-                a["state"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
-}
-
 /// A poll that fails right after good ones (Redis paused past the poll timeout) is judged for
 /// RedisDown, and leaves the node's other alerts firing: one timed-out poll used to resolve
 /// them all (a RESOLVED to Alertmanager, then a new `for`). The exposition is not held.
@@ -364,7 +346,7 @@ async fn one_failed_poll_neither_resolves_nor_restarts_the_nodes_alerts() {
     d.wait_up("sessions").await;
     let firing = ("RedisMemoryWarning".to_owned(), "firing".to_owned());
     wait_for("RedisMemoryWarning firing", WAIT, || async {
-        alert_states(&d).await.contains(&firing).then_some(())
+        d.alerts().await.contains(&firing).then_some(())
     })
     .await;
 
@@ -372,7 +354,7 @@ async fn one_failed_poll_neither_resolves_nor_restarts_the_nodes_alerts() {
     assert_eq!(paused, "OK");
     // RedisDown pending: the evaluator has judged a failed poll.
     let states = wait_for("RedisDown judged", WAIT, || async {
-        let states = alert_states(&d).await;
+        let states = d.alerts().await;
         states
             .iter()
             .any(|(name, _)| name == "RedisDown")

@@ -772,6 +772,32 @@ impl Daemon {
         .await
     }
 
+    /// The in-process alerts as `/alerts` shows them: (alertname, state), pending and firing.
+    pub async fn alerts(&self) -> Vec<(String, String)> {
+        let (status, body) = http_get(self.addr, "/alerts").await;
+        assert_eq!(status, 200, "{body}");
+        let alerts: serde_json::Value = serde_json::from_str(&body).expect("/alerts JSON");
+        alerts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                (
+                    a["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
+                    a["state"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether the in-process evaluator has `alert` firing.
+    pub async fn alert_firing(&self, alert: &str) -> bool {
+        self.alerts()
+            .await
+            .iter()
+            .any(|(name, state)| name == alert && state == "firing")
+    }
+
     /// Waits until `target` reports `redis_up 1`.
     pub async fn wait_up(&self, target: &str) -> Exposition {
         self.metrics_when(&format!("{target} up"), Duration::from_secs(20), |m| {

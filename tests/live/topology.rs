@@ -153,17 +153,6 @@ fn roles_by_node(m: &Exposition) -> Vec<(String, String)> {
     out
 }
 
-/// Whether the daemon's in-process evaluator has `alert` firing.
-async fn alert_firing(d: &Daemon, alert: &str) -> bool {
-    let (_, body) = http_get(d.addr, "/alerts").await;
-    let alerts: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    alerts
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|a| a["labels"]["alertname"] == alert && a["state"] == "firing")
-}
-
 async fn discovered(d: &Daemon) -> BTreeSet<String> {
     let (status, body) = http_get(d.addr, "/discovery").await;
     assert_eq!(status, 200);
@@ -231,8 +220,8 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
         1,
         "only the node at that address"
     );
-    assert!(!alert_firing(&d, "RedisClusterMastersLow").await);
-    assert!(!alert_firing(&d, "RedisClusterFailoverLoop").await);
+    assert!(!d.alert_firing("RedisClusterMastersLow").await);
+    assert!(!d.alert_firing("RedisClusterFailoverLoop").await);
 
     // A manual failover: a replica takes over its master.
     let roles = cluster.roles();
@@ -269,7 +258,7 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
         "RedisClusterFailoverLoop firing in-process",
         WAIT,
         || async {
-            alert_firing(&d, "RedisClusterFailoverLoop")
+            d.alert_firing("RedisClusterFailoverLoop")
                 .await
                 .then_some(())
         },
@@ -298,9 +287,7 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
         .await;
     assert_eq!(node_value(&m, "redis_up", &victim_addr), Some(0.0));
     wait_for("RedisClusterMastersLow firing in-process", WAIT, || async {
-        alert_firing(&d, "RedisClusterMastersLow")
-            .await
-            .then_some(())
+        d.alert_firing("RedisClusterMastersLow").await.then_some(())
     })
     .await;
 
