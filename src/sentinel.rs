@@ -66,7 +66,8 @@ impl FailoverCounter {
         matches!((self.epoch, epoch), (Some(before), Some(now)) if now < before)
     }
 
-    pub fn observe(&mut self, master: &str, epoch: Option<u64>) {
+    /// Counts a failover if this view shows one; false when the view is stale (and ignored).
+    pub fn observe(&mut self, master: &str, epoch: Option<u64>) -> bool {
         let failover = match (self.epoch, epoch) {
             (Some(before), Some(now)) => now > before,
             // Without epochs, an address change is the only sign.
@@ -80,6 +81,7 @@ impl FailoverCounter {
             self.master = Some(master.to_owned());
         }
         self.epoch = self.epoch.max(epoch);
+        !stale
     }
 }
 
@@ -163,9 +165,7 @@ impl SentinelView {
                 view = self.ask().await;
             }
             if let Some(view) = &view {
-                let stale = self.counter.is_stale(view.config_epoch);
-                self.counter.observe(&view.master, view.config_epoch);
-                if !stale {
+                if self.counter.observe(&view.master, view.config_epoch) {
                     let mut nodes = vec![view.master.clone()];
                     nodes.extend(view.replicas.iter().filter(|r| **r != view.master).cloned());
                     self.nodes = nodes;
