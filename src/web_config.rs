@@ -142,7 +142,7 @@ impl WebConfig {
                 )),
                 Ok(cost) if cost > MAX_COST => Some(format!(
                     "basic_auth_users: the hash of {user:?} has bcrypt cost {cost}: every \
-                     check would take minutes (htpasswd stops at {MAX_COST}; 10 to 12 is usual)"
+                     check would take half a minute or more (htpasswd stops at {MAX_COST}; 10 to 12 is usual)"
                 )),
                 Ok(_) => None,
             };
@@ -253,8 +253,8 @@ struct BasicAuth {
 /// passes at once. The bound keeps a flood from queueing work and memory without end.
 const MAX_WAITING: usize = 256;
 
-/// The highest bcrypt cost accepted (`htpasswd -C`'s own limit): each step doubles the time
-/// of a check, and at 20 one takes about two minutes here.
+/// The highest bcrypt cost accepted (`htpasswd -C`'s own limit). Each step doubles the time
+/// of a check; a reviewer measured 8.3 s at cost 16 on this 2-vCPU machine.
 const MAX_COST: u32 = 17;
 
 /// At most this many remembered credentials (successes only, so in practice one per user).
