@@ -208,6 +208,20 @@ struct TargetFile {
     tls: Option<crate::tls::TlsSettings>,
     sentinel: Option<SentinelFile>,
     watch: Option<WatchFile>,
+    /// Overrides the file's top-level `polling` for this target.
+    polling: Option<Polling>,
+}
+
+/// When a target's nodes are polled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Polling {
+    /// All the time, from start (the default).
+    #[default]
+    Continuous,
+    /// Only while `/scrape` asks for the node (a shard of a fleet behind Prometheus' hashmod):
+    /// the topology is still discovered, and listed at `/discovery`.
+    OnScrape,
 }
 
 /// `sentinel:` of a target: the Sentinels to ask and the master name they monitor.
@@ -456,6 +470,7 @@ struct FileConfig {
     scrape_allow: Vec<AllowFile>,
     #[serde(default, with = "humantime_serde")]
     scrape_idle: Option<Duration>,
+    polling: Option<Polling>,
     alerting: Option<AlertingFile>,
     web_config_file: Option<PathBuf>,
 }
@@ -612,6 +627,9 @@ pub struct Target {
     pub sentinel: Option<SentinelTarget>,
     /// The watched keys, streams and counted patterns, when configured.
     pub watch: Option<crate::keyspace::watched::WatchConfig>,
+    /// `polling: on_scrape`: a node is polled only while `/scrape` asks for it, and stops this
+    /// long (`scrape_idle`) after the last such scrape; None: polled all the time.
+    pub on_scrape: Option<Duration>,
 }
 
 /// How to reach the Sentinels of a Sentinel-defined target.
@@ -650,6 +668,7 @@ impl Target {
             sentinel: None,
             watch: None,
             tls: Default::default(),
+            on_scrape: None,
         }
     }
 
@@ -671,6 +690,7 @@ impl Target {
         let sentinel = self.sentinel.as_ref()?;
         Some(Target {
             tls: self.tls.clone(),
+            on_scrape: self.on_scrape,
             ..Target::plain(
                 self.name.clone(),
                 url.clone(),
@@ -1289,6 +1309,8 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             follow_replicas: t.follow_replicas,
             cluster: t.cluster,
             seeds: t.seeds,
+            on_scrape: (t.polling.or(f.polling).unwrap_or_default() == Polling::OnScrape)
+                .then_some(scrape_idle),
         });
     }
 
@@ -1557,6 +1579,27 @@ mod tests {
         assert_eq!(c.targets[0].poll_interval, Duration::from_secs(5));
         assert_eq!(c.telemetry_path, "/metrics");
         assert!(c.gzip);
+    }
+
+    #[test]
+    fn polling_on_scrape_is_set_at_the_top_and_overridden_per_target() {
+        let c = load(
+            "scrape_idle: 30s\npolling: on_scrape\ntargets:\n  - name: a\n    url: redis://x\n  - name: b\n    url: redis://y\n    polling: continuous\n",
+        )
+        .unwrap();
+        assert_eq!(c.targets[0].on_scrape, Some(Duration::from_secs(30)));
+        assert_eq!(c.targets[1].on_scrape, None);
+        let c = load("targets:\n  - url: redis://x\n    polling: on_scrape\n").unwrap();
+        assert_eq!(c.targets[0].on_scrape, Some(Duration::from_secs(600)));
+        assert_eq!(
+            load("targets:\n  - url: redis://x\n").unwrap().targets[0].on_scrape,
+            None
+        );
+        let err = load("targets:\n  - url: redis://x\n    polling: lazily\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("test.yaml:3:14: "), "{err}");
+        assert!(err.contains("on_scrape"), "{err}");
     }
 
     #[test]

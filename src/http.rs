@@ -569,8 +569,14 @@ fn discovery(state: &AppState) -> String {
         .into_iter()
         .filter(|((_, node), entry)| {
             // Configured nodes are always listed (a down one must show redis_up 0); discovered
-            // ones while they are live members.
-            entry.live && (node.is_none() || entry.snapshot.as_ref().is_some_and(|s| s.up))
+            // ones while they are live members. Nodes of on-scrape targets are listed while
+            // live members whether polled now or not (polling them is what a scrape starts),
+            // and their targets' roll-ups too (other roll-ups come with their seed's address).
+            if entry.on_scrape {
+                entry.live || entry.roll_up
+            } else {
+                entry.live && (node.is_none() || entry.snapshot.as_ref().is_some_and(|s| s.up))
+            }
         })
         .map(|((target, node), entry)| {
             let role = entry
@@ -578,8 +584,14 @@ fn discovery(state: &AppState) -> String {
                 .as_ref()
                 .and_then(|s| s.role.clone())
                 .unwrap_or_default();
+            // A roll-up is scraped by the target's name.
+            let address = if entry.roll_up {
+                target.clone()
+            } else {
+                entry.address
+            };
             serde_json::json!({
-                "targets": [entry.address],
+                "targets": [address],
                 "labels": {
                     "__meta_redis_lookout_target": target,
                     "__meta_redis_lookout_node": node.unwrap_or_default(),
@@ -621,6 +633,7 @@ fn landing_page(state: &AppState) -> String {
     );
     let now = SystemTime::now();
     for ((target, node), entry) in state.store.all() {
+        let dormant = entry.dormant();
         let snapshot = entry.snapshot;
         page.push_str("<tr><td>");
         html_escape(&mut page, &target);
@@ -628,9 +641,17 @@ fn landing_page(state: &AppState) -> String {
         html_escape(&mut page, node.as_deref().unwrap_or(""));
         page.push_str("</td>");
         match snapshot {
-            None => page.push_str(
-                "<td>waiting for first poll</td><td></td><td></td><td></td><td></td><td></td>",
-            ),
+            None => {
+                let word = if dormant {
+                    "polled only while scraped; not scraped lately"
+                } else {
+                    "waiting for first poll"
+                };
+                let _ = write!(
+                    page,
+                    "<td>{word}</td><td></td><td></td><td></td><td></td><td></td>"
+                );
+            }
             Some(s) => {
                 let (class, word) = if s.up { ("up", "up") } else { ("down", "down") };
                 let ago = now

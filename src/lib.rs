@@ -26,7 +26,8 @@
 //!   configuration reloads (`POST /-/reload`, SIGHUP) target by target; stops them.
 //! - [`topology`]: per target, which nodes to poll: the configured one, the replicas a master
 //!   lists (`follow_replicas`), or every node of a Redis Cluster (`cluster`) with its roll-up
-//!   (published, and judged by the evaluator like a node's facts).
+//!   (published, and judged by the evaluator like a node's facts); for `polling: on_scrape`,
+//!   each node's poller runs only while `/scrape` asks for the node.
 //! - [`sentinel`]: Sentinel-defined targets: the master and replicas Sentinel names, followed
 //!   through failovers (`+switch-master` subscription, polling as fallback); failovers counted.
 //! - [`poller`]: one persistent connection per node, a deadline per poll, reconnect backoff;
@@ -45,7 +46,8 @@
 //! - [`snapshot`]: the shared map of nodes and their latest snapshots; readiness, discovery.
 //!   Each node's reporter holds a ticket, so a task told to stop cannot publish into, or
 //!   forget, the entry of the task that replaced it.
-//! - [`scrape`]: `/scrape?target=` with its allow-list and on-demand pollers.
+//! - [`scrape`]: `/scrape?target=` with its allow-list and on-demand pollers, and the nodes of
+//!   `polling: on_scrape` targets (polled only while scraped: one shard of a fleet) it wakes.
 //! - [`alerts`]: the alert pack (one definition per alert → rule file and evaluator),
 //!   [`alerts::eval`] (pending/firing/resolved), [`alerts::alertmanager`] (API v2 push, with an
 //!   always-firing watchdog for a dead man's switch).

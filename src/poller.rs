@@ -41,6 +41,8 @@ pub struct PollContext {
     pub observations: Option<mpsc::Sender<Observation>>,
     pub connects: Arc<Semaphore>,
     pub polls: Arc<Semaphore>,
+    /// The nodes of `polling: on_scrape` targets, for `/scrape` to wake.
+    pub wanted: Arc<crate::scrape::Wanted>,
 }
 
 /// Connections being opened at once, process-wide.
@@ -57,6 +59,7 @@ impl PollContext {
             observations: None,
             connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)),
             polls: Arc::new(Semaphore::new(MAX_CONCURRENT_POLLS)),
+            wanted: Arc::default(),
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct NodePoller {
     extra_facts: Vec<crate::keyspace::SharedFacts>,
     /// When the last successful poll ended.
     last_success: Option<Instant>,
+    /// Whether stopping removes the node's entry from the store.
+    forget_on_exit: bool,
 }
 
 /// The least time after a node's last successful poll during which the in-process evaluator
@@ -132,6 +137,17 @@ impl NodePoller {
         let ticket = ctx
             .store
             .expect((target.name.clone(), node.clone()), target.url.address());
+        Self::declared(target, node, ctx, ticket).forget_on_exit()
+    }
+
+    /// A poller for a node its caller declared in the store (and holds `ticket` for). It
+    /// leaves the node's entry in place when it stops (one made by `new` removes it).
+    pub fn declared(
+        target: Arc<Target>,
+        node: Option<String>,
+        ctx: &PollContext,
+        ticket: Ticket,
+    ) -> Self {
         let collectors = standard_set(ctx.refresh);
         let count = collectors.len();
         Self {
@@ -162,7 +178,14 @@ impl NodePoller {
             replicas_out: None,
             extra_facts: Vec::new(),
             last_success: None,
+            forget_on_exit: false,
         }
+    }
+
+    /// Removes the node's entry (its series) when the poller stops.
+    fn forget_on_exit(mut self) -> Self {
+        self.forget_on_exit = true;
+        self
     }
 
     /// Merges `facts` (kept up to date elsewhere) into every successful poll's snapshot.
@@ -240,8 +263,10 @@ impl NodePoller {
                 None
             };
         }
-        self.store
-            .forget(&(self.target.name.clone(), self.node.clone()), self.ticket);
+        if self.forget_on_exit {
+            self.store
+                .forget(&(self.target.name.clone(), self.node.clone()), self.ticket);
+        }
     }
 
     /// The claim on this node's store entry (what a controller that stops this poller needs to
@@ -885,11 +910,7 @@ fn replica_addresses(set: &FamilySet) -> Vec<String> {
                     .map(|(_, v)| v.as_str())
             };
             let (ip, port) = (get("slave_ip")?, get("slave_port")?);
-            Some(if ip.contains(':') {
-                format!("[{ip}]:{port}")
-            } else {
-                format!("{ip}:{port}")
-            })
+            Some(crate::collector::info::replica_address(ip, port))
         })
         .collect();
     out.sort();

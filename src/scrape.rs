@@ -7,11 +7,18 @@
 //! scrape. Anything else is refused with 403 before any connection is attempted. The endpoint is
 //! off while the allow-list is empty. Credentials always come from the matching allow-list entry,
 //! never from the request or from another target.
+//!
+//! A `polling: on_scrape` target comes first: its nodes are known (from discovery) but polled only
+//! while scraped. `/scrape?target=<node address>` wakes the node (its poller runs, with the
+//! target's credentials and labels, until `scrape_idle` passes without a scrape) and answers it
+//! alone; `/scrape?target=<name>` answers the target's roll-up (cluster, Sentinel) or its
+//! configured node, never its other nodes, which other shards may answer. These need no
+//! allow-list entry: nothing but configured targets is reached.
 
 use crate::config::{AllowRule, RedisUrl, Target};
 use crate::poller::{NodePoller, PollContext};
-use crate::snapshot::Ticket;
-use std::collections::HashMap;
+use crate::snapshot::{NodeKey, Ticket};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -46,9 +53,97 @@ impl Running {
     }
 }
 
+/// The nodes of `polling: on_scrape` targets, each with the clock `/scrape` sets to wake it.
+#[derive(Debug, Default)]
+pub struct Wanted {
+    nodes: Mutex<BTreeMap<NodeKey, Waker>>,
+}
+
+#[derive(Debug)]
+struct Waker {
+    /// Lower-cased, as `/scrape` compares addresses.
+    address: String,
+    ticket: Ticket,
+    last_scrape: watch::Sender<Instant>,
+}
+
+/// A node's place in [`Wanted`], removed when dropped (unless a newer task took the node).
+#[derive(Debug)]
+pub struct Registration {
+    wanted: Arc<Wanted>,
+    key: NodeKey,
+    ticket: Ticket,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut nodes = self.wanted.nodes();
+        if nodes
+            .get(&self.key)
+            .is_some_and(|w| w.ticket == self.ticket)
+        {
+            nodes.remove(&self.key);
+        }
+    }
+}
+
+impl Wanted {
+    fn nodes(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeKey, Waker>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers the node that the holder of `ticket` runs: the receiver changes at each
+    /// scrape that asks for it.
+    pub fn register(
+        self: &Arc<Self>,
+        key: NodeKey,
+        address: &str,
+        ticket: Ticket,
+    ) -> (watch::Receiver<Instant>, Registration) {
+        let (last_scrape, rx) = watch::channel(Instant::now());
+        self.nodes().insert(
+            key.clone(),
+            Waker {
+                address: address.to_ascii_lowercase(),
+                ticket,
+                last_scrape,
+            },
+        );
+        let registration = Registration {
+            wanted: self.clone(),
+            key,
+            ticket,
+        };
+        (rx, registration)
+    }
+
+    /// Wakes the node of `key`, if registered.
+    pub fn wake(&self, key: &NodeKey) {
+        if let Some(w) = self.nodes().get(key) {
+            w.last_scrape.send_replace(Instant::now());
+        }
+    }
+
+    /// Wakes every node registered at `address` (lower-cased); returns their keys.
+    pub fn wake_at(&self, address: &str) -> Vec<NodeKey> {
+        let nodes = self.nodes();
+        let now = Instant::now();
+        nodes
+            .iter()
+            .filter(|(_, w)| w.address == address)
+            .map(|(key, w)| {
+                w.last_scrape.send_replace(now);
+                key.clone()
+            })
+            .collect()
+    }
+}
+
 /// What the configuration says of on-demand polling; replaced whole on a reload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnDemandSettings {
+    /// Some target is `polling: on_scrape` (then `/scrape` is on without allow-list entries).
+    pub on_scrape_targets: bool,
     pub rules: Vec<AllowRule>,
     /// An on-demand poller not scraped for this long is stopped.
     pub idle: Duration,
@@ -111,11 +206,20 @@ impl OnDemand {
     /// Answers `/scrape?target=<requested>` within `deadline`.
     pub async fn scrape(&self, requested: &str, deadline: Duration) -> ScrapeAnswer {
         let settings = self.settings();
-        if settings.rules.is_empty() {
+        if settings.rules.is_empty() && !settings.on_scrape_targets {
             return ScrapeAnswer::Disabled;
         }
         let store = &self.ctx.store;
         let nodes = store.all();
+        // An on-scrape target by name: its roll-up, or its configured node (woken), alone.
+        if nodes
+            .iter()
+            .any(|((target, _), e)| target == requested && e.on_scrape)
+        {
+            let key = (requested.to_owned(), None);
+            self.ctx.wanted.wake(&key);
+            return self.answer(vec![key], deadline).await;
+        }
         // A configured target's name (an on-demand poller's name, its address, is answered
         // below, once it has polled).
         if !self.running().contains_key(requested)
@@ -139,6 +243,11 @@ impl OnDemand {
         };
         // Host names are case-insensitive: one poller per address however it is written.
         let address = url.address().to_ascii_lowercase();
+        // Nodes of on-scrape targets at that address: woken, and answered alone.
+        let woken = self.ctx.wanted.wake_at(&address);
+        if !woken.is_empty() {
+            return self.answer(woken, deadline).await;
+        }
         // An on-demand poller of this address answers below, once it has polled; anything else
         // already polled here is answered as it is: a configured target named like the address
         // (all its nodes), or the node polled at that address. Neither gets a second poller
@@ -151,9 +260,11 @@ impl OnDemand {
             }
             // Every entry polled at that address: the node, and where the address is a
             // cluster's or replica set's configured one, the target's roll-up beside it (the
-            // roll-up alone, first in the store's order, lost the node's own series).
-            let at_address =
-                |e: &crate::snapshot::NodeEntry| e.address.eq_ignore_ascii_case(&address);
+            // roll-up alone, first in the store's order, lost the node's own series). An
+            // on-scrape target's roll-up is answered by its name only.
+            let at_address = |e: &crate::snapshot::NodeEntry| {
+                !e.on_scrape && e.address.eq_ignore_ascii_case(&address)
+            };
             if nodes.iter().any(|(_, e)| at_address(e)) {
                 let mut out = String::new();
                 store.render_into(&mut out, |_, e| at_address(e));
@@ -166,7 +277,7 @@ impl OnDemand {
         if !self.start(&address, rule, &settings) {
             return ScrapeAnswer::TooMany;
         }
-        self.first_snapshot(&address, deadline).await
+        self.answer(vec![(address, None)], deadline).await
     }
 
     /// Starts a poller for an allowed address unless one runs; false when at the limit.
@@ -227,13 +338,16 @@ impl OnDemand {
         true
     }
 
-    async fn first_snapshot(&self, address: &str, deadline: Duration) -> ScrapeAnswer {
-        let key = (address.to_owned(), None);
+    /// Answers the nodes of `keys` once each has a snapshot (a node just woken or started
+    /// waits for its first poll), or at `deadline` those that have one.
+    async fn answer(&self, keys: Vec<NodeKey>, deadline: Duration) -> ScrapeAnswer {
+        let store = &self.ctx.store;
         let until = Instant::now() + deadline;
         loop {
-            if self.ctx.store.has_snapshot(&key) {
+            let polled = keys.iter().filter(|k| store.has_snapshot(k)).count();
+            if polled == keys.len() || (Instant::now() >= until && polled > 0) {
                 let mut out = String::new();
-                self.ctx.store.render_into(&mut out, |k, _| *k == key);
+                store.render_into(&mut out, |k, _| keys.contains(k));
                 return ScrapeAnswer::Metrics(out);
             }
             if Instant::now() >= until {

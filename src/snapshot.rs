@@ -37,8 +37,28 @@ pub struct NodeEntry {
     /// False for a cluster node flagged `fail`: still polled, not offered to `/discovery`.
     pub live: bool,
     pub snapshot: Option<Arc<Snapshot>>,
+    /// A node of a `polling: on_scrape` target (polled only while `/scrape` asks for it), or
+    /// such a target's roll-up: offered to `/discovery` whether polled or not, and not waited
+    /// for by readiness while dormant.
+    pub on_scrape: bool,
+    /// A target's roll-up (cluster, Sentinel): facts about the whole target, not one node.
+    pub roll_up: bool,
     /// The ticket of the task that reports for this node now.
     owner: Ticket,
+}
+
+impl NodeEntry {
+    /// A node polled only while scraped, and not polled now.
+    pub fn dormant(&self) -> bool {
+        self.on_scrape && !self.roll_up && self.snapshot.is_none()
+    }
+}
+
+/// What kind of entry [`SnapshotStore::declare`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EntryKind {
+    pub on_scrape: bool,
+    pub roll_up: bool,
 }
 
 /// What a task got when it declared a node with [`SnapshotStore::expect`]: only the holder of
@@ -74,23 +94,42 @@ impl SnapshotStore {
     /// as not ready until its first poll ends; one declared again keeps its last snapshot
     /// until the new reporter publishes.
     pub fn expect(&self, key: NodeKey, address: String) -> Ticket {
+        self.declare(key, address, EntryKind::default())
+    }
+
+    /// [`SnapshotStore::expect`], for an entry of the given kind.
+    pub fn declare(&self, key: NodeKey, address: String, kind: EntryKind) -> Ticket {
         let ticket = Ticket(self.tickets.fetch_add(1, Ordering::Relaxed));
         match self.write().entry(key) {
             Entry::Occupied(mut e) => {
                 let e = e.get_mut();
                 e.address = address;
                 e.owner = ticket;
+                e.on_scrape = kind.on_scrape;
+                e.roll_up = kind.roll_up;
             }
             Entry::Vacant(e) => {
                 e.insert(NodeEntry {
                     address,
                     live: true,
                     snapshot: None,
+                    on_scrape: kind.on_scrape,
+                    roll_up: kind.roll_up,
                     owner: ticket,
                 });
             }
         }
         ticket
+    }
+
+    /// Drops a node's snapshot, keeping the node (an on-scrape node that went dormant: its
+    /// next scrape waits for a fresh poll instead of being served old figures).
+    pub fn clear_snapshot(&self, key: &NodeKey, ticket: Ticket) {
+        if let Some(entry) = self.write().get_mut(key) {
+            if entry.owner == ticket {
+                entry.snapshot = None;
+            }
+        }
     }
 
     /// Marks a node live or not for discovery (its series stay).
@@ -147,9 +186,12 @@ impl SnapshotStore {
             .collect()
     }
 
-    /// True when every expected node has finished at least one poll, successful or not.
+    /// True when every expected node has finished at least one poll, successful or not
+    /// (dormant on-scrape nodes are not expected to).
     pub fn ready(&self) -> bool {
-        self.read().values().all(|e| e.snapshot.is_some())
+        self.read()
+            .values()
+            .all(|e| e.snapshot.is_some() || e.dormant())
     }
 
     /// The latest snapshots of the chosen nodes.
@@ -236,6 +278,47 @@ mod tests {
         assert!(store.has_snapshot(&key));
         store.forget(&key, newer);
         assert!(store.all().is_empty());
+    }
+
+    #[test]
+    fn dormant_on_scrape_nodes_do_not_hold_back_readiness_and_lose_their_snapshot_when_let_go() {
+        let store = SnapshotStore::new();
+        let key: NodeKey = ("t".into(), Some("n:1".into()));
+        let on_scrape = EntryKind {
+            on_scrape: true,
+            roll_up: false,
+        };
+        let ticket = store.declare(key.clone(), "n:1".into(), on_scrape);
+        assert!(store.ready(), "a dormant node is not waited for");
+        let roll_up = store.declare(
+            ("t".into(), None),
+            "n:1".into(),
+            EntryKind {
+                on_scrape: true,
+                roll_up: true,
+            },
+        );
+        assert!(
+            !store.ready(),
+            "an on-scrape target's roll-up is polled all the time"
+        );
+        store.publish(
+            roll_up,
+            Snapshot {
+                node: None,
+                ..snapshot("n:1", "rollup")
+            },
+        );
+        assert!(store.ready());
+        store.publish(ticket, snapshot("n:1", "woken"));
+        assert!(store.has_snapshot(&key));
+        // Only the node's current reporter lets it go; the entry stays for /discovery.
+        store.clear_snapshot(&key, Ticket(ticket.0 + 100));
+        assert!(store.has_snapshot(&key));
+        store.clear_snapshot(&key, ticket);
+        assert!(!store.has_snapshot(&key));
+        assert_eq!(store.all().len(), 2);
+        assert!(store.ready());
     }
 
     #[test]

@@ -9,13 +9,19 @@
 //!   states, slots per node, and `redis_cluster_failovers_total`.
 //! - `sentinel:`: the master and replicas Sentinel names, and the Sentinels themselves (see
 //!   [`crate::sentinel`]).
+//!
+//! A `polling: on_scrape` target is discovered the same way, but each node's poller runs only
+//! while `/scrape` asks for the node (see [`crate::scrape`]); between, the node is listed at
+//! `/discovery` and not polled. The roll-ups are kept up all the time (they cost one command
+//! per interval), and a master's replicas are found with `INFO replication` of its own.
 
 use crate::collector::cluster::{parse_cluster_nodes, use_asked_address, ClusterNode};
 use crate::collector::value_text;
 use crate::config::{RedisUrl, Target};
 use crate::metrics::{FamilySet, Kind};
 use crate::poller::{open_connection, NodePoller, PollContext};
-use crate::snapshot::{NodeKey, Snapshot, Ticket};
+use crate::scrape::Registration;
+use crate::snapshot::{EntryKind, NodeKey, Snapshot, Ticket};
 use redis::aio::MultiplexedConnection;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,12 +41,97 @@ pub async fn run_target(target: Arc<Target>, ctx: PollContext, shutdown: watch::
     } else if target.follow_replicas {
         run_with_replicas(target, ctx, shutdown).await;
     } else {
-        let poller = with_sampler(
-            NodePoller::new(target.clone(), None, &ctx),
-            &target,
-            &shutdown,
-        );
-        poller.run(shutdown).await;
+        let (task, _) = spawn_node(target, None, &ctx, shutdown);
+        let _ = task.await;
+    }
+}
+
+/// Starts a node's task: its poller (with the target's keyspace tasks), or for a `polling:
+/// on_scrape` target, a task that runs the poller only while `/scrape` asks for the node.
+/// Returns the task and the ticket of the node's entry in the store.
+fn spawn_node(
+    target: Arc<Target>,
+    node: Option<String>,
+    ctx: &PollContext,
+    stop: watch::Receiver<bool>,
+) -> (JoinHandle<()>, Ticket) {
+    let Some(idle) = target.on_scrape else {
+        let poller = NodePoller::new(target.clone(), node, ctx);
+        let ticket = poller.ticket();
+        let poller = with_sampler(poller, &target, &stop);
+        return (tokio::spawn(poller.run(stop)), ticket);
+    };
+    let key = (target.name.clone(), node.clone());
+    let address = target.url.address();
+    let kind = EntryKind {
+        on_scrape: true,
+        roll_up: false,
+    };
+    let ticket = ctx.store.declare(key.clone(), address.clone(), kind);
+    let (wanted, registration) = ctx.wanted.register(key, &address, ticket);
+    let dormant = Dormant {
+        target,
+        node,
+        ctx: ctx.clone(),
+        ticket,
+        idle,
+        wanted,
+        _registration: registration,
+    };
+    (tokio::spawn(dormant.run(stop)), ticket)
+}
+
+/// A node of an on-scrape target: polled from the first scrape that asks for it until `idle`
+/// passes without one, then dormant (no connection, no snapshot) until the next.
+struct Dormant {
+    target: Arc<Target>,
+    node: Option<String>,
+    ctx: PollContext,
+    ticket: Ticket,
+    idle: Duration,
+    /// When a scrape last asked for the node.
+    wanted: watch::Receiver<Instant>,
+    _registration: Registration,
+}
+
+impl Dormant {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let key = (self.target.name.clone(), self.node.clone());
+        loop {
+            tokio::select! {
+                changed = self.wanted.changed() => if changed.is_err() { break },
+                _ = stop.changed() => break,
+            }
+            if *stop.borrow() {
+                break;
+            }
+            tracing::debug!(target_name = %self.target.name, address = %self.target.url.address(), "scraped: polling");
+            let (halt, halted) = watch::channel(false);
+            let poller = NodePoller::declared(
+                self.target.clone(),
+                self.node.clone(),
+                &self.ctx,
+                self.ticket,
+            );
+            let poller = with_sampler(poller, &self.target, &halted);
+            let task = tokio::spawn(poller.run(halted));
+            let stopping = loop {
+                let last = *self.wanted.borrow_and_update();
+                tokio::select! {
+                    _ = tokio::time::sleep_until((last + self.idle).into()) => break false,
+                    changed = self.wanted.changed() => if changed.is_err() { break true },
+                    _ = stop.changed() => break true,
+                }
+            };
+            let _ = halt.send(true);
+            join_or_abort(task, Duration::from_secs(2)).await;
+            if stopping {
+                break;
+            }
+            self.ctx.store.clear_snapshot(&key, self.ticket);
+            tracing::debug!(target_name = %self.target.name, address = %self.target.url.address(), "not scraped for scrape_idle: dormant");
+        }
+        self.ctx.store.forget(&key, self.ticket);
     }
 }
 
@@ -138,13 +229,14 @@ impl Children {
                     continue;
                 }
             };
-            tracing::info!(target_name = %self.target.name, node = %addr, "node found; polling it");
+            if node_target.on_scrape.is_some() {
+                tracing::info!(target_name = %self.target.name, node = %addr, "node found; polled while scraped");
+            } else {
+                tracing::info!(target_name = %self.target.name, node = %addr, "node found; polling it");
+            }
             let (stop_tx, stop_rx) = watch::channel(false);
-            let poller = NodePoller::new(node_target.clone(), Some(addr.clone()), &self.ctx);
-            let ticket = poller.ticket();
-            let poller = with_sampler(poller, &node_target, &stop_rx);
-            self.running
-                .insert(addr, (tokio::spawn(poller.run(stop_rx)), stop_tx, ticket));
+            let (task, ticket) = spawn_node(node_target, Some(addr.clone()), &self.ctx, stop_rx);
+            self.running.insert(addr, (task, stop_tx, ticket));
         }
     }
 
@@ -171,13 +263,19 @@ async fn run_with_replicas(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (tx, mut replicas) = watch::channel(Vec::new());
-    let master = with_sampler(
-        NodePoller::new(target.clone(), None, &ctx),
-        &target,
-        &shutdown,
-    )
-    .report_replicas(tx);
-    let master_task = tokio::spawn(master.run(shutdown.clone()));
+    let master_task = if target.on_scrape.is_some() {
+        // The master is not polled while nobody scrapes it: its replicas are asked for apart.
+        tokio::spawn(ask_replicas(target.clone(), tx, shutdown.clone()));
+        spawn_node(target.clone(), None, &ctx, shutdown.clone()).0
+    } else {
+        let master = with_sampler(
+            NodePoller::new(target.clone(), None, &ctx),
+            &target,
+            &shutdown,
+        )
+        .report_replicas(tx);
+        tokio::spawn(master.run(shutdown.clone()))
+    };
     let mut children = Children::new(target, ctx);
     loop {
         tokio::select! {
@@ -193,6 +291,62 @@ async fn run_with_replicas(
     }
     children.stop_all().await;
     let _ = master_task.await;
+}
+
+/// Sleeps until `next`: true then, false once `shutdown` turns true (or its sender is gone).
+async fn tick(next: tokio::time::Instant, shutdown: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        tokio::select! {
+            _ = sleep_until(next) => return true,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Reports the replicas the master lists in `INFO replication`, asked every poll interval over
+/// a connection of its own, until shutdown.
+async fn ask_replicas(
+    target: Arc<Target>,
+    tx: watch::Sender<Vec<String>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = target.poll_timeout;
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut next = tokio::time::Instant::now();
+    while tick(next, &mut shutdown).await {
+        next = (next + target.poll_interval).max(tokio::time::Instant::now());
+        if conn.is_none() {
+            conn = timeout(limit, open_connection(&target, &target.url))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let reply: Option<redis::Value> =
+            timeout(limit, redis::cmd("INFO").arg("replication").query_async(c))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        let Some(text) = reply.as_ref().and_then(value_text) else {
+            conn = None;
+            continue;
+        };
+        let info = crate::collector::info::parse_info(&text);
+        let mut replicas: Vec<String> = crate::collector::info::replica_lines(&info)
+            .iter()
+            .map(|r| crate::collector::info::replica_address(&r.ip, &r.port))
+            .collect();
+        replicas.sort();
+        tx.send_if_modified(|known| {
+            let changed = *known != replicas;
+            *known = replicas;
+            changed
+        });
+    }
 }
 
 /// The roll-up facts of one `CLUSTER NODES` view, with failovers counted across views.
@@ -335,10 +489,15 @@ struct ClusterView {
 }
 
 /// The target-level node of a discovered topology (cluster, Sentinel): expected in the store
-/// but not offered to `/discovery`, since it is not a node Prometheus should scrape.
+/// but not offered to `/discovery` as a node (it is served with its seed's address), except
+/// for an on-scrape target, where `/discovery` lists it under the target's name.
 pub(crate) fn expect_roll_up(target: &Target, ctx: &PollContext) -> (NodeKey, Ticket) {
     let key = (target.name.clone(), None);
-    let ticket = ctx.store.expect(key.clone(), target.url.address());
+    let kind = EntryKind {
+        on_scrape: target.on_scrape.is_some(),
+        roll_up: true,
+    };
+    let ticket = ctx.store.declare(key.clone(), target.url.address(), kind);
     ctx.store.set_live(&key, false);
     (key, ticket)
 }
@@ -397,14 +556,7 @@ impl ClusterView {
         let mut children = Children::new(self.target.clone(), self.ctx.clone());
         let interval = self.target.poll_interval;
         let mut next = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = sleep_until(next) => {}
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { break; }
-                    continue;
-                }
-            }
+        while tick(next, &mut shutdown).await {
             let started = Instant::now();
             let nodes = self.fetch_nodes().await;
             let mut set = match &nodes {

@@ -435,6 +435,15 @@ pub struct ReplicaLine {
     pub lag: f64,
 }
 
+/// `ip:port` of a replica its master lists, as the replica is polled (`[ip]:port` for IPv6).
+pub fn replica_address(ip: &str, port: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
 /// The replicas a master lists in INFO replication.
 pub fn replica_lines(info: &Info) -> Vec<ReplicaLine> {
     info.fields()

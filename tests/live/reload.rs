@@ -24,15 +24,6 @@ fn port_of(m: &Exposition, target: &str) -> Option<String> {
         .and_then(|l| l.labels.get("tcp_port").cloned())
 }
 
-/// The ids of the connections named redis-lookout on `redis`.
-fn lookout_connections(redis: &RedisServer) -> Vec<String> {
-    let list: String = redis.cmd(&["CLIENT", "LIST"]);
-    list.lines()
-        .filter(|l| l.contains("name=redis-lookout "))
-        .filter_map(|l| l.split(' ').next().map(str::to_owned))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_applies_target_changes_and_keeps_what_did_not_change() {
     let (a, b, c) = (
@@ -59,7 +50,7 @@ async fn a_reload_applies_target_changes_and_keeps_what_did_not_change() {
     );
     let before = d.metrics().await;
     assert_eq!(port_of(&before, "moved"), Some(b.port.to_string()));
-    let kept_connection = lookout_connections(&a);
+    let kept_connection = a.lookout_connections();
     assert_eq!(kept_connection.len(), 1, "{kept_connection:?}");
 
     // `moved` now points elsewhere, `dropped` goes, `added` comes, `kept` stays as it was; the
@@ -94,12 +85,12 @@ async fn a_reload_applies_target_changes_and_keeps_what_did_not_change() {
         })
         .await;
     // The unchanged target kept its task: the same connection, and its poll count went on.
-    assert_eq!(lookout_connections(&a), kept_connection);
+    assert_eq!(a.lookout_connections(), kept_connection);
     assert_eq!(m.connections_opened("kept"), Some(1.0));
     assert!(m.polls("kept") >= before.polls("kept"));
     // The stopped tasks closed theirs: `dropped` polled c and `moved` polled b before.
     wait_for("old connections closed", WAIT, || async {
-        (lookout_connections(&b).len() == 1 && lookout_connections(&c).len() == 1).then_some(())
+        (b.lookout_connections().len() == 1 && c.lookout_connections().len() == 1).then_some(())
     })
     .await;
     assert_eq!(

@@ -660,6 +660,15 @@ impl RedisCluster {
 }
 
 impl RedisServer {
+    /// The ids of the connections named redis-lookout on this server.
+    pub fn lookout_connections(&self) -> Vec<String> {
+        let list: String = self.cmd(&["CLIENT", "LIST"]);
+        list.lines()
+            .filter(|l| l.contains("name=redis-lookout "))
+            .filter_map(|l| l.split(' ').next().map(str::to_owned))
+            .collect()
+    }
+
     /// A field of `CLUSTER INFO`.
     pub fn info_field_cluster(&self, field: &str) -> String {
         let Ok(mut conn) = self.client().get_connection() else {
@@ -1263,6 +1272,11 @@ impl Drop for LoopbackServer {
     }
 }
 
+/// A file of this repository.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
 /// Asserts that `promtool check config` accepts a Prometheus config file.
 pub fn assert_promtool_accepts_config(path: &Path) {
     let out = Command::new("promtool")
@@ -1561,5 +1575,93 @@ impl Drop for PinnedApart {
             .args(["-a", "-p", "-c", &self.all, &std::process::id().to_string()])
             .stdout(Stdio::null())
             .status();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A real Prometheus.
+
+/// `/usr/bin/prometheus` on a free loopback port with its TSDB in a temp dir; killed on drop.
+pub struct Prometheus {
+    pub server: LoopbackServer,
+}
+
+impl Prometheus {
+    pub async fn start(config: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("prometheus.yml");
+        std::fs::write(&file, config).unwrap();
+        assert_promtool_accepts_config(&file);
+        let args = [
+            format!("--config.file={}", file.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+        ];
+        Prometheus {
+            server: LoopbackServer::start("prometheus", &args, dir).await,
+        }
+    }
+
+    pub async fn api(&self, path: &str) -> Result<serde_json::Value, String> {
+        let (status, body) = http_get(self.server.addr, path).await;
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
+        if json["status"] == "success" {
+            Ok(json["data"].clone())
+        } else {
+            Err(format!(
+                "{}: {}",
+                json["errorType"].as_str().unwrap_or_default(),
+                json["error"].as_str().unwrap_or_default()
+            ))
+        }
+    }
+
+    /// An instant query: the series it returns (a scalar counts as one), or the error.
+    pub async fn query(&self, expr: &str) -> Result<Vec<serde_json::Value>, String> {
+        let encoded: String = url::form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+        let data = self.api(&format!("/api/v1/query?query={encoded}")).await?;
+        match data["resultType"].as_str() {
+            Some("vector") | Some("matrix") => {
+                Ok(data["result"].as_array().cloned().unwrap_or_default())
+            }
+            _ => Ok(vec![data["result"].clone()]),
+        }
+    }
+
+    /// Like `query`, but an empty result is asked again for a few seconds: a poll that timed out
+    /// on a busy machine leaves a node's series stale for one scrape, not a broken query.
+    pub async fn query_expecting_series(
+        &self,
+        expr: &str,
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let result = self.query(expr).await;
+            let empty = result.as_ref().is_ok_and(|s| s.is_empty());
+            if !empty || std::time::Instant::now() > deadline {
+                return result;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn has_series(&self, expr: &str) -> bool {
+        self.query_expecting_series(expr)
+            .await
+            .is_ok_and(|r| !r.is_empty())
+    }
+
+    /// Values of a label on the series of `selector`, as Grafana's `label_values()` asks.
+    pub async fn label_values(&self, label: &str, selector: &str) -> Vec<String> {
+        let encoded: String = url::form_urlencoded::byte_serialize(selector.as_bytes()).collect();
+        let data = self
+            .api(&format!("/api/v1/label/{label}/values?match[]={encoded}"))
+            .await
+            .expect("label values");
+        data.as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
     }
 }

@@ -553,3 +553,211 @@ async fn the_keyspace_sampler_runs_on_each_primary_of_a_cluster() {
     assert!(per_node.iter().all(|(n, _)| masters.contains(n)));
     d.stop().await;
 }
+
+/// The documented sharded config (`docs/prometheus/sharded-discovery.yml`) for two processes at
+/// `a` and `b`, with only their addresses, the intervals and the rule file's path changed.
+fn sharded_prometheus_config(a: std::net::SocketAddr, b: std::net::SocketAddr) -> String {
+    let text = std::fs::read_to_string(repo("docs/prometheus/sharded-discovery.yml")).unwrap();
+    let text = text
+        .replace("127.0.0.1:9121", &a.to_string())
+        .replace("127.0.0.1:9122", &b.to_string());
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("documented config");
+    let global = config["global"].as_mapping_mut().expect("global:");
+    for key in ["scrape_interval", "evaluation_interval", "scrape_timeout"] {
+        global.insert(key.into(), "1s".into());
+    }
+    let rules = config["rule_files"].as_sequence_mut().expect("rule_files:");
+    rules[0] = repo("alerts/redis.rules.yml").display().to_string().into();
+    let jobs = config["scrape_configs"].as_sequence_mut().expect("jobs");
+    for sd in jobs[0]["http_sd_configs"]
+        .as_sequence_mut()
+        .expect("http_sd_configs")
+    {
+        sd["refresh_interval"] = "1s".into();
+    }
+    serde_yaml::to_string(&config).unwrap()
+}
+
+/// The nodes whose `redis_up` a process serves at /metrics (those it polls now).
+async fn polled_nodes(d: &Daemon) -> BTreeSet<String> {
+    d.metrics()
+        .await
+        .all("redis_up")
+        .iter()
+        .filter_map(|l| l.labels.get("node").cloned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_sharded_over_two_processes_is_polled_once_per_node_under_one_set_of_labels() {
+    let cluster = RedisCluster::start().await;
+    let yaml = format!(
+        "poll_interval: 500ms\npoll_timeout: 400ms\nscrape_idle: 3s\npolling: on_scrape\ntargets:\n  - name: prod\n    url: redis://{}\n    cluster: true\n",
+        cluster.addr(0)
+    );
+    let (a, b) = (Daemon::start(&yaml).await, Daemon::start(&yaml).await);
+    let all: BTreeSet<String> = (0..6).map(|i| cluster.addr(i)).collect();
+    let mut listed = all.clone();
+    listed.insert("prod".into());
+    for d in [&a, &b] {
+        wait_for(
+            "each process lists every node and the roll-up",
+            WAIT,
+            || {
+                let listed = listed.clone();
+                async move { (discovered(d).await == listed).then_some(()) }
+            },
+        )
+        .await;
+        assert!(
+            polled_nodes(d).await.is_empty(),
+            "no node is polled before a scrape asks"
+        );
+    }
+    let connections =
+        |c: &RedisCluster| -> usize { c.nodes.iter().map(|n| n.lookout_connections().len()).sum() };
+    assert_eq!(
+        connections(&cluster),
+        2,
+        "one CLUSTER NODES connection per process, nothing else"
+    );
+
+    let prometheus = Prometheus::start(&sharded_prometheus_config(a.addr, b.addr)).await;
+    // Each node once, labelled target="prod", node="<address>" whichever process answered.
+    let ups = |series: &[serde_json::Value]| -> Vec<(String, String, String)> {
+        let mut out: Vec<(String, String, String)> = series
+            .iter()
+            .map(|s| {
+                let label = |k: &str| s["metric"][k].as_str().unwrap_or_default().to_owned();
+                (
+                    label("node"),
+                    label("target"),
+                    s["value"][1].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let want: Vec<(String, String, String)> = all
+        .iter()
+        .map(|n| (n.clone(), "prod".to_owned(), "1".to_owned()))
+        .collect();
+    let prom = &prometheus;
+    wait_for(
+        "Prometheus has redis_up 1 once per node",
+        Duration::from_secs(60),
+        || {
+            let want = want.clone();
+            async move {
+                let series = prom.query("redis_up{job=\"redis-nodes\"}").await.ok()?;
+                (ups(&series) == want).then_some(())
+            }
+        },
+    )
+    .await;
+    let masters = prom
+        .query_expecting_series("redis_cluster_masters_online{job=\"redis-nodes\"}")
+        .await
+        .unwrap();
+    assert_eq!(masters.len(), 1, "one roll-up series: {masters:?}");
+    assert_eq!(masters[0]["metric"]["target"], "prod");
+    assert_eq!(masters[0]["value"][1], "3");
+    let instances = prom
+        .query("count by (node) (redis_instance_info{job=\"redis-nodes\"})")
+        .await
+        .unwrap();
+    assert_eq!(instances.len(), 6, "{instances:?}");
+    assert!(
+        instances.iter().all(|s| s["value"][1] == "1"),
+        "no node answered by both processes: {instances:?}"
+    );
+
+    // Each process polls the nodes hashed to it, and only those.
+    let (on_a, on_b) = (polled_nodes(&a).await, polled_nodes(&b).await);
+    assert!(on_a.is_disjoint(&on_b), "{on_a:?} {on_b:?}");
+    assert_eq!(on_a.union(&on_b).cloned().collect::<BTreeSet<_>>(), all);
+
+    // Nobody scrapes any more: after scrape_idle every node is let go, its connection too.
+    drop(prometheus);
+    wait_for("every node dormant again", WAIT, || async {
+        let idle = polled_nodes(&a).await.is_empty()
+            && polled_nodes(&b).await.is_empty()
+            && connections(&cluster) == 2;
+        idle.then_some(())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_scrape_target_and_its_replica_are_polled_only_while_scraped() {
+    let master = RedisServer::start(&[]);
+    let replica = RedisServer::replica_of(&master);
+    let (m_addr, r_addr) = (
+        format!("127.0.0.1:{}", master.port),
+        format!("127.0.0.1:{}", replica.port),
+    );
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\npoll_timeout: 250ms\nscrape_idle: 2s\ntargets:\n  - name: cache\n    url: redis://{m_addr}\n    follow_replicas: true\n    polling: on_scrape\n"
+    ))
+    .await;
+    // Ready without a poll: nothing is to be polled before a scrape.
+    let (status, _) = http_get(d.addr, "/-/ready").await;
+    assert_eq!(status, 200);
+    // The replica is found by the master's INFO replication, asked apart from polling.
+    let both: BTreeSet<String> = [m_addr.clone(), r_addr.clone()].into();
+    wait_for("discovery lists the master and its replica", WAIT, || {
+        let both = both.clone();
+        let d = &d;
+        async move { (discovered(d).await == both).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        master.lookout_connections().len(),
+        1,
+        "the replica finder's"
+    );
+    assert!(replica.lookout_connections().is_empty());
+    assert!(!d.body().await.contains("redis_up"), "nothing polled yet");
+
+    // The replica by its address: its series alone, under the target's name and its node.
+    let (status, body) = http_get(d.addr, &format!("/scrape?target={r_addr}")).await;
+    assert_eq!(status, 200, "{body}");
+    let scraped = Exposition::parse(&body);
+    assert_eq!(scraped.all("redis_up").len(), 1, "{body}");
+    assert_eq!(
+        scraped.value(
+            "redis_up",
+            &[("target", "cache"), ("node", r_addr.as_str())]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(replica.lookout_connections().len(), 1);
+    // The target by name: its configured node (the master) alone, without a node label.
+    let (status, body) = http_get(d.addr, "/scrape?target=cache").await;
+    assert_eq!(status, 200, "{body}");
+    let scraped = Exposition::parse(&body);
+    let ups = scraped.all("redis_up");
+    assert_eq!(ups.len(), 1, "{body}");
+    assert_eq!(
+        ups[0].labels.get("target").map(String::as_str),
+        Some("cache")
+    );
+    assert!(!ups[0].labels.contains_key("node"));
+    assert_eq!(ups[0].value, 1.0);
+    // Anything else is still refused: there is no allow-list.
+    let (status, _) = http_get(d.addr, "/scrape?target=127.0.0.1:1").await;
+    assert_eq!(status, 403);
+
+    // Not scraped for scrape_idle: both let go, series and connections.
+    wait_for("master and replica dormant again", WAIT, || async {
+        let idle = !d.body().await.contains("redis_up")
+            && replica.lookout_connections().is_empty()
+            && master.lookout_connections().len() == 1;
+        idle.then_some(())
+    })
+    .await;
+    d.stop().await;
+}
