@@ -537,7 +537,7 @@ async fn scrape(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
         ScrapeAnswer::Disabled => response(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "/scrape is off: list allowed hosts under scrape_allow in the config\n",
+            "/scrape is off: list allowed hosts under scrape_allow in the config, or set polling: on_scrape\n",
         ),
         ScrapeAnswer::BadTarget(why) => {
             response(StatusCode::BAD_REQUEST, "text/plain", format!("{why}\n"))

@@ -382,3 +382,68 @@ async fn sentinels_and_data_nodes_get_their_own_passwords_and_neither_leaks() {
     }
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_scrape_sentinel_target_lists_every_node_and_polls_only_what_is_scraped() {
+    let s = setup().await;
+    let d = Daemon::start(&format!(
+        "scrape_idle: 2s\npolling: on_scrape\n{}",
+        config(&s)
+    ))
+    .await;
+    let mut want: std::collections::BTreeSet<String> = s
+        .replicas
+        .iter()
+        .chain(&s.sentinels)
+        .chain([&s.master])
+        .map(addr)
+        .collect();
+    want.insert("ha".into());
+    wait_for(
+        "discovery lists the master, replicas, Sentinels and the roll-up",
+        WAIT,
+        || {
+            let want = want.clone();
+            let d = &d;
+            async move { (d.discovered().await == want).then_some(()) }
+        },
+    )
+    .await;
+    assert!(!d.body().await.contains("redis_up"), "nothing polled yet");
+    assert!(s.master.lookout_connections().is_empty());
+
+    // The roll-up by the target's name; the master and a Sentinel by their addresses.
+    let scrape = |target: String| {
+        let d = &d;
+        async move {
+            let (status, body) = http_get(d.addr, &format!("/scrape?target={target}")).await;
+            assert_eq!(status, 200, "{target}: {body}");
+            Exposition::parse(&body)
+        }
+    };
+    let roll_up = scrape("ha".into()).await;
+    assert_eq!(
+        roll_up.value("redis_lookout_sentinel_view_up", &[("target", "ha")]),
+        Some(1.0)
+    );
+    assert!(roll_up.all("redis_up").is_empty(), "the roll-up alone");
+    let master = addr(&s.master);
+    let node = scrape(master.clone()).await;
+    assert_eq!(
+        node.value("redis_up", &[("target", "ha"), ("node", master.as_str())]),
+        Some(1.0)
+    );
+    assert_eq!(node.all("redis_up").len(), 1);
+    assert_eq!(s.master.lookout_connections().len(), 1);
+    let sentinel = addr(&s.sentinels[0]);
+    let node = scrape(sentinel.clone()).await;
+    assert_eq!(
+        node.value("redis_sentinel_masters", &[("node", sentinel.as_str())]),
+        Some(1.0)
+    );
+    wait_for("the master let go after scrape_idle", WAIT, || async {
+        s.master.lookout_connections().is_empty().then_some(())
+    })
+    .await;
+    d.stop().await;
+}

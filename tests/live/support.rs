@@ -741,6 +741,20 @@ impl Daemon {
         }
     }
 
+    /// The addresses `/discovery` lists (each group's targets).
+    pub async fn discovered(&self) -> std::collections::BTreeSet<String> {
+        let (status, body) = http_get(self.addr, "/discovery").await;
+        assert_eq!(status, 200);
+        let groups: serde_json::Value = serde_json::from_str(&body).expect("discovery JSON");
+        groups
+            .as_array()
+            .expect("a list of groups")
+            .iter()
+            .flat_map(|g| g["targets"].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect()
+    }
+
     pub async fn metrics(&self) -> Exposition {
         Exposition::parse(&self.body().await)
     }

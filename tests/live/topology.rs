@@ -153,19 +153,6 @@ fn roles_by_node(m: &Exposition) -> Vec<(String, String)> {
     out
 }
 
-async fn discovered(d: &Daemon) -> BTreeSet<String> {
-    let (status, body) = http_get(d.addr, "/discovery").await;
-    assert_eq!(status, 200);
-    let groups: serde_json::Value = serde_json::from_str(&body).expect("discovery JSON");
-    groups
-        .as_array()
-        .expect("a list of groups")
-        .iter()
-        .flat_map(|g| g["targets"].as_array().cloned().unwrap_or_default())
-        .filter_map(|t| t.as_str().map(str::to_owned))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
     let mut cluster = RedisCluster::start().await;
@@ -199,7 +186,7 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
         6
     );
     assert_eq!(m.sum("redis_cluster_node_slots", &[]), 16384.0);
-    assert_eq!(discovered(&d).await, all, "discovery lists every node");
+    assert_eq!(d.discovered().await, all, "discovery lists every node");
     // /scrape of the seed's address (as a per-node scrape of /discovery's list asks): the
     // node's own series, and the cluster's roll-up polled at that address beside them.
     let seed = cluster.addr(0);
@@ -304,7 +291,7 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
     wait_for("discovery lists exactly the live nodes", WAIT, || {
         let live = live.clone();
         let d = &d;
-        async move { (discovered(d).await == live).then_some(()) }
+        async move { (d.discovered().await == live).then_some(()) }
     })
     .await;
     d.stop().await;
@@ -605,7 +592,7 @@ async fn a_cluster_sharded_over_two_processes_is_polled_once_per_node_under_one_
             WAIT,
             || {
                 let listed = listed.clone();
-                async move { (discovered(d).await == listed).then_some(()) }
+                async move { (d.discovered().await == listed).then_some(()) }
             },
         )
         .await;
@@ -711,7 +698,7 @@ async fn an_on_scrape_target_and_its_replica_are_polled_only_while_scraped() {
     wait_for("discovery lists the master and its replica", WAIT, || {
         let both = both.clone();
         let d = &d;
-        async move { (discovered(d).await == both).then_some(()) }
+        async move { (d.discovered().await == both).then_some(()) }
     })
     .await;
     assert_eq!(
