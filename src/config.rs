@@ -19,6 +19,8 @@ pub const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_CONFIG_REFRESH: Duration = Duration::from_secs(60);
+/// How long an on-demand or on-scrape node is polled after the last scrape that asked for it.
+pub const DEFAULT_SCRAPE_IDLE: Duration = Duration::from_secs(600);
 pub const DEFAULT_COMMAND_STATS_REFRESH: Duration = Duration::from_secs(30);
 /// `/metrics` responses in flight at once, as node_exporter's `--web.max-requests`.
 pub const DEFAULT_MAX_REQUESTS: usize = 40;
@@ -627,9 +629,9 @@ pub struct Target {
     pub sentinel: Option<SentinelTarget>,
     /// The watched keys, streams and counted patterns, when configured.
     pub watch: Option<crate::keyspace::watched::WatchConfig>,
-    /// `polling: on_scrape`: a node is polled only while `/scrape` asks for it, and stops this
-    /// long (`scrape_idle`) after the last such scrape; None: polled all the time.
-    pub on_scrape: Option<Duration>,
+    /// `polling: on_scrape`: a node is polled only while `/scrape` asks for it, and stops
+    /// `scrape_idle` after the last such scrape; false: polled all the time.
+    pub on_scrape: bool,
 }
 
 /// How to reach the Sentinels of a Sentinel-defined target.
@@ -668,7 +670,7 @@ impl Target {
             sentinel: None,
             watch: None,
             tls: Default::default(),
-            on_scrape: None,
+            on_scrape: false,
         }
     }
 
@@ -1042,7 +1044,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
     if let Some((key, message)) = poll_times_problem(poll_interval, poll_timeout) {
         return Err(global(key, flag_given(key), message));
     }
-    let scrape_idle = f.scrape_idle.unwrap_or(Duration::from_secs(600));
+    let scrape_idle = f.scrape_idle.unwrap_or(DEFAULT_SCRAPE_IDLE);
     if scrape_idle < Duration::from_secs(1) {
         return Err(at(
             &[Key("scrape_idle")],
@@ -1309,8 +1311,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             follow_replicas: t.follow_replicas,
             cluster: t.cluster,
             seeds: t.seeds,
-            on_scrape: (t.polling.or(f.polling).unwrap_or_default() == Polling::OnScrape)
-                .then_some(scrape_idle),
+            on_scrape: t.polling.or(f.polling).unwrap_or_default() == Polling::OnScrape,
         });
     }
 
@@ -1587,14 +1588,15 @@ mod tests {
             "scrape_idle: 30s\npolling: on_scrape\ntargets:\n  - name: a\n    url: redis://x\n  - name: b\n    url: redis://y\n    polling: continuous\n",
         )
         .unwrap();
-        assert_eq!(c.targets[0].on_scrape, Some(Duration::from_secs(30)));
-        assert_eq!(c.targets[1].on_scrape, None);
+        assert!(c.targets[0].on_scrape);
+        assert!(!c.targets[1].on_scrape);
+        assert_eq!(c.scrape_idle, Duration::from_secs(30));
         let c = load("targets:\n  - url: redis://x\n    polling: on_scrape\n").unwrap();
-        assert_eq!(c.targets[0].on_scrape, Some(Duration::from_secs(600)));
-        assert_eq!(
-            load("targets:\n  - url: redis://x\n").unwrap().targets[0].on_scrape,
-            None
-        );
+        assert!(c.targets[0].on_scrape);
+        // scrape_idle is not part of a target: changing it on reload restarts none.
+        let other = load("scrape_idle: 1m\ntargets:\n  - url: redis://x\n    polling: on_scrape\n");
+        assert_eq!(other.unwrap().targets, c.targets);
+        assert!(!load("targets:\n  - url: redis://x\n").unwrap().targets[0].on_scrape);
         let err = load("targets:\n  - url: redis://x\n    polling: lazily\n")
             .unwrap_err()
             .to_string();

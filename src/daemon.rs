@@ -203,7 +203,7 @@ struct AlertControl {
 
 fn on_demand_settings(config: &Config) -> OnDemandSettings {
     OnDemandSettings {
-        on_scrape_targets: config.targets.iter().any(|t| t.on_scrape.is_some()),
+        on_scrape_targets: config.targets.iter().any(|t| t.on_scrape),
         rules: config.scrape_allow.clone(),
         idle: config.scrape_idle,
         poll_interval: config.poll_interval,

@@ -569,11 +569,12 @@ fn discovery(state: &AppState) -> String {
         .into_iter()
         .filter(|((_, node), entry)| {
             // Configured nodes are always listed (a down one must show redis_up 0); discovered
-            // ones while they are live members. Nodes of on-scrape targets are listed while
-            // live members whether polled now or not (polling them is what a scrape starts),
-            // and their targets' roll-ups too (other roll-ups come with their seed's address).
+            // ones while they are live members. Nodes of on-scrape targets are listed whether
+            // polled now or not, for as long as they belong to the topology, failed or not:
+            // nothing else polls them, so one dropped from the list could never show
+            // redis_up 0. Their targets' roll-ups too (others come with their seed's address).
             if entry.on_scrape {
-                entry.live || entry.roll_up
+                true
             } else {
                 entry.live && (node.is_none() || entry.snapshot.as_ref().is_some_and(|s| s.up))
             }

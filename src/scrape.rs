@@ -54,9 +54,20 @@ impl Running {
 }
 
 /// The nodes of `polling: on_scrape` targets, each with the clock `/scrape` sets to wake it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Wanted {
     nodes: Mutex<BTreeMap<NodeKey, Waker>>,
+    /// `scrape_idle`: how long a woken node is polled after the last scrape that asked for it.
+    idle: std::sync::RwLock<Duration>,
+}
+
+impl Default for Wanted {
+    fn default() -> Self {
+        Self {
+            nodes: Mutex::default(),
+            idle: std::sync::RwLock::new(crate::config::DEFAULT_SCRAPE_IDLE),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -117,6 +128,15 @@ impl Wanted {
         (rx, registration)
     }
 
+    /// `scrape_idle` as configured now.
+    pub fn idle(&self) -> Duration {
+        *self.idle.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_idle(&self, idle: Duration) {
+        *self.idle.write().unwrap_or_else(|e| e.into_inner()) = idle;
+    }
+
     /// Wakes the node of `key`, if registered.
     pub fn wake(&self, key: &NodeKey) {
         if let Some(w) = self.nodes().get(key) {
@@ -165,6 +185,7 @@ impl OnDemand {
         settings: OnDemandSettings,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<Self> {
+        ctx.wanted.set_idle(settings.idle);
         Arc::new(Self {
             ctx,
             settings: std::sync::RwLock::new(Arc::new(settings)),
@@ -193,6 +214,7 @@ impl OnDemand {
             if **current == settings {
                 return 0;
             }
+            self.ctx.wanted.set_idle(settings.idle);
             *current = Arc::new(settings);
         }
         let mut running = self.running();
@@ -211,14 +233,22 @@ impl OnDemand {
         }
         let store = &self.ctx.store;
         let nodes = store.all();
-        // An on-scrape target by name: its roll-up, or its configured node (woken), alone.
+        // An on-scrape target by name: its roll-up, or its configured node (woken), alone;
+        // and where the name is an address (an unnamed target's), the nodes polled there too,
+        // which /discovery lists under the same address.
         if nodes
             .iter()
             .any(|((target, _), e)| target == requested && e.on_scrape)
         {
             let key = (requested.to_owned(), None);
             self.ctx.wanted.wake(&key);
-            return self.answer(vec![key], deadline).await;
+            let mut at = match RedisUrl::parse(requested) {
+                Ok(url) => self.ctx.wanted.wake_at(&url.address().to_ascii_lowercase()),
+                Err(_) => Vec::new(),
+            };
+            at.retain(|k| *k != key);
+            at.insert(0, key);
+            return self.answer(at, deadline).await;
         }
         // A configured target's name (an on-demand poller's name, its address, is answered
         // below, once it has polled).

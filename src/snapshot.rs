@@ -107,6 +107,11 @@ impl SnapshotStore {
                 e.owner = ticket;
                 e.on_scrape = kind.on_scrape;
                 e.roll_up = kind.roll_up;
+                // An on-scrape node starts dormant: a snapshot left by the task it replaces
+                // (a reload) would otherwise be served, unchanging, until its next scrape.
+                if kind.on_scrape && !kind.roll_up {
+                    e.snapshot = None;
+                }
             }
             Entry::Vacant(e) => {
                 e.insert(NodeEntry {
@@ -319,6 +324,13 @@ mod tests {
         assert!(!store.has_snapshot(&key));
         assert_eq!(store.all().len(), 2);
         assert!(store.ready());
+
+        // Declared again as on-scrape over a node that was polled all the time (a reload):
+        // the old snapshot goes, or it would be served unchanging until the next scrape.
+        let continuous = store.expect(key.clone(), "n:1".into());
+        store.publish(continuous, snapshot("n:1", "polled"));
+        store.declare(key.clone(), "n:1".into(), on_scrape);
+        assert!(!store.has_snapshot(&key));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 use crate::collector::cluster::{parse_cluster_nodes, use_asked_address, ClusterNode};
 use crate::collector::value_text;
 use crate::config::{RedisUrl, Target};
+use crate::error::{Failure, PollError};
 use crate::metrics::{FamilySet, Kind};
 use crate::poller::{open_connection, NodePoller, PollContext};
 use crate::scrape::Registration;
@@ -55,12 +56,12 @@ fn spawn_node(
     ctx: &PollContext,
     stop: watch::Receiver<bool>,
 ) -> (JoinHandle<()>, Ticket) {
-    let Some(idle) = target.on_scrape else {
+    if !target.on_scrape {
         let poller = NodePoller::new(target.clone(), node, ctx);
         let ticket = poller.ticket();
         let poller = with_sampler(poller, &target, &stop);
         return (tokio::spawn(poller.run(stop)), ticket);
-    };
+    }
     let key = (target.name.clone(), node.clone());
     let address = target.url.address();
     let kind = EntryKind {
@@ -74,7 +75,6 @@ fn spawn_node(
         node,
         ctx: ctx.clone(),
         ticket,
-        idle,
         wanted,
         _registration: registration,
     };
@@ -88,7 +88,6 @@ struct Dormant {
     node: Option<String>,
     ctx: PollContext,
     ticket: Ticket,
-    idle: Duration,
     /// When a scrape last asked for the node.
     wanted: watch::Receiver<Instant>,
     _registration: Registration,
@@ -118,7 +117,8 @@ impl Dormant {
             let stopping = loop {
                 let last = *self.wanted.borrow_and_update();
                 tokio::select! {
-                    _ = tokio::time::sleep_until((last + self.idle).into()) => break false,
+                    // scrape_idle as configured now (a reload may change it).
+                    _ = tokio::time::sleep_until((last + self.ctx.wanted.idle()).into()) => break false,
                     changed = self.wanted.changed() => if changed.is_err() { break true },
                     _ = stop.changed() => break true,
                 }
@@ -229,7 +229,7 @@ impl Children {
                     continue;
                 }
             };
-            if node_target.on_scrape.is_some() {
+            if node_target.on_scrape {
                 tracing::info!(target_name = %self.target.name, node = %addr, "node found; polled while scraped");
             } else {
                 tracing::info!(target_name = %self.target.name, node = %addr, "node found; polling it");
@@ -263,7 +263,7 @@ async fn run_with_replicas(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (tx, mut replicas) = watch::channel(Vec::new());
-    let master_task = if target.on_scrape.is_some() {
+    let master_task = if target.on_scrape {
         // The master is not polled while nobody scrapes it: its replicas are asked for apart.
         tokio::spawn(ask_replicas(target.clone(), tx, shutdown.clone()));
         spawn_node(target.clone(), None, &ctx, shutdown.clone()).0
@@ -308,33 +308,52 @@ async fn tick(next: tokio::time::Instant, shutdown: &mut watch::Receiver<bool>) 
 }
 
 /// Reports the replicas the master lists in `INFO replication`, asked every poll interval over
-/// a connection of its own, until shutdown.
+/// a connection of its own, until shutdown. That it cannot ask is logged when it starts and
+/// when it ends (the replicas known stay as they were meanwhile).
 async fn ask_replicas(
     target: Arc<Target>,
     tx: watch::Sender<Vec<String>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let limit = target.poll_timeout;
+    let address = target.url.address();
     let mut conn: Option<MultiplexedConnection> = None;
+    let mut failing = false;
     let mut next = tokio::time::Instant::now();
     while tick(next, &mut shutdown).await {
         next = (next + target.poll_interval).max(tokio::time::Instant::now());
-        if conn.is_none() {
-            conn = timeout(limit, open_connection(&target, &target.url))
+        let asked = async {
+            let c = match &mut conn {
+                Some(c) => c,
+                None => conn.insert(open_connection(&target, &target.url).await?),
+            };
+            let reply: redis::Value = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(c)
                 .await
-                .ok()
-                .and_then(Result::ok);
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        let reply: Option<redis::Value> =
-            timeout(limit, redis::cmd("INFO").arg("replication").query_async(c))
-                .await
-                .ok()
-                .and_then(Result::ok);
-        let Some(text) = reply.as_ref().and_then(value_text) else {
-            conn = None;
-            continue;
+                .map_err(|e| Failure::redis(&e))?;
+            value_text(&reply).ok_or_else(|| Failure::from(PollError::Protocol))
         };
+        let text = match timeout(limit, asked).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(failure)) => {
+                conn = None;
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(target_name = %target.name, %address, error = %failure, "cannot ask the master for its replicas; the ones known stay as they are");
+                }
+                continue;
+            }
+            Err(_) => {
+                conn = None;
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(target_name = %target.name, %address, "cannot ask the master for its replicas (timed out); the ones known stay as they are");
+                }
+                continue;
+            }
+        };
+        if std::mem::take(&mut failing) {
+            tracing::info!(target_name = %target.name, %address, "asking the master for its replicas again");
+        }
         let info = crate::collector::info::parse_info(&text);
         let mut replicas: Vec<String> = crate::collector::info::replica_lines(&info)
             .iter()
@@ -494,7 +513,7 @@ struct ClusterView {
 pub(crate) fn expect_roll_up(target: &Target, ctx: &PollContext) -> (NodeKey, Ticket) {
     let key = (target.name.clone(), None);
     let kind = EntryKind {
-        on_scrape: target.on_scrape.is_some(),
+        on_scrape: target.on_scrape,
         roll_up: true,
     };
     let ticket = ctx.store.declare(key.clone(), target.url.address(), kind);

@@ -525,6 +525,11 @@ impl RedisServer {
         assert!(status.success(), "kill -{sig} failed");
     }
 
+    /// False once killed (until restarted).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

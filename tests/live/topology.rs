@@ -577,22 +577,22 @@ async fn polled_nodes(d: &Daemon) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_sharded_over_two_processes_is_polled_once_per_node_under_one_set_of_labels() {
-    let cluster = RedisCluster::start().await;
+    let mut cluster = RedisCluster::start().await;
+    // Unnamed, as a bare config has it: the target's name is the seed's address, so /discovery
+    // lists the roll-up and the seed node under one address, and one scrape must answer both.
+    let seed = cluster.addr(0);
     let yaml = format!(
-        "poll_interval: 500ms\npoll_timeout: 400ms\nscrape_idle: 3s\npolling: on_scrape\ntargets:\n  - name: prod\n    url: redis://{}\n    cluster: true\n",
-        cluster.addr(0)
+        "poll_interval: 500ms\npoll_timeout: 400ms\nscrape_idle: 3s\npolling: on_scrape\ntargets:\n  - url: redis://{seed}\n    cluster: true\n"
     );
     let (a, b) = (Daemon::start(&yaml).await, Daemon::start(&yaml).await);
     let all: BTreeSet<String> = (0..6).map(|i| cluster.addr(i)).collect();
-    let mut listed = all.clone();
-    listed.insert("prod".into());
     for d in [&a, &b] {
         wait_for(
             "each process lists every node and the roll-up",
             WAIT,
             || {
-                let listed = listed.clone();
-                async move { (d.discovered().await == listed).then_some(()) }
+                let all = all.clone();
+                async move { (d.discovered().await == all).then_some(()) }
             },
         )
         .await;
@@ -601,8 +601,13 @@ async fn a_cluster_sharded_over_two_processes_is_polled_once_per_node_under_one_
             "no node is polled before a scrape asks"
         );
     }
-    let connections =
-        |c: &RedisCluster| -> usize { c.nodes.iter().map(|n| n.lookout_connections().len()).sum() };
+    let connections = |c: &RedisCluster| -> usize {
+        c.nodes
+            .iter()
+            .filter(|n| n.running())
+            .map(|n| n.lookout_connections().len())
+            .sum()
+    };
     assert_eq!(
         connections(&cluster),
         2,
@@ -610,17 +615,14 @@ async fn a_cluster_sharded_over_two_processes_is_polled_once_per_node_under_one_
     );
 
     let prometheus = Prometheus::start(&sharded_prometheus_config(a.addr, b.addr)).await;
-    // Each node once, labelled target="prod", node="<address>" whichever process answered.
+    // Each node once, labelled with the target's name and the node whichever process answered.
     let ups = |series: &[serde_json::Value]| -> Vec<(String, String, String)> {
         let mut out: Vec<(String, String, String)> = series
             .iter()
             .map(|s| {
                 let label = |k: &str| s["metric"][k].as_str().unwrap_or_default().to_owned();
-                (
-                    label("node"),
-                    label("target"),
-                    s["value"][1].as_str().unwrap_or_default().to_owned(),
-                )
+                let value = s["value"][1].as_str().unwrap_or_default().to_owned();
+                (label("node"), label("target"), value)
             })
             .collect();
         out.sort();
@@ -628,7 +630,7 @@ async fn a_cluster_sharded_over_two_processes_is_polled_once_per_node_under_one_
     };
     let want: Vec<(String, String, String)> = all
         .iter()
-        .map(|n| (n.clone(), "prod".to_owned(), "1".to_owned()))
+        .map(|n| (n.clone(), seed.clone(), "1".to_owned()))
         .collect();
     let prom = &prometheus;
     wait_for(
@@ -648,7 +650,7 @@ async fn a_cluster_sharded_over_two_processes_is_polled_once_per_node_under_one_
         .await
         .unwrap();
     assert_eq!(masters.len(), 1, "one roll-up series: {masters:?}");
-    assert_eq!(masters[0]["metric"]["target"], "prod");
+    assert_eq!(masters[0]["metric"]["target"], seed.as_str());
     assert_eq!(masters[0]["value"][1], "3");
     let instances = prom
         .query("count by (node) (redis_instance_info{job=\"redis-nodes\"})")
@@ -664,6 +666,30 @@ async fn a_cluster_sharded_over_two_processes_is_polled_once_per_node_under_one_
     let (on_a, on_b) = (polled_nodes(&a).await, polled_nodes(&b).await);
     assert!(on_a.is_disjoint(&on_b), "{on_a:?} {on_b:?}");
     assert_eq!(on_a.union(&on_b).cloned().collect::<BTreeSet<_>>(), all);
+
+    // A replica dies. Once the cluster flags it failed, it stays listed and scraped (nothing
+    // else polls it): redis_up 0 while the flag has stood for a few scrapes.
+    let victim = cluster
+        .roles()
+        .iter()
+        .find(|(_, master)| !master)
+        .map(|(i, _)| *i)
+        .unwrap();
+    let victim_addr = cluster.addr(victim);
+    cluster.nodes[victim].kill();
+    let still_down = format!(
+        "redis_up{{node=\"{victim_addr}\"}} == 0 and on() (min_over_time(redis_cluster_node_fail{{node=\"{victim_addr}\"}}[5s]) == 1)"
+    );
+    wait_for(
+        "the failed node still scraped, down",
+        Duration::from_secs(60),
+        || {
+            let expr = still_down.clone();
+            async move { (prom.query(&expr).await.ok()?.len() == 1).then_some(()) }
+        },
+    )
+    .await;
+    assert!(a.discovered().await.contains(&victim_addr));
 
     // Nobody scrapes any more: after scrape_idle every node is let go, its connection too.
     drop(prometheus);
