@@ -201,7 +201,17 @@ impl NodePoller {
     }
 
     /// Runs until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        self.poll_until(shutdown).await;
+        if self.forget_on_exit {
+            self.store
+                .forget(&(self.target.name.clone(), self.node.clone()), self.ticket);
+        }
+    }
+
+    /// Polls (the first time at once) until `shutdown` turns true; the poller can be run
+    /// again later, its counters and what it learned (refused commands) kept.
+    pub async fn poll_until(&mut self, mut shutdown: watch::Receiver<bool>) {
         let interval = self.target.poll_interval;
         let mut next_poll = tokio::time::Instant::now();
         let mut next_retry: Option<tokio::time::Instant> = None;
@@ -263,10 +273,14 @@ impl NodePoller {
                 None
             };
         }
-        if self.forget_on_exit {
-            self.store
-                .forget(&(self.target.name.clone(), self.node.clone()), self.ticket);
-        }
+    }
+
+    /// Closes the connection (a node let go until it is wanted again) and forgets the figures
+    /// other tasks fed it (those tasks stop with it; new ones feed it when it runs again).
+    pub fn let_go(&mut self) {
+        self.conn = None;
+        self.connect_slot = None;
+        self.extra_facts.clear();
     }
 
     /// The claim on this node's store entry (what a controller that stops this poller needs to

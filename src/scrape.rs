@@ -232,14 +232,10 @@ impl OnDemand {
             return ScrapeAnswer::Disabled;
         }
         let store = &self.ctx.store;
-        let nodes = store.all();
         // An on-scrape target by name: its roll-up, or its configured node (woken), alone;
         // and where the name is an address (an unnamed target's), the nodes polled there too,
         // which /discovery lists under the same address.
-        if nodes
-            .iter()
-            .any(|((target, _), e)| target == requested && e.on_scrape)
-        {
+        if store.any(|(target, _), e| target == requested && e.on_scrape) {
             let key = (requested.to_owned(), None);
             self.ctx.wanted.wake(&key);
             let mut at = match RedisUrl::parse(requested) {
@@ -253,7 +249,7 @@ impl OnDemand {
         // A configured target's name (an on-demand poller's name, its address, is answered
         // below, once it has polled).
         if !self.running().contains_key(requested)
-            && nodes.iter().any(|((target, _), _)| target == requested)
+            && store.any(|(target, _), _| target == requested)
         {
             let mut out = String::new();
             store.render_into(&mut out, |(target, _), _| target == requested);
@@ -283,7 +279,7 @@ impl OnDemand {
         // (all its nodes), or the node polled at that address. Neither gets a second poller
         // (which would write into its entry with the allow-list's credentials).
         if !self.running().contains_key(&address) {
-            if nodes.iter().any(|((target, _), _)| *target == address) {
+            if store.any(|(target, _), _| *target == address) {
                 let mut out = String::new();
                 store.render_into(&mut out, |(target, _), _| *target == address);
                 return ScrapeAnswer::Metrics(out);
@@ -295,7 +291,7 @@ impl OnDemand {
             let at_address = |e: &crate::snapshot::NodeEntry| {
                 !e.on_scrape && e.address.eq_ignore_ascii_case(&address)
             };
-            if nodes.iter().any(|(_, e)| at_address(e)) {
+            if store.any(|_, e| at_address(e)) {
                 let mut out = String::new();
                 store.render_into(&mut out, |_, e| at_address(e));
                 return ScrapeAnswer::Metrics(out);

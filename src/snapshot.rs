@@ -191,6 +191,12 @@ impl SnapshotStore {
             .collect()
     }
 
+    /// Whether some node matches, looked at in place (a `/scrape` asks several such questions;
+    /// copying every entry for each cost O(nodes) allocations per scrape).
+    pub fn any(&self, matches: impl Fn(&NodeKey, &NodeEntry) -> bool) -> bool {
+        self.read().iter().any(|(k, e)| matches(k, e))
+    }
+
     /// True when every expected node has finished at least one poll, successful or not
     /// (dormant on-scrape nodes are not expected to).
     pub fn ready(&self) -> bool {

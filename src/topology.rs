@@ -94,8 +94,20 @@ struct Dormant {
 }
 
 impl Dormant {
+    fn poller(&self) -> NodePoller {
+        NodePoller::declared(
+            self.target.clone(),
+            self.node.clone(),
+            &self.ctx,
+            self.ticket,
+        )
+    }
+
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let key = (self.target.name.clone(), self.node.clone());
+        // One poller for every time the node is woken: its counters go on from where they
+        // were, and a command the server refused is not asked (and warned of) again at once.
+        let mut kept: Option<NodePoller> = None;
         loop {
             tokio::select! {
                 changed = self.wanted.changed() => if changed.is_err() { break },
@@ -106,14 +118,13 @@ impl Dormant {
             }
             tracing::debug!(target_name = %self.target.name, address = %self.target.url.address(), "scraped: polling");
             let (halt, halted) = watch::channel(false);
-            let poller = NodePoller::declared(
-                self.target.clone(),
-                self.node.clone(),
-                &self.ctx,
-                self.ticket,
-            );
-            let poller = with_sampler(poller, &self.target, &halted);
-            let task = tokio::spawn(poller.run(halted));
+            let awake = kept.take().unwrap_or_else(|| self.poller());
+            let mut awake = with_sampler(awake, &self.target, &halted);
+            let task = tokio::spawn(async move {
+                awake.poll_until(halted).await;
+                awake
+            });
+            let abort = task.abort_handle();
             let stopping = loop {
                 let last = *self.wanted.borrow_and_update();
                 tokio::select! {
@@ -124,7 +135,14 @@ impl Dormant {
                 }
             };
             let _ = halt.send(true);
-            join_or_abort(task, Duration::from_secs(2)).await;
+            // A poll stuck past its own deadline is not waited for: the poller is made anew.
+            match timeout(Duration::from_secs(2), task).await {
+                Ok(Ok(mut back)) => {
+                    back.let_go();
+                    kept = Some(back);
+                }
+                _ => abort.abort(),
+            }
             if stopping {
                 break;
             }

@@ -764,6 +764,21 @@ async fn an_on_scrape_target_and_its_replica_are_polled_only_while_scraped() {
     let (status, _) = http_get(d.addr, "/scrape?target=127.0.0.1:1").await;
     assert_eq!(status, 403);
 
+    // Scraped a while: the replica's poller counts its polls.
+    let replica_polls = || {
+        let d = &d;
+        let r_addr = r_addr.clone();
+        async move {
+            let (_, body) = http_get(d.addr, &format!("/scrape?target={r_addr}")).await;
+            Exposition::parse(&body)
+                .value("redis_lookout_polls_total", &[("node", r_addr.as_str())])
+        }
+    };
+    let before = wait_for("a few polls of the replica", WAIT, || async {
+        replica_polls().await.filter(|n| *n >= 3.0)
+    })
+    .await;
+
     // Not scraped for scrape_idle: both let go, series and connections.
     wait_for("master and replica dormant again", WAIT, || async {
         let idle = !d.body().await.contains("redis_up")
@@ -772,5 +787,9 @@ async fn an_on_scrape_target_and_its_replica_are_polled_only_while_scraped() {
         idle.then_some(())
     })
     .await;
+    // Woken again, the same poller goes on counting (a new one would start at 1).
+    let after = replica_polls().await.expect("the replica polled again");
+    assert!(after > before, "polls_total {before} then {after}");
+    assert_eq!(replica.lookout_connections().len(), 1);
     d.stop().await;
 }
