@@ -7,6 +7,7 @@ pyenv's, so that a signal sent to it reaches this process and the teardown runs)
                   [--paced-scrapes N] [--lookout-bin PATH] [--exporter-bin PATH]
     scripts/bench --targets 1,100,1000 [--servers 4] [--keys N] [--scrapes N]
                   [--cycles N] [--quick] [--lookout-bin PATH]
+    scripts/bench --sharded 1000 [--servers 4] [--keys N] [--cycles N] [--lookout-bin PATH]
 
 Single-target mode (default): 1,000,000 keys, 1000 scrapes, two 120 s poll windows, 120
 paced redis_exporter scrapes.  --quick: 100,000 keys, 300 scrapes, 60 s windows.
@@ -91,6 +92,22 @@ wire, bytes on the wire, CPU per scrape; the last body is decompressed and check
 series (--paced scrapes, --paced-gap s apart: each scrape finds the process idle, as
 Prometheus's do) plain and gzipped, the curl check, and stop (its connections must leave every server's CLIENT LIST).  Redis µs per poll: our one INFO per server per window is
 calibrated and subtracted as in single-target mode.
+
+Sharded mode (--sharded N)
+--------------------------
+The setup of docs/prometheus/sharded-discovery.yml, with this script as Prometheus: two
+redis-lookout processes run one YAML file with `polling: on_scrape` and N targets `tI` (spread
+over --servers redis-servers as above). Each process lists all N at /discovery and polls a
+target only while /scrape asks for it. A target goes to the process that Prometheus' hashmod
+(modulus 2) would pick for its name: the last 8 bytes of its MD5, as an integer, mod 2 (real
+fleets hash distinct addresses; here 250 targets share each server's address, so the name
+stands in for it). Each target is asked for by name (`/scrape?target=tI`) on one keep-alive
+connection per process. First round: every target once, each woken from dormant (that
+scrape waits for the target's first poll): latency of a first scrape. Then --cycles rounds,
+one every poll interval (5 s), each scraping all N (back to back within the round): latency
+of a steady scrape, each process's CPU per poll interval (polls and scrapes together), VmRSS
+and VmHWM, and connections per server (CLIENT LIST name=redis-lookout: N in all, each target
+polled by one process). Every answer must be 200 with `redis_up 1` for its target alone.
 
 Exit status: 0 when every figure was measured (PASS/MISS does not change it); 1 when
 something could not be measured (a process failed to start, a scrape failed, ...).
@@ -1235,14 +1252,19 @@ def print_report(args, machine, lk, ex):
 
 # ---------------------------------------------------------------- multi-target mode
 
-def multi_size(args, servers, n):
-    port = free_port()
-    cfg = os.path.join(TMPDIR, f"targets-{n}.yaml")
+def targets_file(name, servers, n, extra):
+    """A config in the temp dir: `extra` settings, poll_interval MULTI_INTERVAL, and n targets
+    `tI` spread round-robin over the servers."""
+    cfg = os.path.join(TMPDIR, name)
     with open(cfg, "w") as f:
-        f.write(f'listen: "127.0.0.1:{port}"\npoll_interval: {MULTI_INTERVAL:g}s\n'
-                "log_level: warn\ntargets:\n")
+        f.write(f"{extra}poll_interval: {MULTI_INTERVAL:g}s\nlog_level: warn\ntargets:\n")
         for i in range(n):
             f.write(f"  - name: t{i}\n    url: redis://127.0.0.1:{servers[i % len(servers)][0]}\n")
+    return cfg
+
+def multi_size(args, servers, n):
+    port = free_port()
+    cfg = targets_file(f"targets-{n}.yaml", servers, n, f'listen: "127.0.0.1:{port}"\n')
     try:
         chk = subprocess.run([args.lookout_bin, "--config", cfg, "--check-config"],
                              capture_output=True, text=True, timeout=30)
@@ -1420,6 +1442,106 @@ def floor_series(body, count, gap=0.0):
         os.unlink(path)
 
 
+# ---------------------------------------------------------------- sharded mode
+
+def hashmod2(name):
+    """Prometheus' hashmod with modulus 2: the MD5's last 8 bytes, big-endian, mod 2."""
+    return int.from_bytes(hashlib.md5(name.encode()).digest()[8:], "big") % 2
+
+
+def sharded(args, servers, n):
+    cfg = targets_file(f"sharded-{n}.yaml", servers, n, "polling: on_scrape\nscrape_idle: 5m\n")
+    ports = [free_port(), free_port()]
+    procs = []
+    for k, port in enumerate(ports):
+        name = f"redis-lookout shard {k}"
+        log(f"starting {name} ({n} targets, polling: on_scrape)")
+        procs.append(start(name, [args.lookout_bin, "--config", cfg,
+                                  f"--web.listen-address=127.0.0.1:{port}"], f"shard-{k}.log"))
+    for k, port in enumerate(ports):
+        wait_http(f"shard {k}", procs[k], port, f"shard-{k}.log")
+    res = {"n": n, "rss_start_kb": [proc_rss_kb(p.pid) for p in procs],
+           "clients_dormant": sum(named_clients(r, "redis-lookout") for _, r in servers)}
+    names = [f"t{i}" for i in range(n)]
+    shard = [hashmod2(t) for t in names]
+    res["split"] = [shard.count(0), shard.count(1)]
+    conns = [RawHttp(port, timeout=30.0) for port in ports]
+    want_up = re.compile(rb'^redis_up\{target="([^"]*)"\} (\S+)$', re.M)
+
+    def scrape(i):
+        c = conns[shard[i]]
+        c.request = (f"GET /scrape?target={names[i]} HTTP/1.1\r\nHost: 127.0.0.1:{c.port}\r\n"
+                     "Accept-Encoding: identity\r\n\r\n").encode()
+        status, size, body, secs = c.get(keep_body=True)
+        ups = want_up.findall(body or b"")
+        if status != 200 or ups != [(names[i].encode(), b"1")]:
+            raise BenchError(f"/scrape?target={names[i]}: HTTP {status}, redis_up {ups}")
+        return secs * 1000.0, size
+
+    try:
+        log(f"sharded: first scrape of each of {n} dormant targets")
+        first = [scrape(i)[0] for i in range(n)]
+        res["lat_first"] = latency_summary(first)
+        res["clients_awake"] = sum(named_clients(r, "redis-lookout") for _, r in servers)
+        log(f"sharded: {args.cycles} rounds of {n} scrapes, one round every {MULTI_INTERVAL:g} s")
+        cpu0 = [Cpu(p.pid) for p in procs]
+        steady, sizes = [], []
+        next_at = time.monotonic()
+        for _ in range(args.cycles):
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at = time.monotonic() + MULTI_INTERVAL
+            for i in range(n):
+                ms, size = scrape(i)
+                steady.append(ms)
+                sizes.append(size)
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        cpu1 = [Cpu(p.pid) for p in procs]
+        intervals = (cpu1[0].t - cpu0[0].t) / MULTI_INTERVAL
+        res["lat"] = latency_summary(steady)
+        res["bytes_mean"] = statistics.fmean(sizes)
+        res["cpu_interval_s"] = [b.since(a)[1] / 1000.0 / intervals for a, b in zip(cpu0, cpu1)]
+        res["rss_kb"] = [proc_rss_kb(p.pid) for p in procs]
+        res["hwm_kb"] = [proc_status_kb(p.pid, "VmHWM") for p in procs]
+        res["clients_end"] = sum(named_clients(r, "redis-lookout") for _, r in servers)
+    except (OSError, ValueError) as e:
+        raise BenchError(f"sharded scrape failed: {e!r}")
+    finally:
+        for c in conns:
+            c.close()
+    for k, p in enumerate(procs):
+        stop_started(f"redis-lookout shard {k}", p)
+    return res
+
+
+def print_sharded_report(args, machine, res):
+    n = res["n"]
+    print("## redis-lookout, sharded over two processes (`polling: on_scrape`)\n")
+    print("Command: `" + machine["command"] + "`\n")
+    print("Machine:")
+    for k in ("nproc", "cpu", "kernel", "redis-server", "redis-lookout", "redis-lookout sha256",
+              "python", "loadavg at start", "loadavg at end"):
+        print(f"- {k}: {machine.get(k, '?')}")
+    print()
+    print(f"{n} targets over {args.servers} redis-servers ({args.keys} keys each), split "
+          f"{res['split'][0]} / {res['split'][1]} by hashmod; poll_interval {MULTI_INTERVAL:g} s.\n")
+    lf, ls = res["lat_first"], res["lat"]
+    print("| figure | value |\n|---|---|")
+    print(f"| connections named redis-lookout before any scrape | {res['clients_dormant']} |")
+    print(f"| first scrape of a dormant target (waits for its first poll), p50 / p99 / max | "
+          f"{f3(lf['p50'])} / {f3(lf['p99'])} / {f3(lf['max'])} ms |")
+    print(f"| connections after every target was scraped once | {res['clients_awake']} |")
+    print(f"| steady /scrape, {ls['n']} scrapes: p50 / p90 / p99 / max | {f3(ls['p50'])} / "
+          f"{f3(ls['p90'])} / {f3(ls['p99'])} / {f3(ls['max'])} ms |")
+    print(f"| bytes per /scrape answer (mean) | {res['bytes_mean']:.0f} |")
+    for k in (0, 1):
+        print(f"| shard {k}: CPU per poll interval (its polls and its scrapes) | "
+              f"{f3(res['cpu_interval_s'][k])} s |")
+        print(f"| shard {k}: VmRSS at start / after / VmHWM | {mb(res['rss_start_kb'][k])} / "
+              f"{mb(res['rss_kb'][k])} / {mb(res['hwm_kb'][k])} MB |")
+    print(f"| connections at the end (each target polled by one process) | {res['clients_end']} |")
+    print()
+
+
 def print_multi_report(args, machine, results):
     print("## redis-lookout, many targets (lookout only)\n")
     print("redis_exporter holds one Redis per process (its multi-target mode queries the target "
@@ -1593,6 +1715,8 @@ def main():
     ap.add_argument("--poll-window", type=int, help="seconds of each lookout poll window")
     ap.add_argument("--paced-scrapes", type=int, help="redis_exporter scrapes 1 s apart")
     ap.add_argument("--targets", help="multi-target mode: comma-separated target counts")
+    ap.add_argument("--sharded", type=int,
+                    help="sharded mode: this many on_scrape targets over two processes")
     ap.add_argument("--servers", type=int, default=4, help="redis-servers behind --targets")
     ap.add_argument("--cycles", type=int, help="poll intervals in the --targets idle window")
     ap.add_argument("--paced", type=int, default=200,
@@ -1604,7 +1728,16 @@ def main():
                     or shutil.which("redis_exporter"))
     args = ap.parse_args()
     sizes = None
-    if args.targets:
+    if args.sharded is not None:
+        if args.targets or not 1 <= args.sharded <= 5000 or args.servers < 1:
+            ap.error("--sharded takes 1..5000 targets, not with --targets")
+        if args.keys is None:
+            args.keys = 1000
+        if args.cycles is None:
+            args.cycles = 6
+        if args.cycles < 1:
+            ap.error("need --cycles >= 1")
+    elif args.targets:
         try:
             sizes = [int(x) for x in args.targets.split(",") if x.strip()]
         except ValueError:
@@ -1649,7 +1782,7 @@ def main():
         machine = machine_info(args, src)
         log(f"temp dir {TMPDIR}; redis-lookout {machine['redis-lookout sha256'][:16]}… from {src}")
 
-        if sizes:
+        if sizes or args.sharded:
             servers = []
             for i in range(args.servers):
                 port = free_port()
@@ -1657,11 +1790,17 @@ def main():
                 _, r = start_redis(port, tag)
                 load_keys(port, args.keys, r, tag)
                 servers.append((port, r))
-            results = [multi_size(args, servers, n) for n in sizes]
+            if args.sharded:
+                res = sharded(args, servers, args.sharded)
+            else:
+                results = [multi_size(args, servers, n) for n in sizes]
             machine["loadavg at end"] = open("/proc/loadavg").read().strip()
             for _, r in servers:
                 r.close()
-            print_multi_report(args, machine, results)
+            if args.sharded:
+                print_sharded_report(args, machine, res)
+            else:
+                print_multi_report(args, machine, results)
             return 0
 
         redis_port = free_port()

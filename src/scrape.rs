@@ -368,19 +368,14 @@ impl OnDemand {
     /// waits for its first poll), or at `deadline` those that have one.
     async fn answer(&self, keys: Vec<NodeKey>, deadline: Duration) -> ScrapeAnswer {
         let store = &self.ctx.store;
-        let until = Instant::now() + deadline;
-        loop {
-            let polled = keys.iter().filter(|k| store.has_snapshot(k)).count();
-            if polled == keys.len() || (Instant::now() >= until && polled > 0) {
-                let mut out = String::new();
-                store.render_into(&mut out, |k, _| keys.contains(k));
-                return ScrapeAnswer::Metrics(out);
-            }
-            if Instant::now() >= until {
-                return ScrapeAnswer::NotYetPolled;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let until = tokio::time::Instant::now() + deadline;
+        store.wait_for_snapshots(&keys, until).await;
+        if !keys.iter().any(|k| store.has_snapshot(k)) {
+            return ScrapeAnswer::NotYetPolled;
         }
+        let mut out = String::new();
+        store.render_into(&mut out, |k, _| keys.contains(k));
+        ScrapeAnswer::Metrics(out)
     }
 
     /// Stops on-demand pollers nobody scraped for `idle`; returns how many it stopped.

@@ -75,6 +75,8 @@ pub struct Ticket(u64);
 pub struct SnapshotStore {
     inner: RwLock<BTreeMap<NodeKey, NodeEntry>>,
     tickets: AtomicU64,
+    /// Told of every publish, for whoever waits for a node's first poll.
+    published: tokio::sync::Notify,
 }
 
 impl SnapshotStore {
@@ -174,6 +176,23 @@ impl SnapshotStore {
         if let Some(entry) = self.write().get_mut(&key) {
             if entry.owner == ticket {
                 entry.snapshot = Some(Arc::new(snapshot));
+            }
+        }
+        self.published.notify_waiters();
+    }
+
+    /// Waits until every node of `keys` has a snapshot, or until `until`; true when they do.
+    pub async fn wait_for_snapshots(&self, keys: &[NodeKey], until: tokio::time::Instant) -> bool {
+        loop {
+            // Registered before looking, so a publish between the look and the wait counts.
+            let published = self.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            if keys.iter().all(|k| self.has_snapshot(k)) {
+                return true;
+            }
+            if tokio::time::timeout_at(until, published).await.is_err() {
+                return false;
             }
         }
     }
@@ -337,6 +356,23 @@ mod tests {
         store.publish(continuous, snapshot("n:1", "polled"));
         store.declare(key.clone(), "n:1".into(), on_scrape);
         assert!(!store.has_snapshot(&key));
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_a_first_poll_ends_at_the_publish_or_at_its_deadline() {
+        let store = Arc::new(SnapshotStore::new());
+        let key: NodeKey = ("t".into(), Some("n:1".into()));
+        let ticket = store.expect(key.clone(), "n:1".into());
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(!store.wait_for_snapshots(std::slice::from_ref(&key), soon).await);
+        let publisher = store.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            publisher.publish(ticket, snapshot("n:1", "first"));
+        });
+        let far = tokio::time::Instant::now() + Duration::from_secs(60);
+        assert!(store.wait_for_snapshots(std::slice::from_ref(&key), far).await);
+        assert!(store.has_snapshot(&key));
     }
 
     #[test]
