@@ -573,11 +573,8 @@ fn discovery(state: &AppState) -> String {
             // polled now or not, for as long as they belong to the topology, failed or not:
             // nothing else polls them, so one dropped from the list could never show
             // redis_up 0. Their targets' roll-ups too (others come with their seed's address).
-            if entry.on_scrape {
-                true
-            } else {
-                entry.live && (node.is_none() || entry.snapshot.as_ref().is_some_and(|s| s.up))
-            }
+            entry.on_scrape
+                || (entry.live && (node.is_none() || entry.snapshot.as_ref().is_some_and(|s| s.up)))
         })
         .map(|((target, node), entry)| {
             let role = entry

@@ -34,7 +34,8 @@ pub type NodeKey = (String, Option<String>);
 pub struct NodeEntry {
     /// `host:port` (or socket path) the node is polled at.
     pub address: String,
-    /// False for a cluster node flagged `fail`: still polled, not offered to `/discovery`.
+    /// False for a cluster node flagged `fail`: still polled, not offered to `/discovery`
+    /// (unless `on_scrape`: nothing else would poll it).
     pub live: bool,
     pub snapshot: Option<Arc<Snapshot>>,
     /// A node of a `polling: on_scrape` target (polled only while `/scrape` asks for it), or
@@ -364,14 +365,22 @@ mod tests {
         let key: NodeKey = ("t".into(), Some("n:1".into()));
         let ticket = store.expect(key.clone(), "n:1".into());
         let soon = tokio::time::Instant::now() + Duration::from_millis(50);
-        assert!(!store.wait_for_snapshots(std::slice::from_ref(&key), soon).await);
+        assert!(
+            !store
+                .wait_for_snapshots(std::slice::from_ref(&key), soon)
+                .await
+        );
         let publisher = store.clone();
         tokio::spawn(async move {
             tokio::task::yield_now().await;
             publisher.publish(ticket, snapshot("n:1", "first"));
         });
         let far = tokio::time::Instant::now() + Duration::from_secs(60);
-        assert!(store.wait_for_snapshots(std::slice::from_ref(&key), far).await);
+        assert!(
+            store
+                .wait_for_snapshots(std::slice::from_ref(&key), far)
+                .await
+        );
         assert!(store.has_snapshot(&key));
     }
 
