@@ -446,6 +446,9 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
                 },
             };
             let mut tail = String::new();
+            state
+                .telemetry
+                .on_scrape_nodes(state.store.on_scrape_counts());
             state.telemetry.render_into(&mut tail);
             let gzip = wants_gzip(state, req);
             let body = ExpositionBody::new(state.store.snapshots(|_, _| true), tail, gzip, slot);
@@ -546,6 +549,12 @@ async fn scrape(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
             StatusCode::FORBIDDEN,
             "text/plain",
             "target is not a configured target and no scrape_allow entry allows it\n",
+        ),
+        ScrapeAnswer::UnknownNode => response(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "target is not a node of any polling: on_scrape target (it may have left its \
+             topology, or not be discovered yet), and no scrape_allow entry admits others\n",
         ),
         ScrapeAnswer::TooMany => response(
             StatusCode::TOO_MANY_REQUESTS,

@@ -40,6 +40,10 @@ pub struct PollContext {
     /// Where each poll's facts go for the alert evaluator (None: alerting is off).
     pub observations: Option<mpsc::Sender<Observation>>,
     pub connects: Arc<Semaphore>,
+    /// Slots for the first connect of a poller a scrape is waiting on (a woken on-scrape node,
+    /// a new on-demand one). Unreachable nodes retrying their connects can keep every shared
+    /// slot busy, and the queue behind them held such scrapes past their deadline.
+    pub scrape_connects: Arc<Semaphore>,
     pub polls: Arc<Semaphore>,
     /// The nodes of `polling: on_scrape` targets, for `/scrape` to wake.
     pub wanted: Arc<crate::scrape::Wanted>,
@@ -58,6 +62,7 @@ impl PollContext {
             interner: Arc::new(Interner::default()),
             observations: None,
             connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)),
+            scrape_connects: Arc::new(Semaphore::new(MAX_CONCURRENT_CONNECTS)),
             polls: Arc::new(Semaphore::new(MAX_CONCURRENT_POLLS)),
             wanted: Arc::default(),
         }
@@ -86,6 +91,9 @@ pub struct NodePoller {
     interner: Arc<Interner>,
     observations: Option<mpsc::Sender<Observation>>,
     connects: Arc<Semaphore>,
+    /// Where the next connect takes its slot: `connects`, or for the first connect of a poller
+    /// a scrape waits on, the context's `scrape_connects`.
+    next_connects: Arc<Semaphore>,
     /// A connect slot taken before a deadline started (see `reserve_connect`).
     connect_slot: Option<OwnedSemaphorePermit>,
     polls: Arc<Semaphore>,
@@ -160,6 +168,7 @@ impl NodePoller {
             observations: ctx.observations.clone(),
 
             connects: ctx.connects.clone(),
+            next_connects: ctx.connects.clone(),
             connect_slot: None,
             polls: ctx.polls.clone(),
             collectors,
@@ -180,6 +189,27 @@ impl NodePoller {
             last_success: None,
             forget_on_exit: false,
         }
+    }
+
+    /// A scrape waits for this poller's first poll: its first connect takes a slot apart from
+    /// the other pollers' (see [`PollContext::scrape_connects`]).
+    pub fn scrape_waiting(mut self, ctx: &PollContext) -> Self {
+        self.next_connects = ctx.scrape_connects.clone();
+        self
+    }
+
+    /// Refusals already logged, by collector (see [`NodePoller::with_refusals_said`]).
+    pub fn refusals_said(&self) -> Vec<bool> {
+        self.refusal_said.clone()
+    }
+
+    /// Takes over which refusals a previous poller of the node logged, so that a command the
+    /// server still refuses is not warned of again (a woken on-scrape node).
+    pub fn with_refusals_said(mut self, said: Vec<bool>) -> Self {
+        if said.len() == self.refusal_said.len() {
+            self.refusal_said = said;
+        }
+        self
     }
 
     /// Removes the node's entry (its series) when the poller stops.
@@ -209,8 +239,7 @@ impl NodePoller {
         }
     }
 
-    /// Polls (the first time at once) until `shutdown` turns true; the poller can be run
-    /// again later, its counters and what it learned (refused commands) kept.
+    /// Polls (the first time at once) until `shutdown` turns true.
     pub async fn poll_until(&mut self, mut shutdown: watch::Receiver<bool>) {
         let interval = self.target.poll_interval;
         let mut next_poll = tokio::time::Instant::now();
@@ -273,14 +302,6 @@ impl NodePoller {
                 None
             };
         }
-    }
-
-    /// Closes the connection (a node let go until it is wanted again) and forgets the figures
-    /// other tasks fed it (those tasks stop with it; new ones feed it when it runs again).
-    pub fn let_go(&mut self) {
-        self.conn = None;
-        self.connect_slot = None;
-        self.extra_facts.clear();
     }
 
     /// The claim on this node's store entry (what a controller that stops this poller needs to
@@ -516,7 +537,7 @@ impl NodePoller {
     /// start-up) is not the target's slowness and must not turn into a poll timeout.
     async fn reserve_connect(&mut self) {
         if self.conn.is_none() && self.connect_slot.is_none() {
-            self.connect_slot = self.connects.clone().acquire_owned().await.ok();
+            self.connect_slot = self.next_connects.clone().acquire_owned().await.ok();
         }
     }
 
@@ -526,8 +547,10 @@ impl NodePoller {
         }
         let _permit = match self.connect_slot.take() {
             Some(slot) => Some(slot),
-            None => self.connects.clone().acquire_owned().await.ok(),
+            None => self.next_connects.clone().acquire_owned().await.ok(),
         };
+        // Only the first connect is one a scrape waits on.
+        self.next_connects = self.connects.clone();
         let started = Instant::now();
         self.connections_total += 1;
         tracing::debug!(target_name = %self.target.name, url = %self.target.url, "connecting");

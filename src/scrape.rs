@@ -34,6 +34,8 @@ pub enum ScrapeAnswer {
     Disabled,
     BadTarget(String),
     Forbidden,
+    /// Not a node of any on-scrape target (any more, or yet), and no allow-list to ask.
+    UnknownNode,
     TooMany,
     NotYetPolled,
 }
@@ -72,7 +74,7 @@ impl Default for Wanted {
 
 #[derive(Debug)]
 struct Waker {
-    /// Lower-cased, as `/scrape` compares addresses.
+    /// `host:port` (compared without regard to case) or a socket path.
     address: String,
     ticket: Ticket,
     last_scrape: watch::Sender<Instant>,
@@ -115,7 +117,7 @@ impl Wanted {
         self.nodes().insert(
             key.clone(),
             Waker {
-                address: address.to_ascii_lowercase(),
+                address: address.to_owned(),
                 ticket,
                 last_scrape,
             },
@@ -144,13 +146,20 @@ impl Wanted {
         }
     }
 
-    /// Wakes every node registered at `address` (lower-cased); returns their keys.
+    /// Wakes every node registered at `address`; returns their keys.
     pub fn wake_at(&self, address: &str) -> Vec<NodeKey> {
         let nodes = self.nodes();
         let now = Instant::now();
+        let path = address.contains('/');
         nodes
             .iter()
-            .filter(|(_, w)| w.address == address)
+            .filter(|(_, w)| {
+                if path {
+                    w.address == address
+                } else {
+                    w.address.eq_ignore_ascii_case(address)
+                }
+            })
             .map(|(key, w)| {
                 w.last_scrape.send_replace(now);
                 key.clone()
@@ -239,7 +248,7 @@ impl OnDemand {
             let key = (requested.to_owned(), None);
             self.ctx.wanted.wake(&key);
             let mut at = match RedisUrl::parse(requested) {
-                Ok(url) => self.ctx.wanted.wake_at(&url.address().to_ascii_lowercase()),
+                Ok(url) => self.ctx.wanted.wake_at(&url.address()),
                 Err(_) => Vec::new(),
             };
             at.retain(|k| *k != key);
@@ -254,6 +263,11 @@ impl OnDemand {
             let mut out = String::new();
             store.render_into(&mut out, |(target, _), _| target == requested);
             return ScrapeAnswer::Metrics(out);
+        }
+        // A node at an address as /discovery lists it (a socket's path, too).
+        let woken = self.ctx.wanted.wake_at(requested);
+        if !woken.is_empty() {
+            return self.answer(woken, deadline).await;
         }
         let Ok(url) = RedisUrl::parse(requested) else {
             return ScrapeAnswer::BadTarget("target must be a configured name or host:port".into());
@@ -298,7 +312,12 @@ impl OnDemand {
             }
         }
         let Some(rule) = settings.rules.iter().find(|r| r.allows(host, port)) else {
-            return ScrapeAnswer::Forbidden;
+            // Without an allow-list only on-scrape targets are answered: say what is missing.
+            return if settings.rules.is_empty() {
+                ScrapeAnswer::UnknownNode
+            } else {
+                ScrapeAnswer::Forbidden
+            };
         };
         if !self.start(&address, rule, &settings) {
             return ScrapeAnswer::TooMany;
@@ -339,7 +358,7 @@ impl OnDemand {
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();
-        let poller = NodePoller::new(target, None, &self.ctx);
+        let poller = NodePoller::new(target, None, &self.ctx).scrape_waiting(&self.ctx);
         let ticket = poller.ticket();
         tokio::spawn(async move {
             let mut stop_rx = stop_rx;

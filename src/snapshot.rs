@@ -217,6 +217,19 @@ impl SnapshotStore {
         self.read().iter().any(|(k, e)| matches(k, e))
     }
 
+    /// Nodes of on-scrape targets: `(polled now, dormant)`.
+    pub fn on_scrape_counts(&self) -> (usize, usize) {
+        let map = self.read();
+        let nodes = map.values().filter(|e| e.on_scrape && !e.roll_up);
+        nodes.fold((0, 0), |(polled, dormant), e| {
+            if e.snapshot.is_some() {
+                (polled + 1, dormant)
+            } else {
+                (polled, dormant + 1)
+            }
+        })
+    }
+
     /// True when every expected node has finished at least one poll, successful or not
     /// (dormant on-scrape nodes are not expected to).
     pub fn ready(&self) -> bool {

@@ -69,6 +69,9 @@ pub struct Telemetry {
     pub reload_ok: IntGauge,
     /// When the configuration was last loaded successfully, in Unix seconds.
     pub reload_time: Gauge,
+    /// Nodes of `polling: on_scrape` targets, polled now or dormant (set once there are some).
+    on_scrape_nodes: IntGaugeVec,
+    on_scrape_seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Telemetry {
@@ -105,6 +108,14 @@ impl Telemetry {
             "When the configuration was last loaded successfully (start or reload), in Unix seconds",
         )?;
         reload_time.set(unix_now());
+        let on_scrape_nodes = IntGaugeVec::new(
+            Opts::new(
+                "redis_lookout_on_scrape_nodes",
+                "Nodes of polling: on_scrape targets this process knows, by state: polled (a scrape asked within scrape_idle) or dormant",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(on_scrape_nodes.clone()))?;
         registry.register(Box::new(reload_ok.clone()))?;
         registry.register(Box::new(reload_time.clone()))?;
         registry.register(Box::new(scrapes.clone()))?;
@@ -120,7 +131,25 @@ impl Telemetry {
             alerts,
             reload_ok,
             reload_time,
+            on_scrape_nodes,
+            on_scrape_seen: Default::default(),
         })
+    }
+
+    /// Sets the on-scrape node counts, `(polled, dormant)`; nothing while there are none.
+    pub fn on_scrape_nodes(&self, (polled, dormant): (usize, usize)) {
+        use std::sync::atomic::Ordering;
+        if polled + dormant > 0 {
+            self.on_scrape_seen.store(true, Ordering::Relaxed);
+        }
+        if self.on_scrape_seen.load(Ordering::Relaxed) {
+            self.on_scrape_nodes
+                .with_label_values(&["polled"])
+                .set(polled as i64);
+            self.on_scrape_nodes
+                .with_label_values(&["dormant"])
+                .set(dormant as i64);
+        }
     }
 
     /// Records the outcome of a configuration reload.

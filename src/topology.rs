@@ -105,9 +105,11 @@ impl Dormant {
 
     async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let key = (self.target.name.clone(), self.node.clone());
-        // One poller for every time the node is woken: its counters go on from where they
-        // were, and a command the server refused is not asked (and warned of) again at once.
-        let mut kept: Option<NodePoller> = None;
+        // A fresh poller each time the node is woken: its counters and slowlog baseline start
+        // over, as they would in another shard's process (one taking up from where it left off
+        // could jump above what that process published in between). Refusals it logged are
+        // carried over, so a command the server still refuses is not warned of at every wake.
+        let mut said: Option<Vec<bool>> = None;
         loop {
             tokio::select! {
                 changed = self.wanted.changed() => if changed.is_err() { break },
@@ -118,7 +120,10 @@ impl Dormant {
             }
             tracing::debug!(target_name = %self.target.name, address = %self.target.url.address(), "scraped: polling");
             let (halt, halted) = watch::channel(false);
-            let awake = kept.take().unwrap_or_else(|| self.poller());
+            let mut awake = self.poller().scrape_waiting(&self.ctx);
+            if let Some(said) = said.take() {
+                awake = awake.with_refusals_said(said);
+            }
             let mut awake = with_sampler(awake, &self.target, &halted);
             let task = tokio::spawn(async move {
                 awake.poll_until(halted).await;
@@ -135,12 +140,9 @@ impl Dormant {
                 }
             };
             let _ = halt.send(true);
-            // A poll stuck past its own deadline is not waited for: the poller is made anew.
+            // A poll stuck past its own deadline is not waited for.
             match timeout(Duration::from_secs(2), task).await {
-                Ok(Ok(mut back)) => {
-                    back.let_go();
-                    kept = Some(back);
-                }
+                Ok(Ok(back)) => said = Some(back.refusals_said()),
                 _ => abort.abort(),
             }
             if stopping {

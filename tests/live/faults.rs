@@ -230,3 +230,50 @@ async fn the_first_poll_after_a_restart_publishes_nothing_of_the_old_process() {
     assert_eq!(gets(&after), None, "the old process' GET count republished");
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_poll_a_scrape_waits_on_does_not_queue_behind_unreachable_nodes() {
+    use redis_lookout::collector::Refresh;
+    use redis_lookout::config::{PasswordSource, RedisUrl, Target};
+    use redis_lookout::poller::{NodePoller, PollContext, MAX_CONCURRENT_CONNECTS};
+    use redis_lookout::snapshot::SnapshotStore;
+    use std::sync::Arc;
+
+    let redis = RedisServer::start(&[]);
+    let store = Arc::new(SnapshotStore::new());
+    let ctx = PollContext::new(
+        store.clone(),
+        Refresh {
+            config: Duration::from_secs(60),
+            command_stats: Duration::from_secs(30),
+        },
+    );
+    // Every shared connect slot taken, as by unreachable nodes retrying their connects.
+    let _held = ctx
+        .connects
+        .clone()
+        .acquire_many_owned(MAX_CONCURRENT_CONNECTS as u32)
+        .await
+        .unwrap();
+    let target = Arc::new(Target::plain(
+        "r".into(),
+        RedisUrl::parse(&redis.url()).unwrap(),
+        None,
+        PasswordSource::None,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    ));
+    let mut queued = NodePoller::new(target.clone(), None, &ctx);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), queued.poll_and_publish())
+            .await
+            .is_err(),
+        "a poll needing a connection waits for a shared slot"
+    );
+    let mut awaited = NodePoller::new(target, None, &ctx).scrape_waiting(&ctx);
+    tokio::time::timeout(Duration::from_secs(30), awaited.poll_and_publish())
+        .await
+        .expect("the first poll of a node a scrape waits on connects at once");
+    let up = store.snapshots(|(t, _), _| t == "r").first().map(|s| s.up);
+    assert_eq!(up, Some(true));
+}

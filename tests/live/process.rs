@@ -352,3 +352,53 @@ async fn the_port_only_listen_address_serves_ipv6_and_ipv4() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_scrape_node_warns_of_a_refused_command_once_across_wakes() {
+    let redis = RedisServer::start(&[]);
+    let set: String = redis.cmd(&[
+        "ACL",
+        "SETUSER",
+        "noconfig",
+        "on",
+        ">No-c0nfig-here",
+        "~*",
+        "+@all",
+        "-config",
+    ]);
+    assert_eq!(set, "OK");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lookout.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "poll_interval: 300ms\nscrape_idle: 1s\npolling: on_scrape\ntargets:\n  - name: r\n    url: redis://noconfig:No-c0nfig-here@127.0.0.1:{}\n",
+            redis.port
+        ),
+    )
+    .unwrap();
+    let p = Running::start(&["--config", file.to_str().unwrap()]);
+    for wake in 0..2 {
+        wait_for(&format!("wake {wake}: CONFIG refused"), WAIT, || async {
+            tokio::net::TcpStream::connect(p.addr).await.ok()?;
+            let (_, body) = http_get(p.addr, "/scrape?target=r").await;
+            let refused = Exposition::parse(&body).value(
+                "redis_lookout_collector_refused",
+                &[("collector", "config")],
+            );
+            (refused == Some(1.0)).then_some(())
+        })
+        .await;
+        wait_for(&format!("wake {wake}: let go"), WAIT, || async {
+            redis.lookout_connections().is_empty().then_some(())
+        })
+        .await;
+    }
+    let log = p.log_text();
+    assert_eq!(
+        log.matches("Redis refused a collector's command").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("No-c0nfig-here"));
+}

@@ -748,6 +748,9 @@ async fn an_on_scrape_target_and_its_replica_are_polled_only_while_scraped() {
         Some(1.0)
     );
     assert_eq!(replica.lookout_connections().len(), 1);
+    let m = d.metrics().await;
+    let nodes = |state: &str| m.value("redis_lookout_on_scrape_nodes", &[("state", state)]);
+    assert_eq!((nodes("polled"), nodes("dormant")), (Some(1.0), Some(1.0)));
     // The target by name: its configured node (the master) alone, without a node label.
     let (status, body) = http_get(d.addr, "/scrape?target=cache").await;
     assert_eq!(status, 200, "{body}");
@@ -760,9 +763,13 @@ async fn an_on_scrape_target_and_its_replica_are_polled_only_while_scraped() {
     );
     assert!(!ups[0].labels.contains_key("node"));
     assert_eq!(ups[0].value, 1.0);
-    // Anything else is still refused: there is no allow-list.
-    let (status, _) = http_get(d.addr, "/scrape?target=127.0.0.1:1").await;
-    assert_eq!(status, 403);
+    // Anything else is not polled: there is no allow-list, and 404 says it is no known node.
+    let (status, body) = http_get(d.addr, "/scrape?target=127.0.0.1:1").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("not a node of any polling: on_scrape target"),
+        "{body}"
+    );
 
     // Scraped a while: the replica's poller counts its polls.
     let replica_polls = || {
@@ -787,9 +794,36 @@ async fn an_on_scrape_target_and_its_replica_are_polled_only_while_scraped() {
         idle.then_some(())
     })
     .await;
-    // Woken again, the same poller goes on counting (a new one would start at 1).
+    // Woken again, a fresh poller counts from the start, as another shard's would (one that
+    // went on from where it stopped could jump above what another process published since).
     let after = replica_polls().await.expect("the replica polled again");
-    assert!(after > before, "polls_total {before} then {after}");
+    assert!(after < before, "polls_total {before} then {after}");
     assert_eq!(replica.lookout_connections().len(), 1);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_scrape_node_on_a_unix_socket_is_scraped_by_the_path_discovery_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let socket = socket.to_str().unwrap();
+    let _redis = RedisServer::start(&["--unixsocket", socket, "--unixsocketperm", "700"]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\npolling: on_scrape\ntargets:\n  - name: local\n    url: unix://{socket}\n"
+    ))
+    .await;
+    let want = BTreeSet::from([socket.to_owned()]);
+    wait_for("discovery lists the socket's path", WAIT, || async {
+        (d.discovered().await == want).then_some(())
+    })
+    .await;
+    let encoded: String = url::form_urlencoded::byte_serialize(socket.as_bytes()).collect();
+    let (status, body) = http_get(d.addr, &format!("/scrape?target={encoded}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        Exposition::parse(&body).value("redis_up", &[("target", "local")]),
+        Some(1.0),
+        "{body}"
+    );
     d.stop().await;
 }
