@@ -229,7 +229,6 @@ pub fn unread_exporter_env(vars: impl IntoIterator<Item = (OsString, OsString)>)
     unread
 }
 
-/// Rewrites `-redis.addr=x` or `-redis.addr x` to `--redis.addr…` when the name is one of ours.
 /// `command` with the environment variable of every argument whose variable `is_empty` says is
 /// empty no longer read.
 fn ignore_empty_env(
@@ -245,6 +244,7 @@ fn ignore_empty_env(
     })
 }
 
+/// Rewrites `-redis.addr=x` or `-redis.addr x` to `--redis.addr…` when the name is one of ours.
 fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     use clap::CommandFactory;
     let command = Cli::command();

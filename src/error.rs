@@ -129,7 +129,7 @@ impl std::fmt::Display for Failure {
 }
 
 /// The first line of `text`, at most 200 characters, without the userinfo of any URL in it.
-fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or_default();
     crate::config::redact_userinfo(line)
         .chars()

@@ -39,9 +39,7 @@ pub enum Outcome {
 
 /// Redis' reply to a refused command, for a log line: its first line, at most 200 characters.
 pub fn refusal(err: &redis::RedisError) -> Outcome {
-    let text = err.to_string();
-    let line = text.lines().next().unwrap_or_default();
-    Outcome::Refused(line.chars().take(200).collect())
+    Outcome::Refused(crate::error::one_line(&err.to_string()))
 }
 
 impl PartialEq for Outcome {
