@@ -247,10 +247,7 @@ impl OnDemand {
         if store.any(|(target, _), e| target == requested && e.on_scrape) {
             let key = (requested.to_owned(), None);
             self.ctx.wanted.wake(&key);
-            let mut at = match RedisUrl::parse(requested) {
-                Ok(url) => self.ctx.wanted.wake_at(&url.address()),
-                Err(_) => Vec::new(),
-            };
+            let mut at = self.wake_address(requested);
             at.retain(|k| *k != key);
             at.insert(0, key);
             return self.answer(at, deadline).await;
@@ -260,12 +257,10 @@ impl OnDemand {
         if !self.running().contains_key(requested)
             && store.any(|(target, _), _| target == requested)
         {
-            let mut out = String::new();
-            store.render_into(&mut out, |(target, _), _| target == requested);
-            return ScrapeAnswer::Metrics(out);
+            return self.render(|(target, _), _| target == requested);
         }
-        // A node at an address as /discovery lists it (a socket's path, too).
-        let woken = self.ctx.wanted.wake_at(requested);
+        // Nodes of on-scrape targets at that address: woken, and answered alone.
+        let woken = self.wake_address(requested);
         if !woken.is_empty() {
             return self.answer(woken, deadline).await;
         }
@@ -283,20 +278,13 @@ impl OnDemand {
         };
         // Host names are case-insensitive: one poller per address however it is written.
         let address = url.address().to_ascii_lowercase();
-        // Nodes of on-scrape targets at that address: woken, and answered alone.
-        let woken = self.ctx.wanted.wake_at(&address);
-        if !woken.is_empty() {
-            return self.answer(woken, deadline).await;
-        }
         // An on-demand poller of this address answers below, once it has polled; anything else
         // already polled here is answered as it is: a configured target named like the address
         // (all its nodes), or the node polled at that address. Neither gets a second poller
         // (which would write into its entry with the allow-list's credentials).
         if !self.running().contains_key(&address) {
             if store.any(|(target, _), _| *target == address) {
-                let mut out = String::new();
-                store.render_into(&mut out, |(target, _), _| *target == address);
-                return ScrapeAnswer::Metrics(out);
+                return self.render(|(target, _), _| *target == address);
             }
             // Every entry polled at that address: the node, and where the address is a
             // cluster's or replica set's configured one, the target's roll-up beside it (the
@@ -306,9 +294,7 @@ impl OnDemand {
                 !e.on_scrape && e.address.eq_ignore_ascii_case(&address)
             };
             if store.any(|_, e| at_address(e)) {
-                let mut out = String::new();
-                store.render_into(&mut out, |_, e| at_address(e));
-                return ScrapeAnswer::Metrics(out);
+                return self.render(|_, e| at_address(e));
             }
         }
         let Some(rule) = settings.rules.iter().find(|r| r.allows(host, port)) else {
@@ -392,9 +378,26 @@ impl OnDemand {
         if !keys.iter().any(|k| store.has_snapshot(k)) {
             return ScrapeAnswer::NotYetPolled;
         }
+        self.render(|k, _| keys.contains(k))
+    }
+
+    /// The chosen nodes' latest snapshots, as the answer.
+    fn render(
+        &self,
+        select: impl Fn(&NodeKey, &crate::snapshot::NodeEntry) -> bool,
+    ) -> ScrapeAnswer {
         let mut out = String::new();
-        store.render_into(&mut out, |k, _| keys.contains(k));
+        self.ctx.store.render_into(&mut out, select);
         ScrapeAnswer::Metrics(out)
+    }
+
+    /// Wakes the on-scrape nodes at the address `requested` names, as `/discovery` lists it
+    /// (`host:port` in any spelling a URL allows, or a socket's path); returns their keys.
+    fn wake_address(&self, requested: &str) -> Vec<NodeKey> {
+        match RedisUrl::parse(requested) {
+            Ok(url) => self.ctx.wanted.wake_at(&url.address()),
+            Err(_) => self.ctx.wanted.wake_at(requested),
+        }
     }
 
     /// Stops on-demand pollers nobody scraped for `idle`; returns how many it stopped.
