@@ -357,12 +357,7 @@ impl NodePoller {
             Ok((set, ping)) => {
                 self.failures = 0;
                 if let Some(tx) = &self.replicas_out {
-                    let replicas = replica_addresses(&set);
-                    tx.send_if_modified(|known| {
-                        let changed = *known != replicas;
-                        *known = replicas;
-                        changed
-                    });
+                    report_replicas(tx, replica_addresses(&set));
                 }
                 self.log_transition(true, None);
                 let mut set = set;
@@ -929,6 +924,15 @@ fn tls_session_error(
         }
         other => other,
     }
+}
+
+/// Tells `tx` the replicas a master lists now (sorted), waking its reader only on a change.
+pub(crate) fn report_replicas(tx: &watch::Sender<Vec<String>>, replicas: Vec<String>) {
+    tx.send_if_modified(|known| {
+        let changed = *known != replicas;
+        *known = replicas;
+        changed
+    });
 }
 
 /// The `ip:port` of each replica a master lists (from the facts of one poll).

@@ -20,7 +20,7 @@ use crate::collector::value_text;
 use crate::config::{RedisUrl, Target};
 use crate::error::{Failure, PollError};
 use crate::metrics::{FamilySet, Kind};
-use crate::poller::{open_connection, NodePoller, PollContext};
+use crate::poller::{open_connection, report_replicas, NodePoller, PollContext};
 use crate::scrape::Registration;
 use crate::snapshot::{EntryKind, NodeKey, Snapshot, Ticket};
 use redis::aio::MultiplexedConnection;
@@ -380,11 +380,7 @@ async fn ask_replicas(
             .map(|r| crate::collector::info::replica_address(&r.ip, &r.port))
             .collect();
         replicas.sort();
-        tx.send_if_modified(|known| {
-            let changed = *known != replicas;
-            *known = replicas;
-            changed
-        });
+        report_replicas(&tx, replicas);
     }
 }
 
