@@ -230,9 +230,7 @@ fn noperm_errors(redis: &RedisServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_commands_are_said_once_not_resent_and_rechecked() {
     let redis = RedisServer::cluster_node();
-    let set: String = redis.cmd(&[
-        "ACL",
-        "SETUSER",
+    redis.acl_setuser(&[
         "limited",
         "on",
         &format!(">{PASSWORD}"),
@@ -241,7 +239,6 @@ async fn refused_commands_are_said_once_not_resent_and_rechecked() {
         "-config",
         "-cluster|info",
     ]);
-    assert_eq!(set, "OK");
     let d = Daemon::start(&format!(
         "poll_interval: 200ms\nconfig_refresh: 4s\ntargets:\n  - name: r\n    url: redis://limited:{PASSWORD}@127.0.0.1:{}\n",
         redis.port
@@ -269,8 +266,7 @@ async fn refused_commands_are_said_once_not_resent_and_rechecked() {
     );
 
     // Rights granted: back within a config_refresh, on the same connection.
-    let set: String = redis.cmd(&["ACL", "SETUSER", "limited", "+config", "+cluster|info"]);
-    assert_eq!(set, "OK");
+    redis.acl_setuser(&["limited", "+config", "+cluster|info"]);
     let m = d
         .metrics_when("figures back", Duration::from_secs(30), |m| {
             !refused(m, "cluster")

@@ -254,17 +254,7 @@ async fn bad_requests_get_4xx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn why_a_target_is_down_is_logged_in_redis_words() {
     let redis = RedisServer::start(&[]);
-    let set: String = redis.cmd(&[
-        "ACL",
-        "SETUSER",
-        "noinfo",
-        "on",
-        ">Why-Pa55-down",
-        "~*",
-        "+@all",
-        "-info",
-    ]);
-    assert_eq!(set, "OK");
+    redis.acl_setuser(&["noinfo", "on", ">Why-Pa55-down", "~*", "+@all", "-info"]);
     let mut p = Running::start(&[
         "--redis.addr",
         &format!("redis://noinfo:Why-Pa55-down@127.0.0.1:{}", redis.port),
@@ -281,8 +271,7 @@ async fn why_a_target_is_down_is_logged_in_redis_words() {
     assert!(log.contains("target is down"), "{log}");
 
     // INFO allowed: up. Then the server is full and our connection is cut: a new reason.
-    let set: String = redis.cmd(&["ACL", "SETUSER", "noinfo", "+info"]);
-    assert_eq!(set, "OK");
+    redis.acl_setuser(&["noinfo", "+info"]);
     wait_for("up", WAIT, || async {
         (p.metrics().await?.value("redis_up", &[])? == 1.0).then_some(())
     })
@@ -356,9 +345,7 @@ async fn the_port_only_listen_address_serves_ipv6_and_ipv4() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_on_scrape_node_warns_of_a_refused_command_once_across_wakes() {
     let redis = RedisServer::start(&[]);
-    let set: String = redis.cmd(&[
-        "ACL",
-        "SETUSER",
+    redis.acl_setuser(&[
         "noconfig",
         "on",
         ">No-c0nfig-here",
@@ -366,7 +353,6 @@ async fn an_on_scrape_node_warns_of_a_refused_command_once_across_wakes() {
         "+@all",
         "-config",
     ]);
-    assert_eq!(set, "OK");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("lookout.yaml");
     std::fs::write(

@@ -665,6 +665,14 @@ impl RedisCluster {
 }
 
 impl RedisServer {
+    /// `ACL SETUSER <rules…>` (the user's name first), which must answer OK.
+    pub fn acl_setuser(&self, rules: &[&str]) {
+        let mut args = vec!["ACL", "SETUSER"];
+        args.extend_from_slice(rules);
+        let set: String = self.cmd(&args);
+        assert_eq!(set, "OK", "ACL SETUSER {rules:?}");
+    }
+
     /// The ids of the connections named redis-lookout on this server.
     pub fn lookout_connections(&self) -> Vec<String> {
         let list: String = self.cmd(&["CLIENT", "LIST"]);

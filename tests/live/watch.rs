@@ -364,9 +364,7 @@ async fn under_lfu_the_hottest_key_found_is_the_one_the_test_made_hot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watched_series_go_when_the_rounds_keep_failing() {
     let redis = RedisServer::start(&[]);
-    let _: () = redis.cmd(&[
-        "ACL", "SETUSER", "watcher", "on", ">w-Pa55", "~*", "&*", "+@all",
-    ]);
+    redis.acl_setuser(&["watcher", "on", ">w-Pa55", "~*", "&*", "+@all"]);
     let _: () = redis.cmd(&["SADD", "jobs:running", "1", "2"]);
     let url = format!("redis://watcher:w-Pa55@127.0.0.1:{}", redis.port);
     let d = Daemon::start(&format!(
@@ -377,7 +375,7 @@ async fn watched_series_go_when_the_rounds_keep_failing() {
         size(m, "jobs:running") == Some(2.0)
     })
     .await;
-    let _: () = redis.cmd(&["ACL", "SETUSER", "watcher", "-type"]);
+    redis.acl_setuser(&["watcher", "-type"]);
     let m = d
         .metrics_when("the watched series withdrawn", WAIT, |m| {
             size(m, "jobs:running").is_none()
