@@ -2,22 +2,25 @@
 //! the benchmark and for trying the keyspace sampler by hand:
 //! `keygen redis://127.0.0.1:6379 1000000`.
 
+use clap::Parser;
 use redis_lookout::keyspace::generate::fill;
 use std::process::ExitCode;
 
+/// Fills a Redis with the generated keyspace mix: 8 key families with known shares, sizes,
+/// types and TTL rules (see `redis_lookout::keyspace::generate`).
+#[derive(Parser)]
+#[command(name = "keygen", version)]
+struct Args {
+    /// The Redis to fill.
+    #[arg(default_value = "redis://127.0.0.1:6379")]
+    url: String,
+    /// How many keys to write.
+    #[arg(default_value_t = 1_000_000)]
+    keys: u64,
+}
+
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let url = args
-        .next()
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".to_owned());
-    let keys: u64 = match args.next().map(|n| n.parse()) {
-        None => 1_000_000,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => {
-            eprintln!("usage: keygen [redis-url] [number of keys]");
-            return ExitCode::from(2);
-        }
-    };
+    let Args { url, keys } = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
