@@ -173,14 +173,14 @@ impl SlowlogVerdict {
     }
 
     /// Whether our commands in SLOWLOG are few enough for a run of `active`: at most
-    /// [`allowed`](Self::allowed)`(floor)` of them, or all within at most one second in ten of
-    /// the run (and at least one second). A stall of the machine makes every command in flight
-    /// slow at once: a CI run logged 19 of the sampler's SCANs and the poller's INFO at 1-4.7 ms,
-    /// all in one second, while none of the stall control's RANDOMKEYs (a few µs each, so
-    /// rarely in flight) was slow. Commands sized too big show up instead second after second,
-    /// and fail both.
+    /// [`allowed`](Self::allowed)`(floor)` of them, or all within at most two seconds per ten
+    /// seconds of the run, and at least two (one stall may straddle a second boundary). A stall
+    /// of the machine makes every command in flight slow at once: a CI run logged 19 of the
+    /// sampler's SCANs and the poller's INFO at 1-4.7 ms, all in one second, while none of the
+    /// stall control's RANDOMKEYs (a few µs each, so rarely in flight) was slow. Commands sized
+    /// too big show up instead second after second, and fail both.
     pub fn few_enough(&self, floor: f64, active: Duration) -> bool {
-        let seconds = (active.as_secs_f64() / 10.0).max(1.0);
+        let seconds = 2.0 * (active.as_secs_f64() / 10.0).max(1.0);
         self.ours.len() as f64 <= self.allowed(floor) || self.our_seconds.len() as f64 <= seconds
     }
 
