@@ -129,7 +129,6 @@ impl Dormant {
                 awake.poll_until(halted).await;
                 awake
             });
-            let abort = task.abort_handle();
             let stopping = loop {
                 let last = *self.wanted.borrow_and_update();
                 tokio::select! {
@@ -140,11 +139,9 @@ impl Dormant {
                 }
             };
             let _ = halt.send(true);
-            // A poll stuck past its own deadline is not waited for.
-            match timeout(Duration::from_secs(2), task).await {
-                Ok(Ok(back)) => said = Some(back.refusals_said()),
-                _ => abort.abort(),
-            }
+            said = join_or_abort(task, Duration::from_secs(2))
+                .await
+                .map(|back| back.refusals_said());
             if stopping {
                 break;
             }
@@ -269,11 +266,15 @@ impl Children {
 }
 
 /// Waits up to `grace` for a task told to stop, then aborts it: a poll stuck past its own
-/// deadline cannot hold up whoever stops it.
-pub(crate) async fn join_or_abort(task: JoinHandle<()>, grace: Duration) {
+/// deadline cannot hold up whoever stops it. What the task returned, when it ended in time.
+pub(crate) async fn join_or_abort<T>(task: JoinHandle<T>, grace: Duration) -> Option<T> {
     let abort = task.abort_handle();
-    if timeout(grace, task).await.is_err() {
-        abort.abort();
+    match timeout(grace, task).await {
+        Ok(joined) => joined.ok(),
+        Err(_) => {
+            abort.abort();
+            None
+        }
     }
 }
 
@@ -354,19 +355,15 @@ async fn ask_replicas(
                 .map_err(|e| Failure::redis(&e))?;
             value_text(&reply).ok_or_else(|| Failure::from(PollError::Protocol))
         };
-        let text = match timeout(limit, asked).await {
-            Ok(Ok(text)) => text,
-            Ok(Err(failure)) => {
+        let asked = timeout(limit, asked)
+            .await
+            .unwrap_or_else(|_| Err(PollError::Timeout.into()));
+        let text = match asked {
+            Ok(text) => text,
+            Err(failure) => {
                 conn = None;
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(target_name = %target.name, %address, error = %failure, "cannot ask the master for its replicas; the ones known stay as they are");
-                }
-                continue;
-            }
-            Err(_) => {
-                conn = None;
-                if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(target_name = %target.name, %address, "cannot ask the master for its replicas (timed out); the ones known stay as they are");
                 }
                 continue;
             }
