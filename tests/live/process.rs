@@ -353,17 +353,13 @@ async fn an_on_scrape_node_warns_of_a_refused_command_once_across_wakes() {
         "+@all",
         "-config",
     ]);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("lookout.yaml");
-    std::fs::write(
-        &file,
-        format!(
+    let p = Running::with_config(
+        &format!(
             "poll_interval: 300ms\nscrape_idle: 1s\npolling: on_scrape\ntargets:\n  - name: r\n    url: redis://noconfig:No-c0nfig-here@127.0.0.1:{}\n",
             redis.port
         ),
-    )
-    .unwrap();
-    let p = Running::start(&["--config", file.to_str().unwrap()]);
+        &[],
+    );
     for wake in 0..2 {
         wait_for(&format!("wake {wake}: CONFIG refused"), WAIT, || async {
             tokio::net::TcpStream::connect(p.addr).await.ok()?;

@@ -1184,7 +1184,22 @@ pub struct Running {
 
 impl Running {
     pub fn start(args: &[&str]) -> Running {
+        Self::start_in(tempfile::tempdir().unwrap(), args)
+    }
+
+    /// Started with `yaml` as its config file (kept in the process' own temp dir) and `extra`.
+    pub fn with_config(yaml: &str, extra: &[&str]) -> Running {
         let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let args: Vec<&str> = ["--config", file.to_str().unwrap()]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Self::start_in(dir, &args)
+    }
+
+    fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Running {
         let log = dir.path().join("stderr.log");
         let port = free_port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();

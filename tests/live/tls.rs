@@ -250,22 +250,12 @@ fn any_up(m: &Exposition) -> Option<f64> {
 async fn scrape_targets_over_tls_use_the_tls_flags() {
     let pki = Pki::generate();
     let redis = RedisServer::start_tls(&pki, true, &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let p = Running::with_config(
+        &format!(
             "scrape_allow:\n  - hosts: [\"127.0.0.1\"]\n    ports: {}\n    tls: true\n",
             redis.port
         ),
-    )
-    .unwrap();
-    let p = Running::start(
-        &[
-            ["--config", config.to_str().unwrap()].as_slice(),
-            &tls_flags(&pki),
-        ]
-        .concat(),
+        &tls_flags(&pki),
     );
     let target = format!("127.0.0.1:{}", redis.port);
     let m = wait_for("scraped over TLS", Duration::from_secs(20), || async {

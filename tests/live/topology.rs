@@ -403,10 +403,7 @@ async fn a_thousand_targets_with_a_third_down_are_all_polled_from_one_process() 
         };
         yaml.push_str(&format!("  - name: t{i}\n    url: {url}\n"));
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fleet.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let p = Running::start(&["--config", path.to_str().unwrap(), "--log-level", "error"]);
+    let p = Running::with_config(&yaml, &["--log-level", "error"]);
     let addr = p.addr;
     // One exposition in which all 1000 are present and exactly the closed-port third is down
     // (waited for: under the parallel suite a healthy target's poll can still miss 1 s once).
