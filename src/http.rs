@@ -187,7 +187,7 @@ enum Source {
     /// socket, so preparing the next frame overlaps the kernel sending this one. If that thread
     /// died midway, the stream just stops: no self-metrics and, gzipped, no trailer, so a gzip
     /// client sees a truncated stream, an error, not an exposition with families missing.
-    Ahead(tokio::sync::mpsc::Receiver<Vec<u8>>),
+    Ahead(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 /// The frames of one exposition, in order: merged windows of about [`WINDOW`] bytes, the
@@ -198,35 +198,92 @@ struct Frames {
     merger: Merger<Arc<Snapshot>>,
     tail: Option<String>,
     gzip: Option<GzipStream>,
+    buffers: Buffers,
 }
 
 impl Frames {
     /// The next frame's bytes; None after the last.
-    fn next(&mut self) -> Option<Vec<u8>> {
-        let mut text = Vec::new();
+    fn next(&mut self) -> Option<Bytes> {
+        let mut buf = self.buffers.take();
+        let mut len = 0;
         let mut more = true;
-        while text.len() < WINDOW && more {
-            more = self.merger.write_next(&mut text);
+        while len < WINDOW && more {
+            match self.merger.write_window(&mut buf, len) {
+                Some(end) => len = end,
+                None => more = false,
+            }
         }
         if !more {
             if let Some(tail) = self.tail.take() {
-                text.extend_from_slice(tail.as_bytes());
+                buf.truncate(len);
+                buf.extend_from_slice(tail.as_bytes());
+                len = buf.len();
             }
         }
         let Some(stream) = &mut self.gzip else {
-            return (!text.is_empty()).then_some(text);
+            if len == 0 {
+                return None;
+            }
+            let home = self.buffers.clone();
+            return Some(Bytes::from_owner(Filled { buf, len, home }));
         };
-        let mut out = if text.is_empty() {
+        let mut out = if len == 0 {
             Vec::new()
         } else {
-            stream.push(Segment::new(&text))
+            stream.push(Segment::new(&buf[..len]))
         };
+        self.buffers.give(buf);
         if !more {
             if let Some(stream) = self.gzip.take() {
                 out.extend_from_slice(&stream.finish());
             }
         }
-        (!out.is_empty()).then_some(out)
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+}
+
+/// The window buffers of one exposition, each handed back when the socket is done with its
+/// frame: a 1000-target scrape reuses a few buffers instead of allocating 15 of a megabyte or
+/// more (which the allocator may have to fault in anew) and zeroing each before it is written.
+/// A buffer's length is as far as it was ever written; a frame is its front part.
+#[derive(Clone, Default)]
+struct Buffers(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Buffers {
+    /// Buffers kept for reuse: as many as frames are in flight (one being written to the
+    /// socket, one queued, one being produced) and a spare.
+    const KEEP: usize = 4;
+
+    fn take(&self) -> Vec<u8> {
+        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        free.pop().unwrap_or_default()
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < Self::KEEP {
+            free.push(buf);
+        }
+    }
+}
+
+/// A plain frame: the front `len` bytes of a buffer that goes back to its exposition's
+/// [`Buffers`] when hyper drops the frame.
+struct Filled {
+    buf: Vec<u8>,
+    len: usize,
+    home: Buffers,
+}
+
+impl AsRef<[u8]> for Filled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Filled {
+    fn drop(&mut self) {
+        self.home.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -255,6 +312,7 @@ impl ExpositionBody {
             merger,
             tail: Some(tail),
             gzip: gzip.then(GzipStream::default),
+            buffers: Buffers::default(),
         };
         let source = if let Some(permit) = permit {
             // One frame queued while the next is produced and the last is written: a few
@@ -295,7 +353,7 @@ impl hyper::body::Body for ExpositionBody {
         if frame.is_none() {
             this.slot = None;
         }
-        Poll::Ready(frame.map(|bytes| Ok(Frame::data(Bytes::from(bytes)))))
+        Poll::Ready(frame.map(|bytes| Ok(Frame::data(bytes))))
     }
 }
 

@@ -54,9 +54,9 @@
 //! - [`check`]: the one-shot `check` command.
 //! - [`telemetry`]: process self-metrics on one `prometheus` registry (HTTP, alerts, process).
 //! - [`http`]: hyper 1 server and the handlers; HTTPS and basic auth from [`web_config`].
-//!   A large `/metrics` is merged on a blocking thread one window ahead of the socket; at most
-//!   `max_requests` are in flight, and a connection whose writes stall for
-//!   [`http::WRITE_STALL`] is dropped.
+//!   A large `/metrics` is merged on a blocking thread one window ahead of the socket, into a
+//!   few buffers reused from window to window; at most `max_requests` are in flight, and a
+//!   connection whose writes stall for [`http::WRITE_STALL`] is dropped.
 //! - [`encoding`]: gzip for `/metrics` and `/scrape` when the client asks; windows compressed
 //!   apart (as they are merged) and framed as one gzip member.
 //! - [`tls`]: TLS to Redis for `rediss://` targets (CA, client certificate, server name); the

@@ -457,7 +457,6 @@ pub struct Merger<T> {
     ends: Vec<usize>,
     slots: Vec<Slot>,
     pieces: Vec<Piece>,
-    headers: String,
 }
 
 /// A family of the current window: its name, the header chosen (the first list's), and where
@@ -477,6 +476,11 @@ impl Slot {
             len: 0,
             cursor: 0,
         }
+    }
+
+    /// The HELP and TYPE lines written before the family's samples.
+    fn header_text(&self) -> &[u8] {
+        self.header.as_ref().map_or(&[], |h| h.header.as_bytes())
     }
 }
 
@@ -502,7 +506,6 @@ impl<T: HasFamilies> Merger<T> {
             window: window.max(1),
             slots: Vec::new(),
             pieces: Vec::new(),
-            headers: String::new(),
         }
     }
 
@@ -519,6 +522,15 @@ impl<T: HasFamilies> Merger<T> {
     /// comparison, and the names the other lists add are merged in, in order. Then the samples
     /// are copied list by list into their family's place in the output.
     pub fn write_next(&mut self, out: &mut Vec<u8>) -> bool {
+        let at = out.len();
+        self.write_window(out, at).is_some()
+    }
+
+    /// Writes the next window into `out` from `at` on, over the bytes already there (so a
+    /// buffer reused from frame to frame is not zeroed again): `out` grows only when it is too
+    /// short. Returns where the window ends, or None when all families are written (`out`
+    /// untouched). `at` must not be past `out`'s end.
+    pub fn write_window(&mut self, out: &mut Vec<u8>, at: usize) -> Option<usize> {
         let Self {
             lists,
             positions,
@@ -526,15 +538,11 @@ impl<T: HasFamilies> Merger<T> {
             ends,
             slots,
             pieces,
-            headers,
         } = self;
         let remaining = |i: usize| lists[i].rendered().families.len() - positions[i];
-        let Some(pilot) = (0..lists.len())
+        let pilot = (0..lists.len())
             .filter(|&i| remaining(i) > 0)
-            .max_by_key(|&i| remaining(i))
-        else {
-            return false;
-        };
+            .max_by_key(|&i| remaining(i))?;
         let pilot_families = &lists[pilot].rendered().families[positions[pilot]..];
         let budget = (*window / lists.len()).max(1);
         let mut take = 0;
@@ -611,21 +619,17 @@ impl<T: HasFamilies> Merger<T> {
         }
 
         // Headers in place, room for the samples after each.
-        headers.clear();
-        for slot in slots.iter_mut() {
-            if let Some(header) = &slot.header {
-                headers.push_str(&header.header);
-            }
-            slot.cursor = headers.len();
+        let size: usize = slots.iter().map(|s| s.header_text().len() + s.len).sum();
+        let end = at + size;
+        if out.len() < end {
+            out.resize(end, 0);
         }
-        let samples: usize = slots.iter().map(|s| s.len).sum();
-        out.reserve(headers.len() + samples);
-        let mut header_start = 0;
+        let mut cursor = at;
         for slot in slots.iter_mut() {
-            out.extend_from_slice(&headers.as_bytes()[header_start..slot.cursor]);
-            header_start = slot.cursor;
-            slot.cursor = out.len();
-            out.resize(out.len() + slot.len, 0);
+            let header = slot.header_text();
+            out[cursor..cursor + header.len()].copy_from_slice(header);
+            slot.cursor = cursor + header.len();
+            cursor = slot.cursor + slot.len;
         }
         for piece in pieces.iter() {
             let text = lists[piece.list as usize].rendered().text.as_bytes();
@@ -637,7 +641,7 @@ impl<T: HasFamilies> Merger<T> {
             slot.cursor += src.len();
         }
         positions.copy_from_slice(ends);
-        true
+        Some(end)
     }
 
     /// Writes everything left.
@@ -776,13 +780,15 @@ mod properties {
     }
 
     proptest! {
-        /// Whatever families each node has, in whatever windows the merge goes: one header per
-        /// name, names in order, every node's samples in node order, the first type winning.
+        /// Whatever families each node has, in whatever windows the merge goes (appended, or
+        /// each over a reused buffer's front): one header per name, names in order, every
+        /// node's samples in node order, the first type winning.
         #[test]
         fn windowed_merge_equals_merge_by_name(
             nodes in proptest::collection::vec(node_families(), 0..8),
             window in 1..400usize,
             shared_names in proptest::bool::ANY,
+            stale in 0..600usize,
         ) {
             let shared = Interner::default();
             let lists: Vec<Rendered> = nodes
@@ -804,10 +810,19 @@ mod properties {
                 })
                 .collect();
             let want = merged_by_name(&lists);
-            let mut merger = Merger::with_window(lists, window);
+            let mut merger = Merger::with_window(lists.iter().collect(), window);
             let mut got = Vec::new();
             while merger.write_next(&mut got) {}
-            prop_assert_eq!(String::from_utf8(got).unwrap(), want);
+            prop_assert_eq!(&String::from_utf8(got).unwrap(), &want);
+            // As `/metrics` frames are made: each window written over the front of one reused
+            // buffer, which holds the last window's (or anything's) bytes beyond.
+            let mut merger = Merger::with_window(lists.iter().collect(), window);
+            let mut reused = vec![b'#'; stale];
+            let mut framed = Vec::new();
+            while let Some(end) = merger.write_window(&mut reused, 0) {
+                framed.extend_from_slice(&reused[..end]);
+            }
+            prop_assert_eq!(String::from_utf8(framed).unwrap(), want);
         }
 
         /// Whatever bytes a label value holds (key names, client names), the sample stays one

@@ -1020,6 +1020,43 @@ impl Exposition {
         e
     }
 
+    /// Panics unless the exposition is one the format allows: one `# TYPE` per family, each
+    /// family's samples together (a histogram's `_bucket`, `_sum` and `_count` with it), and no
+    /// series twice.
+    pub fn assert_well_formed(&self) {
+        assert_eq!(self.type_lines, self.types.len(), "one # TYPE per family");
+        let family = |name: &str| -> String {
+            if self.types.contains_key(name) {
+                return name.to_owned();
+            }
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|s| name.strip_suffix(s))
+                .find(|base| self.types.contains_key(*base))
+                .unwrap_or(name)
+                .to_owned()
+        };
+        let mut done = std::collections::HashSet::new();
+        let mut series = std::collections::HashSet::new();
+        let mut current = String::new();
+        for line in &self.lines {
+            let f = family(&line.name);
+            if f != current {
+                assert!(
+                    done.insert(f.clone()),
+                    "{f}: its samples are split (again after {current})"
+                );
+                current = f;
+            }
+            assert!(
+                series.insert((line.name.clone(), line.labels.clone())),
+                "{} {:?} twice",
+                line.name,
+                line.labels
+            );
+        }
+    }
+
     /// The value of the first sample of `name` whose labels include all of `want`.
     pub fn value(&self, name: &str, want: &[(&str, &str)]) -> Option<f64> {
         self.lines
