@@ -528,8 +528,9 @@ impl<T: HasFamilies> Merger<T> {
 
     /// Writes the next window into `out` from `at` on, over the bytes already there (so a
     /// buffer reused from frame to frame is not zeroed again): `out` grows only when it is too
-    /// short. Returns where the window ends, or None when all families are written (`out`
-    /// untouched). `at` must not be past `out`'s end.
+    /// short, and then by just what is missing, not doubled (a reused buffer doubled to a few
+    /// megabytes measured 3-4 MB more RSS at 1000 targets). Returns where the window ends, or
+    /// None when all families are written (`out` untouched). `at` must not be past `out`'s end.
     pub fn write_window(&mut self, out: &mut Vec<u8>, at: usize) -> Option<usize> {
         let Self {
             lists,
@@ -622,6 +623,7 @@ impl<T: HasFamilies> Merger<T> {
         let size: usize = slots.iter().map(|s| s.header_text().len() + s.len).sum();
         let end = at + size;
         if out.len() < end {
+            out.reserve_exact(end - out.len());
             out.resize(end, 0);
         }
         let mut cursor = at;
