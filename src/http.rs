@@ -199,12 +199,17 @@ struct Frames {
     tail: Option<String>,
     gzip: Option<GzipStream>,
     buffers: Buffers,
+    /// The capacity of a new buffer: room for a window and more, when the exposition is made
+    /// ahead (all buffers one size, so the allocator hands the same blocks back scrape after
+    /// scrape, and a slightly larger window rarely needs a new one); none up front for a small
+    /// one, which takes one window of just its size.
+    capacity: usize,
 }
 
 impl Frames {
     /// The next frame's bytes; None after the last.
     fn next(&mut self) -> Option<Bytes> {
-        let mut buf = self.buffers.take();
+        let mut buf = self.buffers.take(self.capacity);
         let mut len = 0;
         let mut more = true;
         while len < WINDOW && more {
@@ -254,9 +259,10 @@ impl Buffers {
     /// socket, one queued, one being produced) and a spare.
     const KEEP: usize = 4;
 
-    fn take(&self) -> Vec<u8> {
+    /// A buffer to write a frame into: a used one, or a new one of `capacity`.
+    fn take(&self, capacity: usize) -> Vec<u8> {
         let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        free.pop().unwrap_or_default()
+        free.pop().unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 
     fn give(&self, buf: Vec<u8>) {
@@ -313,6 +319,7 @@ impl ExpositionBody {
             tail: Some(tail),
             gzip: gzip.then(GzipStream::default),
             buffers: Buffers::default(),
+            capacity: if permit.is_some() { 2 * WINDOW } else { 0 },
         };
         let source = if let Some(permit) = permit {
             // One frame queued while the next is produced and the last is written: a few
