@@ -227,6 +227,7 @@ impl Frames {
         }
         let Some(stream) = &mut self.gzip else {
             if len == 0 {
+                self.buffers.give(buf);
                 return None;
             }
             let home = self.buffers.clone();
