@@ -514,13 +514,8 @@ impl<T: HasFamilies> Merger<T> {
         self.lists.iter().map(|l| l.rendered().text.len()).sum()
     }
 
-    /// Writes the next window of families; false when all are written.
-    ///
-    /// Every list is sorted by name and almost every list has the same families in the same
-    /// order, so a window is chosen on the list with the most families left (enough of them for
-    /// about `window` bytes over all lists), each list's share of it is found with one pointer
-    /// comparison, and the names the other lists add are merged in, in order. Then the samples
-    /// are copied list by list into their family's place in the output.
+    /// Appends the next window of families ([`Merger::write_window`]); false when all are
+    /// written.
     pub fn write_next(&mut self, out: &mut Vec<u8>) -> bool {
         let at = out.len();
         self.write_window(out, at).is_some()
@@ -529,8 +524,14 @@ impl<T: HasFamilies> Merger<T> {
     /// Writes the next window into `out` from `at` on, over the bytes already there (so a
     /// buffer reused from frame to frame is not zeroed again): `out` grows only when it is too
     /// short, and then by just what is missing, not doubled (a reused buffer doubled to a few
-    /// megabytes measured 3-4 MB more RSS at 1000 targets). Returns where the window ends, or
+    /// megabytes measured 3-4.5 MB more RSS at 1000 targets). Returns where the window ends, or
     /// None when all families are written (`out` untouched). `at` must not be past `out`'s end.
+    ///
+    /// Every list is sorted by name and almost every list has the same families in the same
+    /// order, so a window is chosen on the list with the most families left (enough of them for
+    /// about `window` bytes over all lists), each list's share of it is found with one pointer
+    /// comparison, and the names the other lists add are merged in, in order. Then the samples
+    /// are copied list by list into their family's place in the output.
     pub fn write_window(&mut self, out: &mut Vec<u8>, at: usize) -> Option<usize> {
         let Self {
             lists,

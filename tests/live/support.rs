@@ -1021,26 +1021,15 @@ impl Exposition {
     }
 
     /// Panics unless the exposition is one the format allows: one `# TYPE` per family, each
-    /// family's samples together (a histogram's `_bucket`, `_sum` and `_count` with it), and no
-    /// series twice.
+    /// family's samples together (a histogram's or summary's `_bucket`, `_sum` and `_count`
+    /// with it, as [`Exposition::family_of`] reads them), and no series twice.
     pub fn assert_well_formed(&self) {
         assert_eq!(self.type_lines, self.types.len(), "one # TYPE per family");
-        let family = |name: &str| -> String {
-            if self.types.contains_key(name) {
-                return name.to_owned();
-            }
-            ["_bucket", "_sum", "_count"]
-                .iter()
-                .filter_map(|s| name.strip_suffix(s))
-                .find(|base| self.types.contains_key(*base))
-                .unwrap_or(name)
-                .to_owned()
-        };
         let mut done = std::collections::HashSet::new();
         let mut series = std::collections::HashSet::new();
         let mut current = String::new();
         for line in &self.lines {
-            let f = family(&line.name);
+            let f = self.family_of(&line.name);
             if f != current {
                 assert!(
                     done.insert(f.clone()),
