@@ -49,8 +49,9 @@
 //! - [`scrape`]: `/scrape?target=` with its allow-list and on-demand pollers, and the nodes of
 //!   `polling: on_scrape` targets (polled only while scraped: one shard of a fleet) it wakes.
 //! - [`alerts`]: the alert pack (one definition per alert → rule file and evaluator),
-//!   [`alerts::eval`] (pending/firing/resolved), [`alerts::alertmanager`] (API v2 push, with an
-//!   always-firing watchdog for a dead man's switch).
+//!   [`alerts::eval`] (pending/firing/resolved), [`alerts::template`] (descriptions rendered as
+//!   Prometheus renders them), [`alerts::alertmanager`] (API v2 push, with an always-firing
+//!   watchdog for a dead man's switch).
 //! - [`check`]: the one-shot `check` command.
 //! - [`telemetry`]: process self-metrics on one `prometheus` registry (HTTP, alerts, process).
 //! - [`http`]: hyper 1 server and the handlers; HTTPS and basic auth from [`web_config`].

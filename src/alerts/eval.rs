@@ -320,39 +320,6 @@ fn families_of(signal: &Signal) -> Vec<&'static str> {
     }
 }
 
-/// Fills the Prometheus template bits the pack uses: `{{ $value }}` (with `humanize`,
-/// `humanizePercentage`, `humanizeDuration`) and `{{ $labels.NAME }}`.
-pub fn fill_template(text: &str, labels: &Labels, value: f64) -> String {
-    let mut out = text
-        .replace(
-            "{{ $value | humanizePercentage }}",
-            &format!("{:.1}%", value * 100.0),
-        )
-        .replace(
-            "{{ $value | humanizeDuration }}",
-            &format!(
-                "{}",
-                humantime::format_duration(Duration::from_secs_f64(value.max(0.0)))
-            ),
-        )
-        .replace("{{ $value | humanize }}", &format!("{value:.3}"))
-        .replace("{{ $value }}", &format!("{value}"));
-    // The search resumes after each replacement: a label value (a stream group's name comes
-    // from Redis data) may itself contain `{{ $labels.… }}`.
-    let mut from = 0;
-    while let Some(found) = out[from..].find("{{ $labels.") {
-        let start = from + found;
-        let Some(len) = out[start..].find("}}") else {
-            break;
-        };
-        let name = out[start + 11..start + len].trim();
-        let replacement = labels.get(name).cloned().unwrap_or_default();
-        out.replace_range(start..start + len + 2, &replacement);
-        from = start + replacement.len();
-    }
-    out
-}
-
 /// Alert state for every node, updated as observations arrive.
 pub struct Evaluator {
     rules: Vec<AlertRule>,
@@ -580,7 +547,7 @@ fn annotations(
         ("summary".to_owned(), rule.summary_for(level)),
         (
             "description".to_owned(),
-            fill_template(rule.description, labels, value),
+            super::template::render(rule.description, labels, value),
         ),
         ("runbook_url".to_owned(), rule.runbook_url(runbook_base)),
     ])
@@ -754,7 +721,7 @@ mod tests {
             .find(|a| a.labels["alertname"] == "RedisMemoryHigh")
             .unwrap();
         assert!(
-            high.annotations["description"].contains("90.0%"),
+            high.annotations["description"].contains(" uses 90% of maxmemory"),
             "{}",
             high.annotations["description"]
         );
@@ -1068,28 +1035,5 @@ mod tests {
         );
         e.delivered(&[]);
         assert_eq!(e.resolved_backlog().len(), 2);
-    }
-
-    #[test]
-    fn a_label_value_that_looks_like_a_template_is_written_once() {
-        let labels = Labels::from([("group".to_owned(), "{{ $labels.group }}".to_owned())]);
-        assert_eq!(
-            fill_template("group {{ $labels.group }} stalled", &labels, 0.0),
-            "group {{ $labels.group }} stalled"
-        );
-    }
-
-    #[test]
-    fn templates_fill_values_and_labels() {
-        let labels = Labels::from([("target".to_owned(), "cache".to_owned())]);
-        assert_eq!(
-            fill_template(
-                "{{ $labels.target }} at {{ $value | humanizePercentage }}",
-                &labels,
-                0.5
-            ),
-            "cache at 50.0%"
-        );
-        assert_eq!(fill_template("{{ $labels.missing }}x", &labels, 1.0), "x");
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod alertmanager;
 pub mod eval;
+pub mod template;
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -168,8 +169,9 @@ impl Signal {
 pub struct AlertRule {
     pub name: &'static str,
     pub summary: &'static str,
-    /// Prometheus template text; `{{ $value }}` and `{{ $labels.* }}` are filled by Prometheus
-    /// (and by the in-process evaluator, which fills the same two).
+    /// Prometheus template text, limited to what [`template::render`] renders as Prometheus
+    /// does (`{{ $value }}` and its `humanize` functions, `{{ $labels.* }}`, `{{ if $labels.* }}`),
+    /// so the in-process evaluator's alerts read the same.
     pub description: &'static str,
     /// PromQL the comparison with the threshold is appended to, or put at `{cmp}` where the
     /// expression goes on after it (a guard joined with `and`, which binds looser).
@@ -224,7 +226,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisDown",
             "Redis is unreachable",
-            "redis-lookout cannot poll {{ $labels.target }} {{ $labels.node }}: connection refused, timed out or authentication failed (see redis_exporter_last_scrape_error).",
+            "redis-lookout cannot poll {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }}: connection refused, timed out or authentication failed (see redis_exporter_last_scrape_error).",
             "redis_up",
             Op::Below,
             Signal::Series("redis_up"),
@@ -234,7 +236,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisMemoryHigh",
             "Redis memory above {t_pct} of maxmemory",
-            "{{ $labels.target }} {{ $labels.node }} uses {{ $value | humanizePercentage }} of maxmemory: evictions or OOM errors are next.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} uses {{ $value | humanizePercentage }} of maxmemory: evictions or OOM errors are next.",
             "redis_memory_used_bytes / (redis_memory_max_bytes > 0)",
             Op::Above,
             Signal::Ratio("redis_memory_used_bytes", "redis_memory_max_bytes"),
@@ -244,7 +246,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisMemoryWarning",
             "Redis memory above {t_pct} of maxmemory",
-            "{{ $labels.target }} {{ $labels.node }} uses {{ $value | humanizePercentage }} of maxmemory.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} uses {{ $value | humanizePercentage }} of maxmemory.",
             "redis_memory_used_bytes / (redis_memory_max_bytes > 0)",
             Op::Above,
             Signal::Ratio("redis_memory_used_bytes", "redis_memory_max_bytes"),
@@ -254,7 +256,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisNoMaxmemory",
             "Redis has no maxmemory limit",
-            "{{ $labels.target }} {{ $labels.node }} runs without maxmemory: it can grow until the host runs out of memory, and the memory alerts cannot fire.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} runs without maxmemory: it can grow until the host runs out of memory, and the memory alerts cannot fire.",
             "redis_memory_max_bytes",
             Op::Below,
             Signal::Series("redis_memory_max_bytes"),
@@ -264,7 +266,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisEvictionSpike",
             "Redis is evicting keys",
-            "{{ $labels.target }} {{ $labels.node }} evicts {{ $value | humanize }} keys/s: it is at maxmemory and dropping data.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} evicts {{ $value | humanize }} keys/s: it is at maxmemory and dropping data.",
             "sum by (target, node) (rate(redis_evicted_keys_total[5m]))",
             Op::Above,
             Signal::Rate("redis_evicted_keys_total", secs(300)),
@@ -274,7 +276,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisOutOfMemoryErrors",
             "Redis refuses writes with OOM",
-            "{{ $labels.target }} {{ $labels.node }} answered {{ $value | humanize }} commands with OOM in 5 minutes: writes are failing.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} answered {{ $value | humanize }} commands with OOM in 5 minutes: writes are failing.",
             "sum by (target, node) (increase(redis_errors_total{err=\"OOM\"}[5m]))",
             Op::Above,
             Signal::Increase("redis_errors_total", secs(300), "err", &["OOM"]),
@@ -284,7 +286,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisReplicaLagHigh",
             "Replica more than {t} s behind its master",
-            "Replica {{ $labels.slave_ip }}:{{ $labels.slave_port }} of {{ $labels.target }} {{ $labels.node }} is {{ $value | humanizeDuration }} behind.",
+            "Replica {{ $labels.slave_ip }}:{{ $labels.slave_port }} of {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} is {{ $value | humanizeDuration }} behind.",
             "redis_replica_lag_seconds",
             Op::Above,
             Signal::Series("redis_replica_lag_seconds"),
@@ -296,7 +298,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisReplicationBroken",
             "Replica lost its link to the master",
-            "{{ $labels.target }} {{ $labels.node }} has no link to its master {{ $labels.master_host }}:{{ $labels.master_port }}: it serves stale data and cannot take over.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} has no link to its master {{ $labels.master_host }}:{{ $labels.master_port }}: it serves stale data and cannot take over.",
             "redis_master_link_up",
             Op::Below,
             Signal::Series("redis_master_link_up"),
@@ -310,7 +312,7 @@ pub fn pack() -> Vec<AlertRule> {
             ..rule(
                 "RedisReplicaLost",
                 "A master has fewer replicas than an hour ago",
-                "{{ $labels.target }} {{ $labels.node }} lost {{ $value }} replica(s) compared with its maximum over the last hour.",
+                "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} lost {{ $value }} replica(s) compared with its maximum over the last hour.",
                 "max_over_time(redis_connected_slaves[1h]) - redis_connected_slaves {cmp} unless on (target, node) redis_master_link_up",
                 Op::Above,
                 Signal::DropFromMax("redis_connected_slaves", secs(3600)),
@@ -321,7 +323,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisClusterStateNotOk",
             "Redis Cluster state is not ok",
-            "{{ $labels.target }} {{ $labels.node }} reports cluster_state fail: some slots are not served.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} reports cluster_state fail: some slots are not served.",
             "redis_cluster_state",
             Op::Below,
             Signal::Series("redis_cluster_state"),
@@ -331,7 +333,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisClusterSlotsFailing",
             "Redis Cluster has failing slots",
-            "{{ $labels.target }} {{ $labels.node }} sees {{ $value }} slots in fail state.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} sees {{ $value }} slots in fail state.",
             "redis_cluster_slots_fail",
             Op::Above,
             Signal::Series("redis_cluster_slots_fail"),
@@ -401,7 +403,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisRdbSaveFailing",
             "Redis RDB snapshots are failing",
-            "The last BGSAVE of {{ $labels.target }} {{ $labels.node }} failed; with stop-writes-on-bgsave-error writes are refused (MISCONF).",
+            "The last BGSAVE of {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} failed; with stop-writes-on-bgsave-error writes are refused (MISCONF).",
             "redis_rdb_last_bgsave_status",
             Op::Below,
             Signal::Series("redis_rdb_last_bgsave_status"),
@@ -411,7 +413,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisWritesRefusedMisconf",
             "Redis refuses writes: MISCONF",
-            "{{ $labels.target }} {{ $labels.node }} answered {{ $value | humanize }} commands with MISCONF in 2 minutes: persistence failed and writes are refused.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} answered {{ $value | humanize }} commands with MISCONF in 2 minutes: persistence failed and writes are refused.",
             "sum by (target, node) (increase(redis_errors_total{err=\"MISCONF\"}[2m]))",
             Op::Above,
             Signal::Increase("redis_errors_total", secs(120), "err", &["MISCONF"]),
@@ -423,7 +425,7 @@ pub fn pack() -> Vec<AlertRule> {
             ..rule(
                 "RedisAofWriteFailing",
                 "Redis cannot write its AOF",
-                "{{ $labels.target }} {{ $labels.node }} failed its last AOF write: writes are refused until the disk recovers.",
+                "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} failed its last AOF write: writes are refused until the disk recovers.",
                 "redis_aof_last_write_status {cmp} and on (target, node) redis_aof_enabled == 1",
                 Op::Below,
                 Signal::Series("redis_aof_last_write_status"),
@@ -436,7 +438,7 @@ pub fn pack() -> Vec<AlertRule> {
             ..rule(
                 "RedisAofRewriteFailing",
                 "Redis AOF rewrite failed",
-                "The last AOF rewrite of {{ $labels.target }} {{ $labels.node }} failed: the AOF keeps growing.",
+                "The last AOF rewrite of {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} failed: the AOF keeps growing.",
                 "redis_aof_last_bgrewrite_status {cmp} and on (target, node) redis_aof_enabled == 1",
                 Op::Below,
                 Signal::Series("redis_aof_last_bgrewrite_status"),
@@ -451,7 +453,7 @@ pub fn pack() -> Vec<AlertRule> {
             ..rule(
                 "RedisDatabaseFlushed",
                 "Redis lost most of its keys",
-                "{{ $labels.target }} {{ $labels.node }} holds {{ $value | humanizePercentage }} of the keys it held 10 minutes ago (FLUSHALL/FLUSHDB, mass deletion, or a restart without persistence).",
+                "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} holds {{ $value | humanizePercentage }} of the keys it held 10 minutes ago (FLUSHALL/FLUSHDB, mass deletion, or a restart without persistence).",
                 "sum by (target, node) (redis_db_keys) / (sum by (target, node) (redis_db_keys offset 10m) > 100) {cmp} and on (target, node) redis_loading_dump_file == 0",
                 Op::Below,
                 Signal::ShareOfEarlier("redis_db_keys", secs(600), 100.0),
@@ -462,7 +464,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisUnauthorizedAccess",
             "Failed authentication attempts on Redis",
-            "{{ $labels.target }} {{ $labels.node }} refused {{ $value | humanize }} authentications (WRONGPASS/NOAUTH) in 5 minutes.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} refused {{ $value | humanize }} authentications (WRONGPASS/NOAUTH) in 5 minutes.",
             "round(sum by (target, node) (increase(redis_errors_total{err=~\"WRONGPASS|NOAUTH\"}[5m])))",
             Op::Above,
             Signal::Increase("redis_errors_total", secs(300), "err", &["WRONGPASS", "NOAUTH"]),
@@ -472,7 +474,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisTooManyConnections",
             "Redis has more than {t} clients",
-            "{{ $labels.target }} {{ $labels.node }} has {{ $value }} connected clients.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} has {{ $value }} connected clients.",
             "redis_connected_clients",
             Op::Above,
             Signal::Series("redis_connected_clients"),
@@ -482,7 +484,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisConnectionsNearMaxclients",
             "Redis clients near maxclients",
-            "{{ $labels.target }} {{ $labels.node }} uses {{ $value | humanizePercentage }} of maxclients; new connections will be refused.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} uses {{ $value | humanizePercentage }} of maxclients; new connections will be refused.",
             "redis_connected_clients / (redis_max_clients > 0)",
             Op::Above,
             Signal::Ratio("redis_connected_clients", "redis_max_clients"),
@@ -492,7 +494,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisRejectedConnections",
             "Redis rejects connections",
-            "{{ $labels.target }} {{ $labels.node }} rejected {{ $value | humanize }} connections in 5 minutes (maxclients reached).",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} rejected {{ $value | humanize }} connections in 5 minutes (maxclients reached).",
             "sum by (target, node) (increase(redis_rejected_connections_total[5m]))",
             Op::Above,
             Signal::Increase("redis_rejected_connections_total", secs(300), "", &[]),
@@ -502,7 +504,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisBlockedClients",
             "Redis has blocked clients",
-            "{{ $labels.target }} {{ $labels.node }} has {{ $value }} clients blocked (BLPOP/BRPOP/XREAD BLOCK/WAIT or CLIENT PAUSE); normal for idle queue consumers.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} has {{ $value }} clients blocked (BLPOP/BRPOP/XREAD BLOCK/WAIT or CLIENT PAUSE); normal for idle queue consumers.",
             "redis_blocked_clients",
             Op::Above,
             Signal::Series("redis_blocked_clients"),
@@ -512,7 +514,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisHitRatioLow",
             "Redis keyspace hit ratio below {t_pct}",
-            "{{ $labels.target }} {{ $labels.node }} finds {{ $value | humanizePercentage }} of looked-up keys (over 5 minutes, at 10 lookups/s or more).",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} finds {{ $value | humanizePercentage }} of looked-up keys (over 5 minutes, at 10 lookups/s or more).",
             "sum by (target, node) (rate(redis_keyspace_hits_total[5m])) / (sum by (target, node) (rate(redis_keyspace_hits_total[5m]) + rate(redis_keyspace_misses_total[5m])) >= 10)",
             Op::Below,
             Signal::HitRatio(secs(300), 10.0),
@@ -522,7 +524,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisLatencyHigh",
             "Redis answers slowly",
-            "The poll round trip to {{ $labels.target }} {{ $labels.node }} takes {{ $value | humanizeDuration }} (measured by redis-lookout, network included).",
+            "The poll round trip to {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} takes {{ $value | humanizeDuration }} (measured by redis-lookout, network included).",
             "redis_exporter_last_scrape_ping_time_seconds",
             Op::Above,
             Signal::Series("redis_exporter_last_scrape_ping_time_seconds"),
@@ -534,7 +536,7 @@ pub fn pack() -> Vec<AlertRule> {
             ..rule(
                 "RedisFragmentationHigh",
                 "Redis memory is fragmented",
-                "{{ $labels.target }} {{ $labels.node }} has a fragmentation ratio of {{ $value }} with over 100 MiB wasted.",
+                "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} has a fragmentation ratio of {{ $value }} with over 100 MiB wasted.",
                 "redis_mem_fragmentation_ratio {cmp} and on (target, node) redis_mem_fragmentation_bytes > 104857600",
                 Op::Above,
                 Signal::Series("redis_mem_fragmentation_ratio"),
@@ -545,7 +547,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisSlowlogGrowing",
             "Redis logs many slow commands",
-            "{{ $labels.target }} {{ $labels.node }} logged {{ $value | humanize }} slow commands in 5 minutes (see redis_slowlog_entries_total by cmd).",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} logged {{ $value | humanize }} slow commands in 5 minutes (see redis_slowlog_entries_total by cmd).",
             // The same entries, each counted once, but in one series that exists from the first
             // poll: increase() takes a new series' first sample as its baseline, so a burst by
             // a command not slow before (a new `cmd` series) read as none. The evaluator counts
@@ -559,7 +561,7 @@ pub fn pack() -> Vec<AlertRule> {
                 rule(
             "RedisKeysWithoutTtl",
             "Keys that must expire have no TTL",
-            "{{ $labels.target }} {{ $labels.node }} holds about {{ $value | humanize }} keys without a TTL under {{ $labels.prefix }} (db {{ $labels.db }}), a prefix that must expire: they will never leave memory.",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} holds about {{ $value | humanize }} keys without a TTL under {{ $labels.prefix }} (db {{ $labels.db }}), a prefix that must expire: they will never leave memory.",
             "redis_keyspace_must_expire_keys_without_ttl",
             Op::Above,
             Signal::Series("redis_keyspace_must_expire_keys_without_ttl"),
@@ -569,7 +571,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisExporterCollectorFailing",
             "redis-lookout cannot read part of Redis' answers",
-            "The {{ $labels.collector }} collector failed on {{ $labels.target }} {{ $labels.node }}; its metrics are missing.",
+            "The {{ $labels.collector }} collector failed on {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }}; its metrics are missing.",
             "redis_lookout_collector_success",
             Op::Below,
             Signal::Series("redis_lookout_collector_success"),
@@ -579,7 +581,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisQueueBacklogGrowing",
             "A watched queue keeps growing",
-            "{{ $labels.key }} (db {{ $labels.db }}) on {{ $labels.target }} {{ $labels.node }} holds {{ $value }} more entries than 10 minutes ago, and has kept growing for 30 minutes: its consumers do not keep up.",
+            "{{ $labels.key }} (db {{ $labels.db }}) on {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} holds {{ $value }} more entries than 10 minutes ago, and has kept growing for 30 minutes: its consumers do not keep up.",
             "redis_key_size - redis_key_size offset 10m",
             Op::Above,
             Signal::SeriesChange("redis_key_size", secs(600)),
@@ -589,7 +591,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisStreamGroupLagHigh",
             "A stream consumer group is more than {t} entries behind",
-            "Group {{ $labels.group }} of stream {{ $labels.stream }} on {{ $labels.target }} {{ $labels.node }} has {{ $value }} entries not yet delivered.",
+            "Group {{ $labels.group }} of stream {{ $labels.stream }} on {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} has {{ $value }} entries not yet delivered.",
             "redis_stream_group_lag",
             Op::Above,
             Signal::Series("redis_stream_group_lag"),
@@ -599,7 +601,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisStreamGroupLagGrowing",
             "A stream consumer group falls further behind",
-            "Group {{ $labels.group }} of stream {{ $labels.stream }} on {{ $labels.target }} {{ $labels.node }} is {{ $value }} entries further behind than 10 minutes ago, and has kept falling behind for 30 minutes.",
+            "Group {{ $labels.group }} of stream {{ $labels.stream }} on {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} is {{ $value }} entries further behind than 10 minutes ago, and has kept falling behind for 30 minutes.",
             "redis_stream_group_lag - redis_stream_group_lag offset 10m",
             Op::Above,
             Signal::SeriesChange("redis_stream_group_lag", secs(600)),
@@ -609,7 +611,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisStreamGroupStalled",
             "A stream consumer group has no active consumer",
-            "Entries wait for group {{ $labels.group }} of stream {{ $labels.stream }} on {{ $labels.target }} {{ $labels.node }}, and none of its consumers has read for {{ $value | humanizeDuration }} (or it has none).",
+            "Entries wait for group {{ $labels.group }} of stream {{ $labels.stream }} on {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }}, and none of its consumers has read for {{ $value | humanizeDuration }} (or it has none).",
             "redis_stream_group_stalled_seconds",
             Op::Above,
             Signal::Series("redis_stream_group_stalled_seconds"),
@@ -619,7 +621,7 @@ pub fn pack() -> Vec<AlertRule> {
         rule(
             "RedisHotKey",
             "One key takes over {t_pct} of the accesses",
-            "The hottest key under {{ $labels.prefix }} (db {{ $labels.db }}) on {{ $labels.target }} {{ $labels.node }} takes about {{ $value | humanizePercentage }} of the accesses the sampler's LFU counters account for.",
+            "The hottest key under {{ $labels.prefix }} (db {{ $labels.db }}) on {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} takes about {{ $value | humanizePercentage }} of the accesses the sampler's LFU counters account for.",
             "redis_keyspace_hot_key_access_share",
             Op::Above,
             Signal::Series("redis_keyspace_hot_key_access_share"),
@@ -807,6 +809,18 @@ pub fn render_rules(rules: &[AlertRule], runbook_base: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_template_in_the_pack_renders_in_process_as_in_prometheus() {
+        for rule in pack() {
+            for level in &rule.levels {
+                for text in [rule.description, &rule.summary_for(level)] {
+                    let unknown = template::unknown_actions(text);
+                    assert!(unknown.is_empty(), "{}: {unknown:?} in {text:?}", rule.name);
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_error_kind_an_alert_counts_is_published_from_zero() {

@@ -30,6 +30,92 @@ fn the_rule_file_passes_promtool_check_and_its_unit_tests() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
+/// The in-process evaluator writes each alert's description as Prometheus writes it from
+/// `alerts/redis.rules.yml`: every rule's description, over values that take every branch of
+/// `humanize`, `humanizePercentage`, `humanizeDuration` and Go's `%v`, with and without a
+/// `node` label, rendered by `template::render` and given to `promtool test rules` as what
+/// Prometheus must produce.
+#[test]
+fn in_process_alert_descriptions_read_exactly_as_prometheus_renders_them() {
+    use redis_lookout::alerts::template;
+    use serde_json::json;
+    let values = [
+        0.0, 0.5, 0.875, 3.0, 15.0, 61.5, 899.99, 1234.5, 5000.0, 1e6, 1234567.0, 0.00012, -2.5,
+    ];
+    let (mut rules, mut cases) = (Vec::new(), Vec::new());
+    for rule in redis_lookout::alerts::pack() {
+        let mut names: Vec<&str> = rule
+            .description
+            .split("$labels.")
+            .skip(1)
+            .map(|rest| {
+                rest.split(|c: char| !(c == '_' || c.is_ascii_alphanumeric()))
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        for with_node in [true, false] {
+            let mut labels = std::collections::BTreeMap::new();
+            for name in &names {
+                let value = match *name {
+                    "target" => "cache-a".to_owned(),
+                    "node" if !with_node => continue,
+                    "node" => "10.0.1.11:6379".to_owned(),
+                    other => format!("{other}'s \"value\""),
+                };
+                labels.insert(name.to_string(), value);
+            }
+            for value in values {
+                let alert = format!("A{}", rules.len());
+                let expr = labels
+                    .iter()
+                    .fold(format!("vector({value:?})"), |e, (k, v)| {
+                        format!("label_replace({e}, {k:?}, {}, \"\", \"\")", json!(v))
+                    });
+                rules.push(json!({
+                    "alert": alert,
+                    "expr": expr,
+                    "annotations": {"description": rule.description},
+                }));
+                cases.push(json!({
+                    "eval_time": "0m",
+                    "alertname": alert,
+                    "exp_alerts": [{
+                        "exp_labels": labels,
+                        "exp_annotations": {
+                            "description": template::render(rule.description, &labels, value),
+                        },
+                    }],
+                }));
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let groups = json!({"groups": [{"name": "descriptions", "rules": rules}]});
+    std::fs::write(dir.path().join("rules.yml"), groups.to_string()).unwrap();
+    let tests = json!({
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [], "alert_rule_test": cases}],
+    });
+    std::fs::write(dir.path().join("tests.yml"), tests.to_string()).unwrap();
+    let run = Command::new("promtool")
+        .args(["test", "rules", "tests.yml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("promtool (apt-get install prometheus)");
+    let out =
+        String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success() && out.contains("SUCCESS"),
+        "{}",
+        &out[..out.len().min(20_000)]
+    );
+    assert!(cases.len() > 500, "{} cases", cases.len());
+}
+
 #[test]
 fn the_rule_tests_cover_every_alert_firing_and_not_firing() {
     let rules = redis_lookout::alerts::pack();
