@@ -435,6 +435,16 @@ pub struct ReplicaLine {
     pub lag: f64,
 }
 
+impl ReplicaLine {
+    /// Whether the replica has a position in the stream to measure lag from. One still in its
+    /// initial sync (wait_bgsave, send_bulk) reports offset 0, and so does one the master has
+    /// just put online after sending it an RDB, until it has loaded the RDB and sent its first
+    /// ACK (minutes for a large dataset): its lag is unknown then, not the whole stream.
+    pub fn positioned(&self) -> bool {
+        self.state == "online" && self.offset > 0.0
+    }
+}
+
 /// `ip:port` of a replica its master lists, as the replica is polled (`[ip]:port` for IPv6).
 pub fn replica_address(ip: &str, port: &str) -> String {
     if ip.contains(':') {
@@ -498,10 +508,9 @@ fn replication(info: &Info, out: &mut FamilySet) {
             labels(),
             replica.offset,
         );
-        // A replica still in its initial sync (wait_bgsave, send_bulk) reports offset 0, which
-        // is no position in the stream: no lag until it is online (the sync shows on the
-        // replica as redis_master_sync_in_progress and a link that is down).
-        if let (Some(master_offset), true) = (master_offset, replica.state == "online") {
+        // No lag while the replica syncs (it shows on the replica as
+        // redis_master_sync_in_progress and a link that is down, or loading).
+        if let (Some(master_offset), true) = (master_offset, replica.positioned()) {
             out.add(
                 "redis_replica_lag_bytes",
                 "Replication bytes an online replica has not yet acknowledged: master_repl_offset minus the replica's offset.",
@@ -593,6 +602,12 @@ pub fn replica_lag_seconds(history: &[(f64, f64)], now: f64, replica_offset: f64
 /// replica further behind reads as the age of the oldest record (a lower bound).
 const OFFSET_HISTORY: usize = 1024;
 
+/// How long a master that listed replicas keeps recording its offset while it lists none: a
+/// replica that drops out and comes back (a restart, a flapping link, a partial resync) is
+/// then measured against the offsets of its absence, not from a history that starts anew
+/// and reads 0 however far behind it is.
+const HISTORY_WITHOUT_REPLICAS: f64 = 600.0;
+
 /// The INFO collector: one command per poll.
 #[derive(Debug)]
 pub struct InfoCollector {
@@ -606,6 +621,8 @@ pub struct InfoCollector {
     /// (seconds since `epoch`, master_repl_offset) at each poll while this node is a master.
     offsets: std::collections::VecDeque<(f64, f64)>,
     replid: String,
+    /// When (seconds since `epoch`) the last poll that listed a replica ran.
+    replicas_seen: Option<f64>,
     epoch: Instant,
 }
 
@@ -619,6 +636,7 @@ impl InfoCollector {
             command_cache: String::new(),
             offsets: std::collections::VecDeque::new(),
             replid: String::new(),
+            replicas_seen: None,
             epoch: Instant::now(),
         }
     }
@@ -649,6 +667,7 @@ impl InfoCollector {
         let (Some("master"), Some(offset)) = (info.get("role"), info.number("master_repl_offset"))
         else {
             self.offsets.clear();
+            self.replicas_seen = None;
             return;
         };
         let replid = info.get("master_replid").unwrap_or("");
@@ -658,12 +677,20 @@ impl InfoCollector {
             self.replid = replid.to_owned();
         }
         let replicas = replica_lines(info);
-        if replicas.is_empty() {
-            // Nothing to measure: keep no history on the many masters without replicas.
-            self.offsets.clear();
-            return;
-        }
         let now = self.epoch.elapsed().as_secs_f64();
+        if replicas.is_empty() {
+            if self
+                .replicas_seen
+                .is_none_or(|seen| now - seen > HISTORY_WITHOUT_REPLICAS)
+            {
+                // Nothing to measure: keep no history on the many masters without replicas.
+                self.offsets.clear();
+                self.replicas_seen = None;
+                return;
+            }
+        } else {
+            self.replicas_seen = Some(now);
+        }
         // Only the first poll at each offset matters to the answer; repeats add nothing.
         if self.offsets.back().is_none_or(|(_, last)| offset > *last) {
             self.offsets.push_back((now, offset));
@@ -672,7 +699,7 @@ impl InfoCollector {
             }
         }
         let history = self.offsets.make_contiguous();
-        for replica in replicas.iter().filter(|r| r.state == "online") {
+        for replica in replicas.iter().filter(|r| r.positioned()) {
             out.add(
                 "redis_replica_lag_seconds",
                 "Seconds since the master's replication offset was where an online replica's is now (0 when caught up; resolution one poll)",
@@ -889,21 +916,51 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_that_drops_out_for_a_poll_is_measured_against_the_offsets_of_its_absence() {
+        let master = |offset: u32, replica: Option<u32>| {
+            let line = replica.map_or(String::new(), |r| {
+                format!("slave0:ip=10.0.0.2,port=6379,state=online,offset={r},lag=0\n")
+            });
+            parse_info(&format!(
+                "role:master\nmaster_replid:abc\nmaster_repl_offset:{offset}\n{line}"
+            ))
+        };
+        let mut collector = InfoCollector::new(std::time::Duration::from_secs(30));
+        let mut out = FamilySet::new();
+        collector.replica_lag(&master(100, Some(100)), &mut out);
+        collector.replica_lag(&master(200, None), &mut out);
+        collector.replica_lag(&master(300, Some(100)), &mut out);
+        let kept: Vec<f64> = collector.offsets.iter().map(|(_, o)| *o).collect();
+        assert_eq!(
+            kept,
+            [100.0, 200.0, 300.0],
+            "the poll without replicas is recorded"
+        );
+        // A master that never lists a replica keeps nothing.
+        let mut lone = InfoCollector::new(std::time::Duration::from_secs(30));
+        lone.replica_lag(&master(100, None), &mut out);
+        lone.replica_lag(&master(200, None), &mut out);
+        assert!(lone.offsets.is_empty());
+    }
+
+    #[test]
     fn replica_lines_on_a_master_and_link_fields_on_a_replica() {
         let master = parse_info(
             "role:master\nmaster_repl_offset:500\n\
              slave0:ip=127.0.0.1,port=6380,state=online,offset=400,lag=1\n\
-             slave1:ip=::1,port=6381,state=wait_bgsave,offset=0,lag=0\n",
+             slave1:ip=::1,port=6381,state=wait_bgsave,offset=0,lag=0\n\
+             slave2:ip=127.0.0.1,port=6382,state=online,offset=0,lag=3\n",
         );
         let mut out = FamilySet::new();
         info_families(&master, None, &mut out);
         let lag = out.get("redis_connected_slave_lag_seconds").unwrap();
-        assert_eq!(lag.samples.len(), 2);
+        assert_eq!(lag.samples.len(), 3);
         assert_eq!(lag.samples[1].labels[0], ("slave_ip", "::1".to_owned()));
         let bytes = out.get("redis_replica_lag_bytes").unwrap();
         assert_eq!(bytes.samples[0].value, 100.0);
-        // The replica still in its initial sync (offset 0) has no lag series, in bytes or
-        // seconds, rather than the whole stream or the age of the oldest offset recorded.
+        // The replicas still in their initial sync (offset 0: one sent its RDB, one online
+        // but still loading it) have no lag series, in bytes or seconds, rather than the
+        // whole stream or the age of the oldest offset recorded.
         assert_eq!(bytes.samples.len(), 1);
         let mut collector = InfoCollector::new(std::time::Duration::from_secs(30));
         let mut out = FamilySet::new();
