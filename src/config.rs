@@ -357,14 +357,42 @@ pub struct AllowRule {
 }
 
 impl AllowRule {
-    /// True when `host:port` may be polled under this rule.
+    /// True when `host:port` may be polled under this rule. An IPv6 host matches an entry
+    /// written with or without brackets, in any of its spellings (`fd00::1`, `[fd00:0::1]`).
     pub fn allows(&self, host: &str, port: u16) -> bool {
+        let unbracket = |h: &str| h.strip_prefix('[')?.strip_suffix(']').map(str::to_owned);
+        let host = host.to_ascii_lowercase();
+        let host6 = unbracket(&host).and_then(|h| h.parse::<std::net::Ipv6Addr>().ok());
         port >= self.ports.low
             && port <= self.ports.high
             && self.hosts.iter().any(|pattern| {
-                host_match(&pattern.to_ascii_lowercase(), &host.to_ascii_lowercase())
+                let pattern = pattern.to_ascii_lowercase();
+                let bare = unbracket(&pattern).unwrap_or_else(|| pattern.clone());
+                match (host6, bare.parse::<std::net::Ipv6Addr>()) {
+                    (Some(h), Ok(p)) => h == p,
+                    (Some(_), Err(_)) => host_match(&bare, &host[1..host.len() - 1]),
+                    (None, _) => host_match(&pattern, &host),
+                }
             })
     }
+}
+
+/// The one spelling of a host that `/scrape` matches and keys its pollers by, or None for a
+/// host the system resolver would read as an IPv4 address written another way than
+/// `a.b.c.d` in decimal without leading zeros (`10.0.0.05`, which it reads as octal;
+/// `0x0a.0.0.5`; `167772165`): each spelling would be a different target for the allow-list
+/// and the pollers' map, so one Redis could be given a poller per spelling.
+pub fn canonical_host(host: &str) -> Option<String> {
+    let host = host.to_ascii_lowercase();
+    if host.starts_with('[') {
+        return Some(host); // IPv6: the URL parser has written it in its canonical form
+    }
+    let last = host.rsplit('.').next().unwrap_or("");
+    if last.starts_with(|c: char| c.is_ascii_digit()) {
+        let canonical = host.parse::<std::net::Ipv4Addr>().ok()?.to_string();
+        return (canonical == host).then_some(host);
+    }
+    Some(host)
 }
 
 /// Whether an allow-list host pattern admits `host`. A pattern that is `*` alone admits any
@@ -1953,6 +1981,45 @@ mod tests {
     }
 
     #[test]
+    fn scrape_hosts_have_one_spelling() {
+        let host = |raw: &str| {
+            RedisUrl::parse(raw)
+                .unwrap()
+                .url()
+                .host_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            canonical_host(&host("redis://10.0.0.5:6379")).as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(
+            canonical_host(&host("redis://Cache-A.Internal:6379")).as_deref(),
+            Some("cache-a.internal")
+        );
+        assert_eq!(
+            canonical_host(&host("redis://[FD00:0::1]:6379")).as_deref(),
+            Some("[fd00::1]")
+        );
+        for other in [
+            "10.0.0.05",
+            "010.0.0.5",
+            "0x0a.0.0.5",
+            "167772165",
+            "10.0.5",
+            "10.0.0.256",
+            "a.b.1x",
+        ] {
+            assert_eq!(
+                canonical_host(&host(&format!("redis://{other}:6379"))),
+                None,
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
     fn allow_rules_match_host_globs_and_port_ranges() {
         let c = load("scrape_allow:\n  - hosts: [\"redis-*.cache.internal\", \"127.0.0.2\"]\n    ports: \"6379-6380\"\n    password_env: FLEET\n").unwrap();
         let rule = &c.scrape_allow[0];
@@ -1971,6 +2038,12 @@ mod tests {
         assert!(!host_match("*.cache.internal", "a.b.cache.internal"));
         assert!(!host_match("*.cache.internal", "cache.internal"));
         assert!(host_match("10.*.0.1", "10.200.0.1") && !host_match("10.*.1", "10.200.0.1"));
+        // IPv6 entries with or without brackets, in any spelling; globs within the address.
+        let c = load("scrape_allow:\n  - hosts: [\"fd00::1\", \"[fd00:0:0::2]\", \"fd01::*\"]\n    ports: \"6379\"\n").unwrap();
+        let rule = &c.scrape_allow[0];
+        assert!(rule.allows("[fd00::1]", 6379) && rule.allows("[fd00::2]", 6379));
+        assert!(rule.allows("[FD01::7]", 6379) && !rule.allows("[fd00::3]", 6379));
+        assert!(!rule.allows("fd00.example", 6379));
         let err = load("scrape_allow:\n  - hosts: [h]\n    ports: \"9-1\"\n")
             .unwrap_err()
             .to_string();

@@ -340,9 +340,13 @@ impl NodePoller {
     pub async fn poll_and_publish(&mut self) {
         let started = Instant::now();
         self.polls_total += 1;
+        // The connect slot first: a poller queued for one (behind connects to hosts that drop
+        // packets, each holding its slot up to poll_timeout) must not sit on a poll permit
+        // meanwhile, or enough unreachable nodes would starve the pollers of healthy ones,
+        // which need no connect slot at all.
+        self.reserve_connect().await;
         let polls = self.polls.clone();
         let _permit = polls.acquire().await;
-        self.reserve_connect().await;
         let result = match timeout(self.target.poll_timeout, self.poll_once()).await {
             Ok(result) => result,
             Err(_) => {

@@ -276,6 +276,11 @@ impl OnDemand {
         else {
             return ScrapeAnswer::BadTarget("target must be host:port".into());
         };
+        let Some(host) = crate::config::canonical_host(host) else {
+            return ScrapeAnswer::BadTarget(
+                "an IPv4 target must be written a.b.c.d in decimal, without leading zeros".into(),
+            );
+        };
         // Host names are case-insensitive: one poller per address however it is written.
         let address = url.address().to_ascii_lowercase();
         // An on-demand poller of this address answers below, once it has polled; anything else
@@ -297,7 +302,7 @@ impl OnDemand {
                 return self.render(|_, e| at_address(e));
             }
         }
-        let Some(rule) = settings.rules.iter().find(|r| r.allows(host, port)) else {
+        let Some(rule) = settings.rules.iter().find(|r| r.allows(&host, port)) else {
             // Without an allow-list only on-scrape targets are answered: say what is missing.
             return if settings.rules.is_empty() {
                 ScrapeAnswer::UnknownNode

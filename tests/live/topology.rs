@@ -356,6 +356,16 @@ async fn scrape_polls_allowed_targets_with_their_own_credentials_and_refuses_the
     // The refusal came before any connection: nothing is waiting at the refused listener.
     assert!(matches!(refused.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
     assert_eq!(http_get(d.addr, "/scrape").await.0, 400);
+    // Other spellings of an admitted IPv4 address (the resolver reads 127.0.0.01 as 127.0.0.1)
+    // are no second target: one address, one poller.
+    for spelling in ["127.0.0.01", "0x7f.0.0.1", "2130706433"] {
+        let (status, body) = http_get(
+            d.addr,
+            &format!("/scrape?target={spelling}:{}", secured.port),
+        )
+        .await;
+        assert_eq!(status, 400, "{spelling}: {body}");
+    }
 
     // Not scraped for scrape_idle: the poller and its series go away, and so does its connection.
     let m = d
