@@ -412,18 +412,10 @@ impl ClusterFacts {
         let mut set = FamilySet::new();
         let usable: Vec<&ClusterNode> = nodes.iter().filter(|n| !n.unusable).collect();
         let addr_of = |id: &str| usable.iter().find(|n| n.id == id).map(|n| n.addr.clone());
-        // A master that serves no slots (a demoted one the answering node has not yet heard about,
-        // or an empty one being added) serves nobody. One only suspected (`fail?`) is not
-        // counted either: once most masters are gone, no majority is left to turn a suspicion
-        // into `fail`, and the dead would stay "online" for good.
-        let masters_online = usable
-            .iter()
-            .filter(|n| n.master && !n.fail && !n.pfail && n.slots > 0)
-            .count();
         set.gauge(
             "redis_cluster_masters_online",
             "Masters serving slots and not flagged fail or fail? (suspected), in the cluster's view of itself",
-            masters_online as f64,
+            masters_online(nodes) as f64,
         );
         for state in ["ok", "pfail", "fail"] {
             let count = usable
@@ -517,7 +509,55 @@ struct ClusterView {
     /// The connection to the node that answered last, and the address it was asked at.
     conn: Option<(MultiplexedConnection, String)>,
     known: Vec<String>,
+    /// The ids and masters online of the last view taken, to judge the next one by.
+    last_view: LastView,
     facts: ClusterFacts,
+}
+
+/// What the last view taken said, for [`LastView::doubts`].
+#[derive(Debug, Default)]
+struct LastView {
+    ids: std::collections::HashSet<String>,
+    masters_online: usize,
+}
+
+impl LastView {
+    fn of(nodes: &[ClusterNode]) -> Self {
+        Self {
+            ids: nodes.iter().map(|n| n.id.clone()).collect(),
+            masters_online: masters_online(nodes),
+        }
+    }
+
+    /// Whether a view needs a second opinion before it is taken: it leaves out nodes the last
+    /// one listed, or counts fewer masters online. One node's view is wrong for good when
+    /// that node left the cluster but still answers (`redis-cli --cluster del-node` resets it
+    /// to a cluster of itself), was restarted without its nodes.conf, or is an address now
+    /// held by another cluster's node; and it is wrong for a while when the node is cut off
+    /// from the cluster bus and suspects every other master.
+    fn doubts(&self, nodes: &[ClusterNode]) -> bool {
+        !self.ids.is_empty()
+            && (self.ids.iter().any(|id| !nodes.iter().any(|n| &n.id == id))
+                || masters_online(nodes) < self.masters_online)
+    }
+
+    /// How well a view agrees with this one: the nodes of this one it still lists, then its
+    /// masters online. Of two views, the one that agrees better is taken.
+    fn agreement(&self, nodes: &[ClusterNode]) -> (usize, usize) {
+        let kept = nodes.iter().filter(|n| self.ids.contains(&n.id)).count();
+        (kept, masters_online(nodes))
+    }
+}
+
+/// Masters serving slots and flagged neither `fail` nor `fail?`. A master that serves no slots
+/// (a demoted one the answering node has not yet heard about, or an empty one being added)
+/// serves nobody. One only suspected is not counted either: once most masters are gone, no
+/// majority is left to turn a suspicion into `fail`, and the dead would stay "online" for good.
+fn masters_online(nodes: &[ClusterNode]) -> usize {
+    nodes
+        .iter()
+        .filter(|n| !n.unusable && n.master && !n.fail && !n.pfail && n.slots > 0)
+        .count()
 }
 
 /// The target-level node of a discovered topology (cluster, Sentinel): expected in the store
@@ -580,6 +620,7 @@ impl ClusterView {
             ticket,
             conn: None,
             known: Vec::new(),
+            last_view: LastView::default(),
             facts: ClusterFacts::default(),
         }
     }
@@ -634,14 +675,49 @@ impl ClusterView {
     }
 
     /// CLUSTER NODES from the node that answered last time, else from the known nodes (those
-    /// whose pollers last found them up first), the configured URL and the seeds. All of it
-    /// within one poll interval: when nodes die, trying them one after another must not hold
-    /// back the roll-up (masters online, nodes by state) for many intervals.
+    /// whose pollers last found them up first), the configured URL and the seeds; checked
+    /// against a second node when it disagrees with the last view (see [`LastView::doubts`]).
+    /// All of it within one poll interval: when nodes die, trying them one after another must
+    /// not hold back the roll-up (masters online, nodes by state) for many intervals.
     async fn fetch_nodes(&mut self) -> Option<Vec<ClusterNode>> {
-        let limit = self.target.poll_timeout;
         let until = tokio::time::Instant::now() + self.target.poll_interval;
+        let mut nodes = self.first_answer(until).await?;
+        if self.last_view.doubts(&nodes) {
+            let asked = self
+                .conn
+                .as_ref()
+                .map(|(_, a)| a.clone())
+                .unwrap_or_default();
+            // Nodes both views list first, then those the new one left out.
+            let mut others: Vec<&String> = self.known.iter().filter(|a| **a != asked).collect();
+            others.sort_by_key(|a| !nodes.iter().any(|n| &&n.addr == a));
+            let others: Vec<RedisUrl> = others
+                .into_iter()
+                .filter_map(|a| self.target.url.with_address(a).ok())
+                .take(2)
+                .collect();
+            if let Some((conn, asked2, second)) = self.ask_first_of(others, until).await {
+                if self.last_view.agreement(&second) > self.last_view.agreement(&nodes) {
+                    tracing::info!(
+                        target_name = %self.target.name,
+                        dropped = %asked,
+                        taken = %asked2,
+                        "a cluster node's view disagrees with the last one and with another node's: following the other node"
+                    );
+                    self.conn = Some((conn, asked2));
+                    nodes = second;
+                }
+            }
+        }
+        self.last_view = LastView::of(&nodes);
+        Some(nodes)
+    }
+
+    /// The first answer to CLUSTER NODES, from the node that answered last time or the first
+    /// candidate that answers; its connection kept for next time.
+    async fn first_answer(&mut self, until: tokio::time::Instant) -> Option<Vec<ClusterNode>> {
         if let Some((conn, asked)) = self.conn.as_mut() {
-            if let Some(mut nodes) = ask_nodes(conn, limit).await {
+            if let Some(mut nodes) = ask_nodes(conn, self.target.poll_timeout).await {
                 use_asked_address(&mut nodes, asked);
                 return Some(nodes);
             }
@@ -663,7 +739,23 @@ impl ClusterView {
             .collect();
         candidates.push(self.target.url.clone());
         candidates.extend(self.target.seeds.iter().cloned());
-        for url in candidates {
+        let Some((conn, asked, nodes)) = self.ask_first_of(candidates, until).await else {
+            tracing::debug!(target_name = %self.target.name, "no cluster node answered CLUSTER NODES");
+            return None;
+        };
+        self.conn = Some((conn, asked));
+        Some(nodes)
+    }
+
+    /// CLUSTER NODES from the first of `urls` that answers before `until`: its connection, the
+    /// address it was asked at, and its nodes.
+    async fn ask_first_of(
+        &self,
+        urls: Vec<RedisUrl>,
+        until: tokio::time::Instant,
+    ) -> Option<(MultiplexedConnection, String, Vec<ClusterNode>)> {
+        let limit = self.target.poll_timeout;
+        for url in urls {
             let left = || until.saturating_duration_since(tokio::time::Instant::now());
             if left().is_zero() {
                 break;
@@ -673,11 +765,9 @@ impl ClusterView {
             if let Some(mut nodes) = ask_nodes(&mut conn, limit.min(left())).await {
                 let asked = url.address();
                 use_asked_address(&mut nodes, &asked);
-                self.conn = Some((conn, asked));
-                return Some(nodes);
+                return Some((conn, asked, nodes));
             }
         }
-        tracing::debug!(target_name = %self.target.name, "no cluster node answered CLUSTER NODES");
         None
     }
 }
@@ -709,6 +799,49 @@ mod tests {
             link_up: true,
             slots: if master { 100 } else { 0 },
         }
+    }
+
+    #[test]
+    fn a_view_that_drops_nodes_or_masters_is_checked_and_the_better_agreeing_one_taken() {
+        let cluster = vec![
+            node("a", 1, true, None),
+            node("b", 2, true, None),
+            node("c", 3, true, None),
+            node("d", 4, false, Some("a")),
+        ];
+        let last = LastView::of(&cluster);
+        assert_eq!(last.masters_online, 3);
+        assert!(
+            !LastView::default().doubts(&cluster),
+            "a first view is taken as it is"
+        );
+        assert!(!last.doubts(&cluster));
+        let mut grown = cluster.clone();
+        grown.push(node("e", 5, false, Some("b")));
+        assert!(!last.doubts(&grown), "a new node is no reason to doubt");
+        // A node reset out of the cluster: a cluster of itself, with no slots.
+        let mut alone = vec![node("a", 1, true, None)];
+        alone[0].slots = 0;
+        assert!(last.doubts(&alone));
+        assert!(last.agreement(&cluster[1..]) > last.agreement(&alone));
+        // Another cluster's node at a known address: nothing in common.
+        let foreign = vec![node("x", 1, true, None), node("y", 2, true, None)];
+        assert!(last.doubts(&foreign));
+        assert!(last.agreement(&cluster) > last.agreement(&foreign));
+        // A node cut off from the bus suspects the other masters; a member's view is taken.
+        let mut cut_off = cluster.clone();
+        cut_off[1].pfail = true;
+        cut_off[2].pfail = true;
+        assert!(last.doubts(&cut_off));
+        assert!(last.agreement(&cluster) > last.agreement(&cut_off));
+        // A node really gone: doubted once, and another member's view (the same) is no better,
+        // so the first is taken; the view after it has nothing more to doubt.
+        let without_c = vec![cluster[0].clone(), cluster[1].clone(), cluster[3].clone()];
+        assert!(last.doubts(&without_c));
+        let mut from_b = without_c.clone();
+        from_b[1].myself = true;
+        assert!(last.agreement(&from_b) <= last.agreement(&without_c));
+        assert!(!LastView::of(&without_c).doubts(&from_b));
     }
 
     #[test]

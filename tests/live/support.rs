@@ -1001,6 +1001,15 @@ pub struct Exposition {
 }
 
 impl Exposition {
+    /// The `node` labels of the `redis_up` series that read 1.
+    pub fn nodes_up(&self) -> std::collections::BTreeSet<String> {
+        self.all("redis_up")
+            .iter()
+            .filter(|l| l.value == 1.0)
+            .filter_map(|l| l.labels.get("node").cloned())
+            .collect()
+    }
+
     pub fn parse(text: &str) -> Exposition {
         let mut e = Exposition::default();
         for raw in text.lines() {

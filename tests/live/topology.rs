@@ -153,6 +153,72 @@ fn roles_by_node(m: &Exposition) -> Vec<(String, String)> {
     out
 }
 
+/// The configured seed is taken out of the cluster (`redis-cli --cluster del-node`, which resets
+/// it to a cluster of itself) but keeps running: the view must not follow it into a cluster of
+/// one, dropping every other node, but go on from a node that is still a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_removed_from_the_cluster_but_running_does_not_take_the_view_with_it() {
+    let cluster = RedisCluster::start().await;
+    let seed = RedisServer::cluster_node();
+    let seed_addr = format!("127.0.0.1:{}", seed.port);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    cli(&["add-node", &seed_addr, &cluster.addr(0)]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\npoll_timeout: 150ms\ntargets:\n  - name: prod\n    url: redis://{seed_addr}\n    cluster: true\n"
+    ))
+    .await;
+    let members: BTreeSet<String> = (0..6).map(|i| cluster.addr(i)).collect();
+    let mut with_seed = members.clone();
+    with_seed.insert(seed_addr.clone());
+    wait_for("the seed and the 6 members discovered", WAIT, || async {
+        (d.discovered().await == with_seed).then_some(())
+    })
+    .await;
+    wait_for("every member knows the seed", WAIT, || async {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.info_field_cluster("cluster_known_nodes") == "7")
+            .then_some(())
+    })
+    .await;
+    let id: String = seed.cmd(&["CLUSTER", "MYID"]);
+    cli(&["del-node", &cluster.addr(0), &id]);
+    let m = d
+        .metrics_when("the 6 members polled, the seed gone", WAIT, |m| {
+            m.nodes_up() == members
+        })
+        .await;
+    assert_eq!(m.value("redis_cluster_masters_online", &[]), Some(3.0));
+    assert_eq!(m.value("redis_lookout_cluster_view_up", &[]), Some(1.0));
+    assert_eq!(
+        d.discovered().await,
+        members,
+        "discovery lists the members only"
+    );
+    // Still so a few rounds later: the view did not go back to the seed's.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(d.discovered().await, members);
+    let nodes: String = seed.cmd(&["CLUSTER", "NODES"]);
+    assert_eq!(
+        nodes.lines().count(),
+        1,
+        "the seed is a cluster of itself: {nodes}"
+    );
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
     let mut cluster = RedisCluster::start().await;
@@ -165,13 +231,7 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
     let all: BTreeSet<String> = (0..6).map(|i| cluster.addr(i)).collect();
     let m = d
         .metrics_when("all 6 nodes polled", WAIT, |m| {
-            let up: BTreeSet<String> = m
-                .all("redis_up")
-                .iter()
-                .filter(|l| l.value == 1.0)
-                .filter_map(|l| l.labels.get("node").cloned())
-                .collect();
-            up == all && m.value("redis_cluster_masters_online", &[]) == Some(3.0)
+            m.nodes_up() == all && m.value("redis_cluster_masters_online", &[]) == Some(3.0)
         })
         .await;
     assert_eq!(
