@@ -113,10 +113,10 @@ impl NodeHistory {
             {
                 continue;
             }
-            let (Some(last), first) = (points.back().map(|p| p.1), Self::value_at(points, start))
-            else {
+            if points.is_empty() {
                 continue;
-            };
+            }
+            let first = Self::value_at(points, start);
             // History younger than the window: a series present at the node's first poll counts
             // from its first value (its lifetime total is not news); one that appeared later
             // counts from zero (Redis lists an errorstat or a command only after its first use).
@@ -127,8 +127,15 @@ impl NodeHistory {
                     _ => 0.0,
                 },
             };
-            // A counter that went down was reset (Redis restarted): count from zero.
-            let change = if last >= from { last - from } else { last };
+            // Point by point, as PromQL's increase(): a counter that went down was reset (Redis
+            // restarted) and counts from zero there, and what it had gained before the reset
+            // still counts.
+            let mut prev = from;
+            let mut change = 0.0;
+            for (_, v) in points.iter().filter(|p| p.0 > start) {
+                change += if *v >= prev { v - prev } else { *v };
+                prev = *v;
+            }
             *total.get_or_insert(0.0) += change;
         }
         total
@@ -234,12 +241,13 @@ pub fn readings(
             let Some(start) = now.checked_sub(window) else {
                 return Vec::new();
             };
+            // As PromQL's `sum(x offset w)`: the series that had a value then, whatever came after.
             let before: Option<f64> = history
                 .series
                 .iter()
                 .filter(|((f, _), _)| f == family)
-                .map(|(_, points)| NodeHistory::value_at(points, start))
-                .sum();
+                .filter_map(|(_, points)| NodeHistory::value_at(points, start))
+                .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v));
             match (before, sum_of(family)) {
                 (Some(before), Some(now_v)) if before > min_before => {
                     vec![(Labels::new(), now_v / before)]
@@ -1006,6 +1014,75 @@ mod tests {
         assert!(!flushed(&e));
         e.observe(&at(23, 0.0, 0.0));
         assert!(flushed(&e), "empty and not loading");
+    }
+
+    #[test]
+    fn a_counter_reset_inside_the_window_keeps_what_was_counted_before_it() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let at = |s: u64, total: f64| Observation {
+            key: ("r".into(), None),
+            at: t0 + Duration::from_secs(s),
+            facts: errors_of("WRONGPASS", Some(total)),
+            held_over: false,
+        };
+        for (s, total) in [
+            (0, 100.0),
+            (60, 100.0),
+            (120, 103.0),
+            (180, 0.0),
+            (240, 3.0),
+        ] {
+            e.observe(&at(s, total));
+        }
+        // 3 before Redis restarted and 3 after: 6 in 5 minutes, over the threshold of 5 (the
+        // first and last points alone, 100 then 3, would say 3).
+        let fired = e.active();
+        let alert = fired
+            .iter()
+            .find(|a| a.labels["alertname"] == "RedisUnauthorizedAccess")
+            .expect("fired");
+        assert_eq!(alert.value, 6.0);
+    }
+
+    #[test]
+    fn a_flush_is_judged_on_the_databases_that_held_keys_before_it() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let keys = |m: u32, dbs: &[(&str, f64)]| {
+            let mut set = FamilySet::new();
+            set.gauge("redis_up", "h", 1.0);
+            set.gauge("redis_loading_dump_file", "h", 0.0);
+            for (db, n) in dbs {
+                set.add(
+                    "redis_db_keys",
+                    "h",
+                    Kind::Gauge,
+                    vec![("db", (*db).into())],
+                    *n,
+                );
+            }
+            Observation {
+                key: ("r".into(), None),
+                at: t0 + minute * m,
+                facts: Arc::new(set),
+                held_over: false,
+            }
+        };
+        for m in 0..=15 {
+            e.observe(&keys(m, &[("db0", 50_000.0)]));
+        }
+        // db3 appears 5 minutes before everything is flushed: no value 10 minutes back, and
+        // PromQL's sum over the series of then still reads 50000 (db0) before.
+        for m in 16..=20 {
+            e.observe(&keys(m, &[("db0", 50_000.0), ("db3", 10.0)]));
+        }
+        e.observe(&keys(21, &[("db0", 0.0), ("db3", 0.0)]));
+        assert!(e
+            .active()
+            .iter()
+            .any(|a| a.labels["alertname"] == "RedisDatabaseFlushed"));
     }
 
     #[test]
