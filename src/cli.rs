@@ -137,11 +137,11 @@ pub struct Cli {
     pub web_config_file: Option<PathBuf>,
 
     /// How often each node is polled (default 5s).
-    #[arg(global = true, long = "poll-interval", env = "REDIS_LOOKOUT_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long = "poll-interval", env = "REDIS_LOOKOUT_POLL_INTERVAL", value_parser = crate::config::parse_duration)]
     pub poll_interval: Option<Duration>,
 
     /// Deadline for one whole poll (default 3s, at most the interval).
-    #[arg(global = true, long = "poll-timeout", env = "REDIS_LOOKOUT_POLL_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long = "poll-timeout", env = "REDIS_LOOKOUT_POLL_TIMEOUT", value_parser = crate::config::parse_duration)]
     pub poll_timeout: Option<Duration>,
 }
 

@@ -196,9 +196,9 @@ struct TargetFile {
     username: Option<String>,
     password_file: Option<PathBuf>,
     password_env: Option<String>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration_field")]
     poll_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration_field")]
     poll_timeout: Option<Duration>,
     #[serde(default)]
     follow_replicas: bool,
@@ -273,7 +273,7 @@ struct WatchFile {
     #[serde(default)]
     consumers: bool,
     max_matches: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration_field")]
     interval: Option<Duration>,
     budget: Option<f64>,
 }
@@ -483,13 +483,13 @@ struct FileConfig {
     telemetry_path: Option<String>,
     gzip: Option<bool>,
     max_requests: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration_field")]
     poll_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration_field")]
     poll_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration_field")]
     config_refresh: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration_field")]
     command_stats_refresh: Option<Duration>,
     log_format: Option<LogFormat>,
     #[serde(default, deserialize_with = "log_level_field")]
@@ -498,7 +498,7 @@ struct FileConfig {
     targets: Vec<TargetFile>,
     #[serde(default)]
     scrape_allow: Vec<AllowFile>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration_field")]
     scrape_idle: Option<Duration>,
     polling: Option<Polling>,
     alerting: Option<AlertingFile>,
@@ -513,7 +513,7 @@ struct AlertingFile {
     /// … or several.
     #[serde(default)]
     alertmanagers: Vec<String>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, deserialize_with = "duration_field")]
     resend_interval: Option<Duration>,
     runbook_base_url: Option<String>,
     #[serde(default)]
@@ -592,6 +592,43 @@ pub fn check_log_level(raw: &str) -> Result<String, String> {
         return Err(refused());
     }
     Ok(filter)
+}
+
+/// The longest duration any setting takes. Nothing here means more than a year, and far
+/// beyond it (humantime reads `200000000000y`) `now + interval` overflows and panics a task.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
+
+/// A duration setting (`5s`, `1m30s`, `250ms`), at most [`MAX_DURATION`]: for the config file
+/// and the command line alike.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw.trim()).map_err(|e| format!("{raw:?}: {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{raw:?} is longer than the longest duration allowed, 366d"
+        ));
+    }
+    Ok(d)
+}
+
+/// A duration in a file, checked while the scalar is read (see [`log_level_field`]).
+fn duration_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as 5s, 1m30s or 250ms")
+        }
+        fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<Duration, E> {
+            parse_duration(raw).map_err(E::custom)
+        }
+    }
+    struct Field(Duration);
+    impl<'de> Deserialize<'de> for Field {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_str(Text).map(Field)
+        }
+    }
+    Ok(Option::<Field>::deserialize(d)?.map(|f| f.0))
 }
 
 /// `log_level` in a file, checked while the scalar is read, so that the error carries its line
@@ -1643,6 +1680,36 @@ mod tests {
         assert!(err.contains("colour"), "{err}");
         let err = load("poll_interval: 5 parsecs\n").unwrap_err().to_string();
         assert!(err.starts_with("test.yaml:1:"), "{err}");
+        // Durations no setting means, which would overflow `now + interval` and panic a task.
+        let err = load("listen: \"127.0.0.1:1\"\ntargets:\n  - url: redis://x\n    poll_interval: 200000000000y\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("test.yaml:4:20: ") && err.contains("366d"),
+            "{err}"
+        );
+        let err = load("config_refresh: 400d\n").unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.yaml:1:17: ") && err.contains("366d"),
+            "{err}"
+        );
+        assert_eq!(parse_duration("366d"), Ok(MAX_DURATION));
+        assert!(crate::cli::Cli::parse_args(
+            ["redis-lookout", "--poll-interval", "9999y"].map(Into::into)
+        )
+        .is_err());
+        for bad in [
+            "{RedisDown: .inf}",
+            "{RedisDown: {for: .inf}}",
+            "{RedisDown: {for: -5}}",
+            "{RedisDown: {for: 1e30}}",
+            "{RedisDown: .nan}",
+        ] {
+            let err = load(&format!("alerting:\n  thresholds: {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("test.yaml:"), "{bad}: {err}");
+        }
         let err = load("listen: \"127.0.0.1:1\"\nlog_level: verbose\n")
             .unwrap_err()
             .to_string();

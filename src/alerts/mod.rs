@@ -663,8 +663,14 @@ pub fn pack_with(
                 for (key, v) in map {
                     if key == "for" {
                         // `for` (a duration) applies to every level of the alert.
+                        let for_ = Duration::try_from_secs_f64(*v)
+                            .ok()
+                            .filter(|d| *d <= crate::config::MAX_DURATION)
+                            .ok_or_else(|| {
+                                format!("alerting.thresholds.{name}.for: {v} is not a duration of 0 to 366d")
+                            })?;
                         for level in &mut rule.levels {
-                            level.for_ = Duration::from_secs_f64(v.max(0.0));
+                            level.for_ = for_;
                         }
                         continue;
                     }
@@ -701,10 +707,15 @@ impl<'de> serde::Deserialize<'de> for ThresholdOverride {
         }
         fn number(raw: Raw) -> Result<f64, String> {
             match raw {
-                Raw::Number(v) => Ok(v),
-                Raw::Text(t) => humantime::parse_duration(&t)
+                Raw::Number(v) if v.is_finite() => Ok(v),
+                Raw::Number(v) => Err(format!("threshold {v} is not a finite number")),
+                Raw::Text(t) => crate::config::parse_duration(&t)
                     .map(|d| d.as_secs_f64())
-                    .map_err(|_| format!("threshold {t:?} is neither a number nor a duration")),
+                    .map_err(|_| {
+                        format!(
+                            "threshold {t:?} is neither a number nor a duration of at most 366d"
+                        )
+                    }),
                 Raw::Map(_) => Err("a threshold is a number or a duration".into()),
             }
         }
