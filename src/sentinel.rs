@@ -28,7 +28,7 @@ use crate::snapshot::{NodeKey, Ticket};
 use crate::topology::{expect_roll_up, publish_roll_up, Children};
 use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{watch, Notify};
@@ -49,6 +49,15 @@ pub struct MasterView {
     pub config_epoch: Option<u64>,
     /// Which configured Sentinel answered.
     pub sentinel: String,
+}
+
+impl MasterView {
+    /// Whether this view, from a second Sentinel asked, says the same as `first`: the same
+    /// master at the same epoch, from another Sentinel (or the only one configured).
+    pub fn confirms(&self, first: &MasterView, sentinels: usize) -> bool {
+        (first.sentinel != self.sentinel || sentinels == 1)
+            && (&first.master, first.config_epoch) == (&self.master, self.config_epoch)
+    }
 }
 
 /// Failovers counted across views (see the module doc).
@@ -83,6 +92,14 @@ impl FailoverCounter {
         self.epoch = self.epoch.max(epoch);
         !stale
     }
+
+    /// Starts over from a configuration older than one seen: every Sentinel asked names it, so
+    /// the master was monitored anew (`SENTINEL REMOVE` and `MONITOR`, a new Sentinel fleet)
+    /// and its epochs count from there. No failover is counted.
+    pub fn restart(&mut self, master: &str, epoch: Option<u64>) {
+        self.epoch = epoch;
+        self.master = Some(master.to_owned());
+    }
 }
 
 /// The view of one Sentinel-defined target.
@@ -101,6 +118,8 @@ pub struct SentinelView {
     wake: Arc<Notify>,
     /// `+switch-master` messages for this master received by the subscription.
     announced: Arc<AtomicU64>,
+    /// The Sentinel (index into the configured addresses) the subscription listens to.
+    announcer: Arc<AtomicUsize>,
 }
 
 impl SentinelView {
@@ -117,6 +136,7 @@ impl SentinelView {
             nodes: Vec::new(),
             wake: Arc::new(Notify::new()),
             announced: Arc::new(AtomicU64::new(0)),
+            announcer: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -134,21 +154,30 @@ impl SentinelView {
             self.target.clone(),
             self.wake.clone(),
             self.announced.clone(),
+            self.announcer.clone(),
             shutdown.clone(),
         ));
         let interval = self.target.poll_interval;
         let mut next = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                _ = sleep_until(next) => {}
+            let woken = tokio::select! {
+                _ = sleep_until(next) => false,
                 _ = self.wake.notified() => {
                     tracing::info!(target_name = %self.target.name, "Sentinel announced a new master");
+                    // Ask the Sentinel that announced it: the others may not have the new
+                    // configuration yet (it spreads in hello messages, every 2 s).
+                    let announcer = self.announcer.load(Ordering::Relaxed);
+                    if self.conn.as_ref().is_some_and(|(i, _)| *i != announcer) {
+                        self.conn = None;
+                    }
+                    self.start_at = announcer;
+                    true
                 }
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() { break; }
                     continue;
                 }
-            }
+            };
             let started = Instant::now();
             let mut view = self.ask().await;
             // A Sentinel that answers with an older configuration than one already seen was
@@ -162,7 +191,18 @@ impl SentinelView {
                     self.start_at = index + 1;
                 }
                 tracing::info!(target_name = %self.target.name, "a Sentinel answered with an older configuration; asking another");
+                let first = view.take();
                 view = self.ask().await;
+                // Another Sentinel (or the only one) says the same: that configuration is the
+                // one in force now, however its epoch compares with what was seen before.
+                if let (Some(first), Some(second)) = (&first, &view) {
+                    if self.counter.is_stale(second.config_epoch)
+                        && second.confirms(first, self.sentinels().len())
+                    {
+                        tracing::info!(target_name = %self.target.name, "the Sentinels agree on an older configuration: the master was monitored anew");
+                        self.counter.restart(&second.master, second.config_epoch);
+                    }
+                }
             }
             if let Some(view) = &view {
                 if self.counter.observe(&view.master, view.config_epoch) {
@@ -188,8 +228,10 @@ impl SentinelView {
             }
             children.sync_targets(want);
             self.publish(view.as_ref(), started);
-            let after = tokio::time::Instant::now();
-            next = (next + interval).max(after);
+            // A round a +switch-master woke early leaves the regular one where it was.
+            if !woken {
+                next = (next + interval).max(tokio::time::Instant::now());
+            }
         }
         subscriber.abort();
         children.stop_all().await;
@@ -316,7 +358,7 @@ pub fn parse_view(replies: &[RedisResult<Value>], sentinel: String) -> Option<Ma
     let [host, port] = parts.as_slice() else {
         return None;
     };
-    let master = format!("{}:{}", value_text(host)?, value_text(port)?);
+    let master = crate::collector::info::replica_address(&value_text(host)?, &value_text(port)?);
     let listed = replicas
         .as_ref()
         .ok()
@@ -347,6 +389,7 @@ pub async fn watch_switches(
     target: Arc<Target>,
     wake: Arc<Notify>,
     announced: Arc<AtomicU64>,
+    announcer: Arc<AtomicUsize>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let Some(sentinel) = target.sentinel.clone() else {
@@ -356,6 +399,7 @@ pub async fn watch_switches(
     let mut index = 0usize;
     loop {
         let url = &sentinel.addrs[index % sentinel.addrs.len()];
+        announcer.store(index % sentinel.addrs.len(), Ordering::Relaxed);
         index = index.wrapping_add(1);
         let listened = tokio::select! {
             listened = listen(&target, url, &sentinel.master, &wake, &announced) => listened,
@@ -447,6 +491,30 @@ mod tests {
         c.observe("10.0.0.1:6379", Some(3));
         c.observe("10.0.0.2:6379", Some(4));
         assert_eq!(c.failovers, 1);
+        // Every Sentinel now says epoch 0 (the master was monitored anew): the view starts
+        // over from there instead of judging every answer stale for good, and counts nothing.
+        let fresh = |sentinel: &str| MasterView {
+            master: "10.0.0.3:6379".into(),
+            replicas: Vec::new(),
+            replicas_up: 0,
+            config_epoch: Some(0),
+            sentinel: sentinel.into(),
+        };
+        assert!(c.is_stale(Some(0)));
+        assert!(fresh("s2").confirms(&fresh("s1"), 3));
+        assert!(
+            !fresh("s1").confirms(&fresh("s1"), 3),
+            "the same Sentinel again confirms nothing"
+        );
+        assert!(fresh("s1").confirms(&fresh("s1"), 1));
+        let mut moved = fresh("s2");
+        moved.master = "10.0.0.4:6379".into();
+        assert!(!moved.confirms(&fresh("s1"), 3));
+        c.restart("10.0.0.3:6379", Some(0));
+        assert!(!c.is_stale(Some(0)));
+        assert!(c.observe("10.0.0.3:6379", Some(0)));
+        assert!(c.observe("10.0.0.4:6379", Some(1)));
+        assert_eq!(c.failovers, 2, "one before the restart, one after");
         // Without epochs, the address decides.
         let mut c = FailoverCounter::default();
         c.observe("a:1", None);
@@ -476,6 +544,21 @@ mod tests {
         );
         assert_eq!(view.replicas_up, 1);
         assert_eq!(view.config_epoch, Some(2));
+        // IPv6 addresses are bracketed, as replicas' and cluster nodes' are.
+        let v6 = vec![
+            Ok(Value::Array(vec![bulk("fd00::1"), bulk("6379")])),
+            Ok(Value::Array(vec![flat(&[
+                ("ip", "fd00::2"),
+                ("port", "6380"),
+                ("flags", "slave"),
+            ])])),
+            Ok(flat(&[("config-epoch", "1")])),
+        ];
+        let view = parse_view(&v6, String::new()).unwrap();
+        assert_eq!(
+            (view.master.as_str(), view.replicas[0].as_str()),
+            ("[fd00::1]:6379", "[fd00::2]:6380")
+        );
         let unknown = vec![Ok(Value::Nil), Ok(Value::Array(vec![])), Ok(Value::Nil)];
         assert!(parse_view(&unknown, String::new()).is_none());
     }

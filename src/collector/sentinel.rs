@@ -52,9 +52,13 @@ pub fn flagged_down(details: &Details) -> bool {
         .is_some_and(|f| f.split(',').any(|f| f == "s_down" || f == "o_down"))
 }
 
-/// `ip:port` of an entry.
+/// `ip:port` of an entry, as its node is labelled and polled (`[ip]:port` for IPv6, like
+/// replicas and cluster nodes).
 pub fn address(details: &Details) -> Option<String> {
-    Some(format!("{}:{}", details.get("ip")?, details.get("port")?))
+    Some(crate::collector::info::replica_address(
+        details.get("ip")?,
+        details.get("port")?,
+    ))
 }
 
 /// The `masterN:name=…,status=…,address=…,slaves=…,sentinels=…` lines of INFO on a Sentinel.

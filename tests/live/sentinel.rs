@@ -275,6 +275,44 @@ async fn a_sentinel_target_follows_a_failover_and_survives_losing_sentinels() {
     d.stop().await;
 }
 
+/// After a failover (config epoch 1), every Sentinel is told to monitor the master name anew,
+/// at another server (`SENTINEL REMOVE`, `SENTINEL MONITOR`: epoch 0 again, as some operators'
+/// scripts and charts do on restart). The Sentinels agree on the older epoch, so the view must
+/// follow them rather than judge every answer stale for good; no failover is counted for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_monitored_anew_is_followed_though_its_epoch_starts_over() {
+    let s = setup().await;
+    let d = Daemon::start(&config(&s)).await;
+    let old_master = addr(&s.master);
+    d.metrics_when("the master polled", WAIT, |m| {
+        master_node(m).as_deref() == Some(old_master.as_str())
+    })
+    .await;
+    let _: String = s.sentinels[0].cmd(&["SENTINEL", "FAILOVER", MASTER]);
+    d.metrics_when("the forced failover followed", FAILOVER, |m| {
+        m.value("redis_sentinel_failovers_total", &[("target", "ha")]) == Some(1.0)
+            && master_node(m).is_some_and(|n| n != old_master)
+    })
+    .await;
+    let fresh = RedisServer::start(&[]);
+    let port = fresh.port.to_string();
+    for sentinel in &s.sentinels {
+        let _: String = sentinel.cmd(&["SENTINEL", "REMOVE", MASTER]);
+        let _: String = sentinel.cmd(&["SENTINEL", "MONITOR", MASTER, "127.0.0.1", &port, "2"]);
+    }
+    let m = d
+        .metrics_when("the master monitored anew followed", WAIT, |m| {
+            master_node(m).as_deref() == Some(addr(&fresh).as_str())
+        })
+        .await;
+    assert_eq!(
+        m.value("redis_sentinel_failovers_total", &[("target", "ha")]),
+        Some(1.0),
+        "monitoring anew is no failover"
+    );
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_families_match_redis_exporter_for_the_same_sentinel() {
     if !installed("prometheus-redis-exporter") {
