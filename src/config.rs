@@ -697,6 +697,10 @@ pub struct Target {
     /// `polling: on_scrape`: a node is polled only while `/scrape` asks for it, and stops
     /// `scrape_idle` after the last such scrape; false: polled all the time.
     pub on_scrape: bool,
+    /// For a node discovered from a configured target (a replica, a cluster node): the
+    /// configured URL, whose entry of a JSON password map serves the node when the map has
+    /// none of its own (see [`read_password_at`]).
+    pub discovered_from: Option<RedisUrl>,
 }
 
 /// How to reach the Sentinels of a Sentinel-defined target.
@@ -736,6 +740,7 @@ impl Target {
             watch: None,
             tls: Default::default(),
             on_scrape: false,
+            discovered_from: None,
         }
     }
 
@@ -743,6 +748,7 @@ impl Target {
     pub fn for_node(&self, addr: &str) -> Result<Target, String> {
         Ok(Target {
             url: self.url.with_address(addr)?,
+            discovered_from: Some(self.discovered_from.clone().unwrap_or(self.url.clone())),
             follow_replicas: false,
             cluster: false,
             seeds: Vec::new(),
@@ -1377,6 +1383,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             cluster: t.cluster,
             seeds: t.seeds,
             on_scrape: t.polling.or(f.polling).unwrap_or_default() == Polling::OnScrape,
+            discovered_from: None,
         });
     }
 
@@ -1550,7 +1557,23 @@ fn percent_decode(raw: &str) -> String {
 
 /// Reads the password a target should send, if any. Errors never include the file's content.
 pub fn read_password(target: &Target) -> Result<Option<Secret>, String> {
-    read_password_source(&target.password, &target.url)
+    read_password_at(target, &target.url)
+}
+
+/// The password to send `url` for `target`. A JSON password map (redis_exporter's, keyed by
+/// URL) is looked up by `url`, then by the target's URL (the cluster view asks other nodes
+/// with the configured node's credentials), then by the configured URL a discovered node came
+/// from: a map that lists only the seed of a cluster serves all its nodes, and one that lists
+/// nodes one by one gives each its own. Other sources give every URL the same password.
+pub fn read_password_at(target: &Target, url: &RedisUrl) -> Result<Option<Secret>, String> {
+    let mut found = read_password_source(&target.password, url)?;
+    for fallback in std::iter::once(&target.url).chain(&target.discovered_from) {
+        if found.is_some() || fallback == url {
+            continue;
+        }
+        found = read_password_source(&target.password, fallback)?;
+    }
+    Ok(found)
 }
 
 impl Config {
@@ -1992,8 +2015,39 @@ mod tests {
         .targets
         .remove(0);
         assert_eq!(read_password(&t).unwrap(), Some(Secret::new("s3cret")));
-        t.password = PasswordSource::File(map);
+        t.password = PasswordSource::File(map.clone());
         assert_eq!(read_password(&t).unwrap(), Some(Secret::new("fromjson")));
+        // Discovered nodes: their own entry, else the configured URL's; the cluster view's
+        // connection to another node the same way.
+        std::fs::write(
+            &map,
+            r#"{"redis://db:6379": "seed", "redis://10.0.0.2:6379": "own"}"#,
+        )
+        .unwrap();
+        let own = t.for_node("10.0.0.2:6379").unwrap();
+        assert_eq!(read_password(&own).unwrap(), Some(Secret::new("own")));
+        let other = t.for_node("10.0.0.3:6379").unwrap();
+        assert_eq!(read_password(&other).unwrap(), Some(Secret::new("seed")));
+        let its_replica = other.for_node("10.0.0.4:6379").unwrap();
+        assert_eq!(its_replica.discovered_from, Some(t.url.clone()));
+        assert_eq!(
+            read_password_at(&t, &own.url).unwrap(),
+            Some(Secret::new("own"))
+        );
+        assert_eq!(
+            read_password_at(&t, &other.url).unwrap(),
+            Some(Secret::new("seed"))
+        );
+        // Nothing discovered it (an on-demand /scrape poller): its own entry or nothing.
+        let alone = Target::plain(
+            "x".into(),
+            other.url.clone(),
+            None,
+            t.password.clone(),
+            t.poll_interval,
+            t.poll_timeout,
+        );
+        assert_eq!(read_password(&alone).unwrap(), None);
     }
 
     #[test]

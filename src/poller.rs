@@ -8,7 +8,7 @@
 
 use crate::alerts::eval::Observation;
 use crate::collector::{standard_set, Collector, Outcome, Refresh};
-use crate::config::{read_password, Target};
+use crate::config::Target;
 use crate::error::{Failure, PollError};
 use crate::metrics::{FamilySet, Histogram, Interner, Kind};
 use crate::snapshot::{Snapshot, SnapshotStore, Ticket};
@@ -829,7 +829,7 @@ pub fn client_for(
     target: &Target,
     url: &crate::config::RedisUrl,
 ) -> Result<redis::Client, PollError> {
-    let password = read_password(target).map_err(|msg| {
+    let password = crate::config::read_password_at(target, url).map_err(|msg| {
         tracing::warn!(target_name = %target.name, problem = %msg, "cannot read password");
         PollError::Auth
     })?;
