@@ -302,29 +302,39 @@ impl OnDemand {
                 return self.render(|_, e| at_address(e));
             }
         }
-        let Some(rule) = settings.rules.iter().find(|r| r.allows(&host, port)) else {
+        if !settings.rules.iter().any(|r| r.allows(&host, port)) {
             // Without an allow-list only on-scrape targets are answered: say what is missing.
             return if settings.rules.is_empty() {
                 ScrapeAnswer::UnknownNode
             } else {
                 ScrapeAnswer::Forbidden
             };
-        };
-        if !self.start(&address, rule, &settings) {
-            return ScrapeAnswer::TooMany;
+        }
+        if let Some(refused) = self.start(&address, &host, port) {
+            return refused;
         }
         self.answer(vec![(address, None)], deadline).await
     }
 
-    /// Starts a poller for an allowed address unless one runs; false when at the limit.
-    fn start(&self, address: &str, rule: &AllowRule, settings: &OnDemandSettings) -> bool {
+    /// Starts a poller for an allowed address unless one runs; the answer instead when the
+    /// limit is reached or the address is no longer allowed.
+    ///
+    /// The allow-list is read again here, under the lock of the running pollers: a reload
+    /// swaps the settings and then, under that lock, stops every poller, so a poller started
+    /// from the settings read here is either stopped by that reload or made from the new
+    /// settings, never left running with an entry's old credentials.
+    fn start(&self, address: &str, host: &str, port: u16) -> Option<ScrapeAnswer> {
         let mut running = self.running();
         if let Some(r) = running.get_mut(address) {
             r.last_used = Instant::now();
-            return true;
+            return None;
         }
+        let settings = self.settings();
+        let Some(rule) = settings.rules.iter().find(|r| r.allows(host, port)) else {
+            return Some(ScrapeAnswer::Forbidden);
+        };
         if running.len() >= MAX_ON_DEMAND {
-            return false;
+            return Some(ScrapeAnswer::TooMany);
         }
         let scheme = if rule.tls.is_some() {
             "rediss"
@@ -333,7 +343,7 @@ impl OnDemand {
         };
         // Built from the address alone: nothing of the request but host and port is used.
         let Ok(url) = RedisUrl::parse(&format!("{scheme}://{address}")) else {
-            return false;
+            return Some(ScrapeAnswer::BadTarget("target must be host:port".into()));
         };
         let target = Arc::new(Target {
             // The --tls-* flags (CA, client certificate, server name), as configured targets get.
@@ -371,7 +381,7 @@ impl OnDemand {
                 ticket,
             },
         );
-        true
+        None
     }
 
     /// Answers the nodes of `keys` once each has a snapshot (a node just woken or started
