@@ -757,6 +757,17 @@ impl Target {
         })
     }
 
+    /// As [`Target::for_node`], for a node that announces a host name (a cluster node's
+    /// `cluster-announce-hostname`): over TLS its certificate is checked for that name, where
+    /// the target does not set `server_name` itself, rather than for the IP it is reached at.
+    pub fn for_named_node(&self, addr: &str, hostname: Option<&str>) -> Result<Target, String> {
+        let mut node = self.for_node(addr)?;
+        if let (Some(name), true, None) = (hostname, node.url.is_tls(), &node.tls.server_name) {
+            node.tls.server_name = Some(name.to_owned());
+        }
+        Ok(node)
+    }
+
     /// The target as seen by one of its Sentinels: that address, the Sentinels' credentials,
     /// no keyspace sampler.
     pub fn for_sentinel(&self, url: &RedisUrl) -> Option<Target> {

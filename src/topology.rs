@@ -17,7 +17,7 @@
 
 use crate::collector::cluster::{parse_cluster_nodes, use_asked_address, ClusterNode};
 use crate::collector::value_text;
-use crate::config::{RedisUrl, Target};
+use crate::config::Target;
 use crate::error::{Failure, PollError};
 use crate::metrics::{FamilySet, Kind};
 use crate::poller::{open_connection, report_replicas, NodePoller, PollContext};
@@ -508,7 +508,9 @@ struct ClusterView {
     ticket: Ticket,
     /// The connection to the node that answered last, and the address it was asked at.
     conn: Option<(MultiplexedConnection, String)>,
-    known: Vec<String>,
+    /// The usable nodes of the last view, healthy masters first, with the host names they
+    /// announce.
+    known: Vec<(String, Option<String>)>,
     /// The ids and masters online of the last view taken, to judge the next one by.
     last_view: LastView,
     facts: ClusterFacts,
@@ -634,12 +636,15 @@ impl ClusterView {
             let nodes = self.fetch_nodes().await;
             let mut set = match &nodes {
                 Some(nodes) => {
-                    let usable: Vec<String> = nodes
+                    let usable: Vec<(String, Result<Target, String>)> = nodes
                         .iter()
                         .filter(|n| !n.unusable)
-                        .map(|n| n.addr.clone())
+                        .map(|n| {
+                            let node = self.target.for_named_node(&n.addr, n.hostname.as_deref());
+                            (n.addr.clone(), node)
+                        })
                         .collect();
-                    children.sync(&usable);
+                    children.sync_targets(usable);
                     for n in nodes.iter().filter(|n| !n.unusable) {
                         let key = (self.target.name.clone(), Some(n.addr.clone()));
                         self.ctx.store.set_live(&key, !n.fail);
@@ -648,7 +653,10 @@ impl ClusterView {
                     let mut order: Vec<&ClusterNode> =
                         nodes.iter().filter(|n| !n.unusable).collect();
                     order.sort_by_key(|n| (n.fail || n.pfail, !n.master));
-                    self.known = order.into_iter().map(|n| n.addr.clone()).collect();
+                    self.known = order
+                        .into_iter()
+                        .map(|n| (n.addr.clone(), n.hostname.clone()))
+                        .collect();
                     self.facts.observe(nodes)
                 }
                 None => FamilySet::new(),
@@ -689,11 +697,16 @@ impl ClusterView {
                 .map(|(_, a)| a.clone())
                 .unwrap_or_default();
             // Nodes both views list first, then those the new one left out.
-            let mut others: Vec<&String> = self.known.iter().filter(|a| **a != asked).collect();
+            let mut others: Vec<&String> = self
+                .known
+                .iter()
+                .map(|(a, _)| a)
+                .filter(|a| **a != asked)
+                .collect();
             others.sort_by_key(|a| !nodes.iter().any(|n| &&n.addr == a));
-            let others: Vec<RedisUrl> = others
+            let others: Vec<Target> = others
                 .into_iter()
-                .filter_map(|a| self.target.url.with_address(a).ok())
+                .filter_map(|a| self.reach(a).ok())
                 .take(2)
                 .collect();
             if let Some((conn, asked2, second)) = self.ask_first_of(others, until).await {
@@ -731,14 +744,17 @@ impl ClusterView {
             .filter(|s| s.up)
             .filter_map(|s| s.node.clone())
             .collect();
-        let mut known: Vec<&String> = self.known.iter().collect();
+        let mut known: Vec<&String> = self.known.iter().map(|(a, _)| a).collect();
         known.sort_by_key(|addr| !up.contains(addr));
-        let mut candidates: Vec<RedisUrl> = known
+        let mut candidates: Vec<Target> = known
             .into_iter()
-            .filter_map(|addr| self.target.url.with_address(addr).ok())
+            .filter_map(|addr| self.reach(addr).ok())
             .collect();
-        candidates.push(self.target.url.clone());
-        candidates.extend(self.target.seeds.iter().cloned());
+        candidates.push((*self.target).clone());
+        candidates.extend(self.target.seeds.iter().map(|seed| Target {
+            url: seed.clone(),
+            ..(*self.target).clone()
+        }));
         let Some((conn, asked, nodes)) = self.ask_first_of(candidates, until).await else {
             tracing::debug!(target_name = %self.target.name, "no cluster node answered CLUSTER NODES");
             return None;
@@ -747,23 +763,34 @@ impl ClusterView {
         Some(nodes)
     }
 
-    /// CLUSTER NODES from the first of `urls` that answers before `until`: its connection, the
-    /// address it was asked at, and its nodes.
+    /// How a node of the last view is reached: at its address, over TLS checked for the host
+    /// name it announces (see [`Target::for_named_node`]).
+    fn reach(&self, addr: &str) -> Result<Target, String> {
+        let hostname = self
+            .known
+            .iter()
+            .find(|(a, _)| a == addr)
+            .and_then(|(_, h)| h.as_deref());
+        self.target.for_named_node(addr, hostname)
+    }
+
+    /// CLUSTER NODES from the first of `nodes` (each reached at its URL) that answers before
+    /// `until`: its connection, the address it was asked at, and its nodes.
     async fn ask_first_of(
         &self,
-        urls: Vec<RedisUrl>,
+        nodes: Vec<Target>,
         until: tokio::time::Instant,
     ) -> Option<(MultiplexedConnection, String, Vec<ClusterNode>)> {
         let limit = self.target.poll_timeout;
-        for url in urls {
+        for node in nodes {
             let left = || until.saturating_duration_since(tokio::time::Instant::now());
             if left().is_zero() {
                 break;
             }
-            let opened = timeout(limit.min(left()), open_connection(&self.target, &url)).await;
+            let opened = timeout(limit.min(left()), open_connection(&node, &node.url)).await;
             let Ok(Ok(mut conn)) = opened else { continue };
             if let Some(mut nodes) = ask_nodes(&mut conn, limit.min(left())).await {
-                let asked = url.address();
+                let asked = node.url.address();
                 use_asked_address(&mut nodes, &asked);
                 return Some((conn, asked, nodes));
             }
@@ -789,6 +816,7 @@ mod tests {
         ClusterNode {
             id: id.into(),
             addr: format!("127.0.0.1:{port}"),
+            hostname: None,
             myself: false,
             master,
             master_id: master_id.map(str::to_owned),

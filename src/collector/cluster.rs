@@ -90,6 +90,9 @@ pub struct ClusterNode {
     pub id: String,
     /// `ip:port` clients use (the `@cport` and `,hostname` parts removed).
     pub addr: String,
+    /// The name the node announces (`cluster-announce-hostname`, Redis 7), which its TLS
+    /// certificate carries where clusters use it.
+    pub hostname: Option<String>,
     pub myself: bool,
     pub master: bool,
     /// For a replica: the id of its master.
@@ -149,6 +152,7 @@ pub fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
                 link_up: fields[7] == "connected",
                 slots,
                 addr,
+                hostname: announced_hostname(fields[1]),
             })
         })
         .collect::<Vec<_>>();
@@ -166,6 +170,12 @@ fn client_address(field: &str) -> String {
         Some((ip, port)) if ip.contains(':') && !ip.starts_with('[') => format!("[{ip}]:{port}"),
         _ => addr.to_owned(),
     }
+}
+
+/// The hostname of `ip:port@cport,hostname` (later fields, `name=value`, are not one).
+fn announced_hostname(field: &str) -> Option<String> {
+    let name = field.split(',').nth(1)?;
+    (!name.is_empty() && !name.contains('=')).then(|| name.to_owned())
 }
 
 /// Two entries at one address: a node replaced at the same `ip:port` leaves its old id in
@@ -259,6 +269,14 @@ b3 :30003@40003 myself,master - 0 0 0 connected 101-16383
         let mut nodes = parse_cluster_nodes(text);
         assert_eq!(nodes[0].addr, "[::1]:30001");
         assert_eq!(nodes[1].addr, "[2001:db8::7]:30002");
+        assert_eq!(nodes[1].hostname.as_deref(), Some("host2"));
+        assert_eq!(
+            (
+                nodes[0].hostname.as_deref(),
+                announced_hostname("a:1@2,,x=y")
+            ),
+            (None, None)
+        );
         assert!(!nodes[0].unusable && !nodes[1].unusable);
         assert!(nodes[2].unusable, "no IP known yet");
         use_asked_address(&mut nodes, "10.0.0.3:30003");

@@ -352,7 +352,14 @@ impl RedisServer {
     /// A cluster-enabled node (not yet part of a cluster) that speaks TLS only, on its client
     /// port and its cluster bus, with `pki`'s certificates (clients must present one).
     pub fn cluster_node_tls(pki: &Pki) -> RedisServer {
-        let mut args = pki.server_args(true);
+        Self::cluster_node_tls_with(pki, "server", &[])
+    }
+
+    /// As [`RedisServer::cluster_node_tls`], with the certificate `<cert>.crt` and more
+    /// arguments.
+    pub fn cluster_node_tls_with(pki: &Pki, cert: &str, extra: &[&str]) -> RedisServer {
+        let mut args = pki.server_args_with(cert, true);
+        args.extend_from_slice(extra);
         args.extend_from_slice(&["--tls-cluster", "yes"]);
         args.extend_from_slice(&CLUSTER_NODE_ARGS);
         Self::start_inner(free_cluster_port, &args, None, true, None)
@@ -1452,6 +1459,14 @@ impl Pki {
             &run,
         );
         Pki::issue(&dir, "client", "extendedKeyUsage=clientAuth\n", &run);
+        // A server certificate for a name only (no IP): a node must be checked for the host
+        // name it announces, not the address it is reached at.
+        Pki::issue(
+            &dir,
+            "named",
+            "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+            &run,
+        );
         // A second server certificate, for certificate rotation.
         Pki::issue(
             &dir,
@@ -1461,6 +1476,8 @@ impl Pki {
         );
         let mut paths = BTreeMap::new();
         for name in [
+            "named.crt",
+            "named.key",
             "server2.crt",
             "server2.key",
             "ca.crt",
@@ -1525,11 +1542,16 @@ impl Pki {
 
     /// `redis-server` arguments for TLS with the test server certificate and CA.
     pub fn server_args(&self, auth_clients: bool) -> Vec<&str> {
+        self.server_args_with("server", auth_clients)
+    }
+
+    /// As [`Pki::server_args`], with the certificate `<cert>.crt` and its key.
+    pub fn server_args_with(&self, cert: &str, auth_clients: bool) -> Vec<&str> {
         vec![
             "--tls-cert-file",
-            self.path("server.crt"),
+            self.path(&format!("{cert}.crt")),
             "--tls-key-file",
-            self.path("server.key"),
+            self.path(&format!("{cert}.key")),
             "--tls-ca-cert-file",
             self.path("ca.crt"),
             "--tls-auth-clients",

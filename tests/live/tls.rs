@@ -140,9 +140,30 @@ async fn followed_replicas_are_reached_with_the_targets_tls_settings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_nodes_are_discovered_and_polled_with_the_targets_tls_settings() {
+    tls_cluster_is_polled(false).await;
+}
+
+/// Nodes that announce a host name (`cluster-announce-hostname`) and hold a certificate for
+/// that name only, no IP: each discovered node, reached at the IP CLUSTER NODES gives, must be
+/// checked for the name it announces (the target sets no `server_name`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nodes_are_checked_for_the_host_name_they_announce() {
+    tls_cluster_is_polled(true).await;
+}
+
+/// A 3-master TLS cluster, polled from its first node: every node up over TLS. `named`: the
+/// nodes' certificates name `localhost` only, and the nodes announce it.
+async fn tls_cluster_is_polled(named: bool) {
     let pki = Pki::generate();
     let nodes: Vec<RedisServer> = (0..3)
-        .map(|_| RedisServer::cluster_node_tls(&pki))
+        .map(|_| match named {
+            false => RedisServer::cluster_node_tls(&pki),
+            true => RedisServer::cluster_node_tls_with(
+                &pki,
+                "named",
+                &["--cluster-announce-hostname", "localhost"],
+            ),
+        })
         .collect();
     let addrs: Vec<String> = nodes
         .iter()
@@ -170,9 +191,12 @@ async fn cluster_nodes_are_discovered_and_polled_with_the_targets_tls_settings()
             .then_some(())
     })
     .await;
+    let seed = match named {
+        false => nodes[0].url(),
+        true => format!("rediss://localhost:{}", nodes[0].port),
+    };
     let yaml = format!(
-        "poll_interval: 300ms\npoll_timeout: 300ms\ntargets:\n  - name: tls-cluster\n    url: {}\n    cluster: true\n{}",
-        nodes[0].url(),
+        "poll_interval: 300ms\npoll_timeout: 300ms\ntargets:\n  - name: tls-cluster\n    url: {seed}\n    cluster: true\n{}",
         tls_block(&pki, "ca.crt", true, "")
     );
     let daemon = Daemon::start(&yaml).await;
