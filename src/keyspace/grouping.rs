@@ -10,8 +10,11 @@ pub const OTHER: &str = "other";
 pub const CROWDED_LEVEL: usize = 64;
 
 /// True for segments that name one entity rather than a kind of thing: numbers, hex ids,
-/// UUIDs, IPv4 addresses, dates and times, long base64-ish tokens.
+/// UUIDs, IPv4 addresses, dates and times, long base64-ish tokens. A Redis Cluster hash tag's
+/// braces are not part of what the segment names: `{123}` and the `{user` / `123}` halves of
+/// `{user:123}` are judged without them.
 pub fn is_id_like(segment: &str) -> bool {
+    let segment = segment.trim_start_matches('{').trim_end_matches('}');
     if segment.is_empty() {
         return false;
     }
@@ -209,6 +212,9 @@ mod tests {
             ("user:alice@example.com:settings", "user:*:settings"),
             ("email:bob@example.com", "email:*"),
             ("config:feature:darkmode", "config:feature:*"),
+            // Hash tags, as the operators' cluster keys carry them.
+            ("cache:user:{123}:profile", "cache:user:*:profile"),
+            ("{user:123}:cart", "{user:*:cart"),
         ];
         for (key, want) in cases {
             assert_eq!(g.group(key.as_bytes()), want, "{key}");

@@ -664,8 +664,10 @@ pub async fn run_sampler(
         let pause = sampler.step().await;
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { break; }
+            // A sender gone (its owner aborted) is a stop too: changed() would answer at once
+            // from then on, and the sampler would run without its rests.
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() { break; }
             }
         }
     }
@@ -873,10 +875,17 @@ impl Reading {
     }
 }
 
+/// Why a node has nothing to sample now: states, not failures.
+const NOT_OURS_REPLICA: &str = "a replica; primaries sample";
+const NOT_OURS_PRIMARY: &str = "a primary; replicas sample";
+const NO_KEYS: &str = "no keys to sample";
+
 /// How often the sampler reads commandstats to calibrate its cost.
 const CALIBRATE_EVERY: Duration = Duration::from_secs(5);
 
 /// The commandstats lines of the commands the sampler sends.
+/// Redis 6 and older count subcommands under their command (`cmdstat_memory`, with any other
+/// client's MEMORY calls: the charge errs high, never low); 7 splits them out.
 const SAMPLER_COMMANDS: &[&str] = &[
     "cmdstat_scan",
     "cmdstat_select",
@@ -884,6 +893,8 @@ const SAMPLER_COMMANDS: &[&str] = &[
     "cmdstat_pttl",
     "cmdstat_memory|usage",
     "cmdstat_object|freq",
+    "cmdstat_memory",
+    "cmdstat_object",
 ];
 
 /// From parsed INFO commandstats: (usec in the sampler's commands, SCAN calls, SCAN usec).
@@ -944,9 +955,13 @@ impl Sampler {
             }
             Err(why) => {
                 tracing::debug!(target_name = %self.target.name, problem = why, "keyspace sampler paused");
-                self.conn = None;
-                // The next connection may take another path.
-                self.scan_floor = None;
+                // Nothing to do on this node for now (a replica, an empty Redis) is no fault of
+                // the connection: it is kept, or every 5 s would open a new one, for good.
+                if ![NOT_OURS_REPLICA, NOT_OURS_PRIMARY, NO_KEYS].contains(&why) {
+                    self.conn = None;
+                    // The next connection may take another path.
+                    self.scan_floor = None;
+                }
                 Duration::from_secs(5)
             }
         }
@@ -1183,9 +1198,9 @@ impl Sampler {
             self.census.clear();
             self.facts.lock().unwrap_or_else(|p| p.into_inner()).clear();
             return Err(if replica {
-                "a replica; primaries sample"
+                NOT_OURS_REPLICA
             } else {
-                "a primary; replicas sample"
+                NOT_OURS_PRIMARY
             });
         }
         let dbs = keyspace_sizes(&info);
@@ -1198,7 +1213,7 @@ impl Sampler {
             .min_by_key(|(db, _)| self.census.get(db).map(|(_, at)| *at))
             .copied();
         let Some((db, keys)) = next else {
-            return Err("no keys to sample");
+            return Err(NO_KEYS);
         };
         if self.census.is_empty() || self.census.len() == dbs.len() {
             self.grouper.reset_discovery();

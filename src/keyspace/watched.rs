@@ -485,8 +485,10 @@ pub async fn run_watcher(
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { break; }
+            // A sender gone (its owner aborted) is a stop too: changed() would answer at once
+            // from then on, and the loop would spin.
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() { break; }
                 continue;
             }
         }
@@ -501,7 +503,10 @@ pub async fn run_watcher(
             }
             Err(why) => {
                 tracing::debug!(target_name = %watcher.target.name, problem = why, "key watcher round failed");
-                watcher.conn = None;
+                // A replica keeps its connection: not its turn is no fault of the connection.
+                if why != REPLICA {
+                    watcher.conn = None;
+                }
                 failed_rounds += 1;
                 // One failed round keeps the last figures (a timeout should not make series
                 // blink); more, and they would be served as if fresh while nothing is read.
@@ -777,21 +782,34 @@ impl Watcher {
         out: &mut FamilySet,
     ) -> Result<(), &'static str> {
         let mut types = redis::pipe();
+        // Each key answered on its own: on a cluster node, a key of a slot it does not serve is
+        // a MOVED error (its own node reports it), which must not cost the others their figures.
+        types.ignore_errors();
         types.cmd("SELECT").arg(db).ignore();
         for name in names {
             types.cmd("TYPE").arg(name);
         }
-        let (kinds, _): (Vec<String>, _) = self.send(&types).await?;
+        let (kinds, _): (Vec<RedisResult<Value>>, _) = self.send(&types).await?;
+        let kinds: Vec<String> = kinds
+            .into_iter()
+            .map(|k| k.ok().and_then(|v| value_text(&v)).unwrap_or_default())
+            .collect();
         // Second round trip: the length by type, and a string's first bytes (HyperLogLogs start
         // with "HYLL"; numbers are read only with `values`).
         let mut lengths = redis::pipe();
         lengths.ignore_errors();
         lengths.cmd("SELECT").arg(db).ignore();
         let mut asked: Vec<(&[u8], &str)> = Vec::new();
+        // Names that differ only in bytes that are not UTF-8 read the same as label values:
+        // the first of them is published, a second would repeat its series.
+        let mut labelled = std::collections::HashSet::new();
         for (name, kind) in names.iter().zip(&kinds) {
             let Some(command) = length_command(kind) else {
                 continue;
             };
+            if !labelled.insert(String::from_utf8_lossy(name)) {
+                continue;
+            }
             lengths.cmd(command).arg(name);
             let head = if self.config.values {
                 VALUE_MAX_BYTES

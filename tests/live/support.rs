@@ -1098,6 +1098,11 @@ impl Exposition {
 
     /// Sum of a family's samples whose labels include all of `want`.
     pub fn sum(&self, name: &str, want: &[(&str, &str)]) -> f64 {
+        self.all_with(name, want).iter().map(|l| l.value).sum()
+    }
+
+    /// A family's samples whose labels include all of `want`.
+    pub fn all_with(&self, name: &str, want: &[(&str, &str)]) -> Vec<&Line> {
         self.lines
             .iter()
             .filter(|l| {
@@ -1106,8 +1111,7 @@ impl Exposition {
                         .iter()
                         .all(|(k, v)| l.labels.get(*k).map(String::as_str) == Some(*v))
             })
-            .map(|l| l.value)
-            .sum()
+            .collect()
     }
 
     pub fn all(&self, name: &str) -> Vec<&Line> {

@@ -556,6 +556,9 @@ async fn the_keyspace_sampler_runs_on_each_primary_of_a_cluster() {
     // A hash tag per master, so each master gets keys of its own.
     let roles = cluster.roles();
     let mut written = 0u64;
+    // And a watched list per master, named outright (no pattern): asked of every primary, it
+    // is answered by its own and MOVED by the others, which must not cost it its figure.
+    let mut queues: Vec<(String, usize)> = Vec::new();
     for (i, _) in roles.iter().filter(|(_, master)| *master) {
         let node = &cluster.nodes[*i];
         let ranges: String = node.cmd(&["CLUSTER", "NODES"]);
@@ -583,10 +586,18 @@ async fn the_keyspace_sampler_runs_on_each_primary_of_a_cluster() {
             let _: () = node.cmd(&["SET", &format!("cache:{{{tag}}}:{k}"), "v"]);
         }
         written += 500;
+        let queue = format!("queue:{{{tag}}}");
+        let length = 3 * (queues.len() + 1);
+        for _ in 0..length {
+            let _: usize = node.cmd(&["RPUSH", &queue, "job"]);
+        }
+        queues.push((queue, length));
     }
+    let names: Vec<String> = queues.iter().map(|(q, _)| format!("\"{q}\"")).collect();
     let d = Daemon::start(&format!(
-        "poll_interval: 300ms\ntargets:\n  - name: prod\n    url: redis://{}\n    cluster: true\n    keyspace:\n      prefixes: [\"cache:\"]\n      budget: 0.3\n",
-        cluster.addr(0)
+        "poll_interval: 300ms\ntargets:\n  - name: prod\n    url: redis://{}\n    cluster: true\n    keyspace:\n      prefixes: [\"cache:\"]\n      budget: 0.3\n    watch:\n      keys: [{}]\n",
+        cluster.addr(0),
+        names.join(", ")
     ))
     .await;
     let masters: Vec<String> = roles
@@ -602,13 +613,25 @@ async fn the_keyspace_sampler_runs_on_each_primary_of_a_cluster() {
         })
         .await;
     let per_node: Vec<(String, f64)> = m
-        .all("redis_keyspace_prefix_keys")
+        .all_with("redis_keyspace_prefix_keys", &[("prefix", "cache:")])
         .iter()
         .map(|l| (l.labels["node"].clone(), l.value))
         .collect();
     assert_eq!(per_node.len(), 3, "primaries only: {per_node:?}");
     assert_eq!(per_node.iter().map(|(_, v)| v).sum::<f64>(), written as f64);
     assert!(per_node.iter().all(|(n, _)| masters.contains(n)));
+    let m = d
+        .metrics_when("every watched queue's length", WAIT, |m| {
+            queues
+                .iter()
+                .all(|(q, _)| !m.all_with("redis_key_size", &[("key", q)]).is_empty())
+        })
+        .await;
+    for (queue, length) in &queues {
+        let sizes = m.all_with("redis_key_size", &[("key", queue)]);
+        assert_eq!(sizes.len(), 1, "{queue}: from its own primary only");
+        assert_eq!(sizes[0].value, *length as f64, "{queue}");
+    }
     d.stop().await;
 }
 
