@@ -38,7 +38,31 @@ pub type Loader = Arc<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 pub struct Reload {
     pub loader: Loader,
     /// Also on SIGHUP (the binary does; tests sharing one process must not).
-    pub on_sighup: bool,
+    pub hangups: Option<Hangups>,
+}
+
+/// SIGHUPs, listened for from when this is made (before, one would end the process).
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    /// Starts listening; within a Tokio runtime.
+    pub fn listen() -> std::io::Result<Hangups> {
+        Ok(Hangups {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        })
+    }
+
+    /// The next SIGHUP; None when no more can come.
+    async fn next(&mut self) -> Option<()> {
+        #[cfg(unix)]
+        return self.signal.recv().await;
+        #[cfg(not(unix))]
+        std::future::pending().await
+    }
 }
 
 /// How long a stopped target's task may take to finish before it is aborted.
@@ -66,7 +90,7 @@ pub async fn run(
 /// [`run`], with configuration reloads when `reload` is given.
 pub async fn run_with(
     config: Config,
-    reload: Option<Reload>,
+    mut reload: Option<Reload>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
@@ -145,8 +169,9 @@ pub async fn run_with(
         alerts,
         telemetry: telemetry.clone(),
     });
-    if reload.as_ref().is_some_and(|r| r.on_sighup) {
+    if let Some(hangups) = reload.as_mut().and_then(|r| r.hangups.take()) {
         background.push(tokio::spawn(reload_on_sighup(
+            hangups,
             reloader.clone(),
             stop_rx.clone(),
         )));
@@ -433,34 +458,23 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// Reloads on every SIGHUP until shutdown.
-async fn reload_on_sighup(reloader: Arc<Reloader>, mut shutdown: watch::Receiver<bool>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGHUP; reload with POST /-/reload");
-                return;
+async fn reload_on_sighup(
+    mut hangups: Hangups,
+    reloader: Arc<Reloader>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            got = hangups.next() => {
+                if got.is_none() { return; }
+                tracing::info!("SIGHUP: reloading the configuration");
+                // The outcome is logged by reload().
+                let _ = reloader.reload().await;
             }
-        };
-        loop {
-            tokio::select! {
-                got = hup.recv() => {
-                    if got.is_none() { return; }
-                    tracing::info!("SIGHUP: reloading the configuration");
-                    // The outcome is logged by reload().
-                    let _ = reloader.reload().await;
-                }
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { return; }
-                }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { return; }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (reloader, shutdown.changed().await);
     }
 }
 

@@ -23,6 +23,26 @@ fn main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
         }
     };
+    // The daemon's runtime and its SIGHUP listener first: a SIGHUP's default action ends the
+    // process, and a deploy tool may send one (reload) right after a start, while the
+    // configuration is still being read. One sent before the listener runs is taken then.
+    let daemon = (cli.command.is_none() && !cli.check_config).then(|| {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build();
+        runtime.map(|rt| {
+            let hangups = {
+                let _in = rt.enter();
+                daemon::Hangups::listen()
+                    .inspect_err(|err| {
+                        eprintln!("redis-lookout: warning: cannot listen for SIGHUP ({err}); reload with POST /-/reload");
+                    })
+                    .ok()
+            };
+            (rt, hangups)
+        })
+    });
     // Names only: a value may be a password.
     let unread = redis_lookout::cli::unread_exporter_env(std::env::vars_os());
     if !unread.is_empty() {
@@ -88,16 +108,13 @@ fn main() -> ExitCode {
         tracing::warn!(%problem, "a password cannot be read; connections that need it will fail");
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
+    let (runtime, hangups) = match daemon {
+        Some(Ok(started)) => started,
+        Some(Err(err)) => {
             eprintln!("redis-lookout: cannot start the runtime: {err}");
             return ExitCode::from(1);
         }
+        None => unreachable!("the daemon's runtime is made whenever it runs"),
     };
     runtime.block_on(async move {
         let listener = match redis_lookout::http::bind(config.listen) {
@@ -110,7 +127,7 @@ fn main() -> ExitCode {
         // POST /-/reload and SIGHUP read the same file, flags and environment again.
         let reload = daemon::Reload {
             loader: std::sync::Arc::new(move || Config::load(&overrides)),
-            on_sighup: true,
+            hangups,
         };
         match daemon::run_with(config, Some(reload), listener, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -238,6 +238,49 @@ async fn sigterm_stops_it_cleanly() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A SIGHUP (a reload) sent while the process still reads its configuration must not end it:
+/// a deploy tool may send one right after a start. The config file is a FIFO, so the process
+/// is held in the middle of reading it while the signal arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_during_start_is_a_reload_not_an_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.yaml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut p = Running::start(&["--config", fifo.to_str().unwrap()]);
+    // Opening the FIFO for writing returns once the process has opened it for reading.
+    let writer = {
+        let fifo = fifo.clone();
+        tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(fifo))
+    };
+    let mut writer = tokio::time::timeout(WAIT, writer)
+        .await
+        .expect("the process opens its config file")
+        .unwrap()
+        .unwrap();
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // kill(2) has made the signal pending: it is acted on before the blocked read returns.
+    use std::io::Write;
+    writer
+        .write_all(b"targets:\n  - url: redis://127.0.0.1:1\n")
+        .unwrap();
+    drop(writer);
+    wait_for("serving", WAIT, || async {
+        tokio::net::TcpStream::connect(p.addr).await.ok()?;
+        (http_get(p.addr, "/-/healthy").await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(p.alive(), "{}", p.log_text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_4xx() {
     let redis = RedisServer::start(&[]);

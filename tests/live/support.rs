@@ -765,7 +765,7 @@ impl Daemon {
         let config = Config::load(&overrides).expect("test config");
         let reload = redis_lookout::daemon::Reload {
             loader: std::sync::Arc::new(move || Config::load(&overrides)),
-            on_sighup: false,
+            hangups: None,
         };
         Daemon::start_with(config, Some(reload)).await
     }
