@@ -195,8 +195,21 @@ fn stamp(path: &Path) -> Stamp {
 struct CertReloader {
     cert: PathBuf,
     key: PathBuf,
-    current: Mutex<((Stamp, Stamp), Arc<rustls::ServerConfig>)>,
+    /// The files' stamps when last loaded (or tried), the config served, and when a load of
+    /// those stamps failed.
+    current: Mutex<CertState>,
 }
+
+struct CertState {
+    stamps: (Stamp, Stamp),
+    config: Arc<rustls::ServerConfig>,
+    failed_at: Option<std::time::Instant>,
+}
+
+/// How long a certificate that changed but did not load is served from the previous one
+/// before the files are read again, though unchanged: the failure may have been the moment's
+/// (out of file descriptors during a burst of connections), not the files'.
+const CERT_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl CertReloader {
     fn new(cert: PathBuf, key: PathBuf) -> Result<CertReloader, String> {
@@ -205,27 +218,39 @@ impl CertReloader {
         Ok(CertReloader {
             cert,
             key,
-            current: Mutex::new((stamps, config)),
+            current: Mutex::new(CertState {
+                stamps,
+                config,
+                failed_at: None,
+            }),
         })
     }
 
     fn acceptor(&self) -> TlsAcceptor {
         let stamps = (stamp(&self.cert), stamp(&self.key));
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if stamps != current.0 {
-            current.0 = stamps;
+        let changed = stamps != current.stamps;
+        let retry = current.failed_at.is_some_and(|at| at.elapsed() >= CERT_RETRY);
+        if changed || retry {
+            current.stamps = stamps;
             match server_config(&self.cert, &self.key) {
                 Ok(config) => {
-                    current.1 = config;
+                    current.config = config;
+                    current.failed_at = None;
                     tracing::info!(cert_file = %self.cert.display(), "HTTPS certificate reloaded");
                 }
-                Err(problem) => tracing::warn!(
-                    cert_file = %self.cert.display(), %problem,
-                    "HTTPS certificate changed but does not load; still serving the previous one"
-                ),
+                Err(problem) => {
+                    current.failed_at = Some(std::time::Instant::now());
+                    if changed {
+                        tracing::warn!(
+                            cert_file = %self.cert.display(), %problem,
+                            "HTTPS certificate changed but does not load; still serving the previous one (tried again every 10 s)"
+                        );
+                    }
+                }
             }
         }
-        TlsAcceptor::from(current.1.clone())
+        TlsAcceptor::from(current.config.clone())
     }
 }
 
