@@ -213,7 +213,7 @@ impl NodePoller {
     }
 
     /// Removes the node's entry (its series) when the poller stops.
-    fn forget_on_exit(mut self) -> Self {
+    pub fn forget_on_exit(mut self) -> Self {
         self.forget_on_exit = true;
         self
     }

@@ -359,8 +359,17 @@ impl OnDemand {
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();
-        let poller = NodePoller::new(target, None, &self.ctx).scrape_waiting(&self.ctx);
-        let ticket = poller.ticket();
+        let kind = crate::snapshot::EntryKind {
+            on_demand: true,
+            ..Default::default()
+        };
+        let ticket = self
+            .ctx
+            .store
+            .declare((address.to_owned(), None), address.to_owned(), kind);
+        let poller = NodePoller::declared(target, None, &self.ctx, ticket)
+            .forget_on_exit()
+            .scrape_waiting(&self.ctx);
         tokio::spawn(async move {
             let mut stop_rx = stop_rx;
             let (tx, rx) = watch::channel(false);

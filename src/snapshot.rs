@@ -44,6 +44,10 @@ pub struct NodeEntry {
     pub on_scrape: bool,
     /// A target's roll-up (cluster, Sentinel): facts about the whole target, not one node.
     pub roll_up: bool,
+    /// Polled because `/scrape` asked for an address the allow-list admits: not part of the
+    /// configuration, so never waited for by readiness (a caller asking for unreachable
+    /// addresses must not make `/-/ready` fail).
+    pub on_demand: bool,
     /// The ticket of the task that reports for this node now.
     owner: Ticket,
 }
@@ -60,6 +64,7 @@ impl NodeEntry {
 pub struct EntryKind {
     pub on_scrape: bool,
     pub roll_up: bool,
+    pub on_demand: bool,
 }
 
 /// What a task got when it declared a node with [`SnapshotStore::expect`]: only the holder of
@@ -110,6 +115,7 @@ impl SnapshotStore {
                 e.owner = ticket;
                 e.on_scrape = kind.on_scrape;
                 e.roll_up = kind.roll_up;
+                e.on_demand = kind.on_demand;
                 // An on-scrape node starts dormant: a snapshot left by the task it replaces
                 // (a reload) would otherwise be served, unchanging, until its next scrape.
                 if kind.on_scrape && !kind.roll_up {
@@ -123,6 +129,7 @@ impl SnapshotStore {
                     snapshot: None,
                     on_scrape: kind.on_scrape,
                     roll_up: kind.roll_up,
+                    on_demand: kind.on_demand,
                     owner: ticket,
                 });
             }
@@ -231,11 +238,11 @@ impl SnapshotStore {
     }
 
     /// True when every expected node has finished at least one poll, successful or not
-    /// (dormant on-scrape nodes are not expected to).
+    /// (dormant on-scrape nodes and on-demand pollers are not expected to).
     pub fn ready(&self) -> bool {
         self.read()
             .values()
-            .all(|e| e.snapshot.is_some() || e.dormant())
+            .all(|e| e.on_demand || e.snapshot.is_some() || e.dormant())
     }
 
     /// The latest snapshots of the chosen nodes.
@@ -330,16 +337,28 @@ mod tests {
         let key: NodeKey = ("t".into(), Some("n:1".into()));
         let on_scrape = EntryKind {
             on_scrape: true,
-            roll_up: false,
+            ..Default::default()
         };
         let ticket = store.declare(key.clone(), "n:1".into(), on_scrape);
         assert!(store.ready(), "a dormant node is not waited for");
+        let asked = EntryKind {
+            on_demand: true,
+            ..Default::default()
+        };
+        let on_demand = store.declare(
+            ("10.0.0.9:6379".into(), None),
+            "10.0.0.9:6379".into(),
+            asked,
+        );
+        assert!(store.ready(), "nor is an address /scrape asked for");
+        store.forget(&("10.0.0.9:6379".into(), None), on_demand);
         let roll_up = store.declare(
             ("t".into(), None),
             "n:1".into(),
             EntryKind {
                 on_scrape: true,
                 roll_up: true,
+                ..Default::default()
             },
         );
         assert!(

@@ -66,7 +66,7 @@ fn spawn_node(
     let address = target.url.address();
     let kind = EntryKind {
         on_scrape: true,
-        roll_up: false,
+        ..Default::default()
     };
     let ticket = ctx.store.declare(key.clone(), address.clone(), kind);
     let (wanted, registration) = ctx.wanted.register(key, &address, ticket);
@@ -570,6 +570,7 @@ pub(crate) fn expect_roll_up(target: &Target, ctx: &PollContext) -> (NodeKey, Ti
     let kind = EntryKind {
         on_scrape: target.on_scrape,
         roll_up: true,
+        ..Default::default()
     };
     let ticket = ctx.store.declare(key.clone(), target.url.address(), kind);
     ctx.store.set_live(&key, false);

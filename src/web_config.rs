@@ -230,7 +230,9 @@ impl CertReloader {
         let stamps = (stamp(&self.cert), stamp(&self.key));
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let changed = stamps != current.stamps;
-        let retry = current.failed_at.is_some_and(|at| at.elapsed() >= CERT_RETRY);
+        let retry = current
+            .failed_at
+            .is_some_and(|at| at.elapsed() >= CERT_RETRY);
         if changed || retry {
             current.stamps = stamps;
             match server_config(&self.cert, &self.key) {
