@@ -20,7 +20,7 @@ use crate::config::{Alerting, Config, ConfigError, Target};
 use crate::http::{serve, AppState};
 use crate::poller::PollContext;
 use crate::scrape::{OnDemand, OnDemandSettings};
-use crate::snapshot::{SnapshotStore, Ticket};
+use crate::snapshot::{EntryKind, SnapshotStore, Ticket};
 use crate::telemetry::Telemetry;
 use crate::topology::{join_or_abort, run_target};
 use std::collections::BTreeMap;
@@ -270,8 +270,22 @@ impl Fleet {
             match targets.iter().find(|t| t.name == name) {
                 Some(t) if self.running[&name].target == *t => changes.unchanged += 1,
                 other => {
-                    if other.is_some() {
+                    if let Some(new) = other {
                         changes.changed += 1;
+                        // The new task's node, declared now, before the old task is told to
+                        // stop: the old one's last snapshot is served until the new one
+                        // publishes, instead of the target vanishing from /metrics (and
+                        // /-/ready failing) until its first poll, should the old task exit
+                        // first. (Discovered nodes are declared again by the new view's first
+                        // round.)
+                        let kind = EntryKind {
+                            on_scrape: new.on_scrape,
+                            roll_up: new.cluster || new.sentinel.is_some(),
+                            ..Default::default()
+                        };
+                        self.ctx
+                            .store
+                            .declare((name.clone(), None), new.url.address(), kind);
                     } else {
                         changes.removed += 1;
                     }

@@ -76,6 +76,13 @@ async fn a_reload_applies_target_changes_and_keeps_what_did_not_change() {
         text.contains("not applied until a restart: listen"),
         "{text}"
     );
+    // The changed target is served all along, from its old snapshot until the new task's
+    // first poll, and readiness holds.
+    let right_after = d.metrics().await;
+    assert!(right_after
+        .value("redis_up", &[("target", "moved")])
+        .is_some());
+    assert_eq!(http_get(d.addr, "/-/ready").await.0, 200);
     let c_port = c.port.to_string();
     let m = d
         .metrics_when("the new target list in effect", WAIT, |m| {
