@@ -495,21 +495,8 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
     }
     let resp = match handler {
         "metrics" => {
-            let slot = match &state.in_flight {
-                None => None,
-                Some(limit) => match limit.clone().try_acquire_owned() {
-                    Ok(slot) => Some(slot),
-                    Err(_) => {
-                        return (
-                            "metrics",
-                            response(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "text/plain",
-                                "too many scrapes in flight (max_requests in the config)\n",
-                            ),
-                        )
-                    }
-                },
+            let Ok(slot) = scrape_slot(state) else {
+                return (handler, too_many_scrapes());
             };
             let mut tail = String::new();
             state
@@ -566,6 +553,23 @@ async fn route(state: &AppState, req: &Request<Incoming>) -> (&'static str, Resp
     (handler, resp)
 }
 
+/// One of the `max_requests` slots for an exposition (`/metrics`, `/scrape`); `Err` when all
+/// are taken (answer [`too_many_scrapes`]).
+fn scrape_slot(state: &AppState) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ()> {
+    match &state.in_flight {
+        None => Ok(None),
+        Some(limit) => limit.clone().try_acquire_owned().map(Some).map_err(|_| ()),
+    }
+}
+
+fn too_many_scrapes() -> Response<Body> {
+    response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain",
+        "too many scrapes in flight (max_requests in the config)\n",
+    )
+}
+
 /// How long a `/scrape` may wait for a first poll: Prometheus' scrape timeout header, less a
 /// margin for the answer to travel, else 10 s.
 fn scrape_deadline(req: &Request<Incoming>) -> Duration {
@@ -590,6 +594,11 @@ async fn scrape(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
             "text/plain",
             "give ?target=<name or host:port>\n",
         );
+    };
+    // Held while the answer is made: a /scrape of a large target renders and compresses its
+    // whole body at once, so many at a time count against max_requests as /metrics does.
+    let Ok(_slot) = scrape_slot(state) else {
+        return too_many_scrapes();
     };
     match state.on_demand.scrape(&target, scrape_deadline(req)).await {
         ScrapeAnswer::Metrics(body) => {

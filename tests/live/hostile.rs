@@ -187,6 +187,9 @@ async fn a_client_that_stops_reading_loses_its_connection_and_its_slot() {
     )
     .await;
     assert!(refused.contains("max_requests"), "{refused}");
+    // /scrape counts against the same limit (it makes its whole answer at once).
+    let (status, text) = http_get(d.addr, "/scrape?target=t0").await;
+    assert_eq!(status, 503, "{text}");
     // Its writes stall; after WRITE_STALL the connection goes and a scrape is served again.
     wait_for(
         "the slot back from the stalled connection",
