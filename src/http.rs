@@ -102,7 +102,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(pair) => pair,
                     Err(err) => {
                         // Out of file descriptors, for example: wait a moment rather than spin.
@@ -124,10 +124,10 @@ pub async fn serve(
                 let stream = Box::pin(stream);
                 tokio::spawn(async move {
                     match acceptor {
-                        None => serve_connection(stream, state, watcher).await,
+                        None => serve_connection(stream, peer.ip(), state, watcher).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => serve_connection(tls, state, watcher).await,
+                                Ok(Ok(tls)) => serve_connection(tls, peer.ip(), state, watcher).await,
                                 // Plain HTTP on the HTTPS port, a bad client, a slow one.
                                 Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake with an HTTP client failed"),
                                 Err(_) => tracing::debug!("TLS handshake with an HTTP client timed out"),
@@ -152,12 +152,13 @@ pub async fn serve(
 /// drains.
 async fn serve_connection<I>(
     io: I,
+    peer: std::net::IpAddr,
     state: Arc<AppState>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| handle(state.clone(), req));
+    let service = service_fn(move |req| handle(state.clone(), req, peer));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
@@ -401,10 +402,11 @@ fn response(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Res
 async fn handle(
     state: Arc<AppState>,
     req: Request<Incoming>,
+    peer: std::net::IpAddr,
 ) -> Result<Response<Body>, Infallible> {
     let allowed = match &state.web {
         Some(web) => {
-            web.allows(req.uri().path(), req.headers().get(AUTHORIZATION))
+            web.allows(req.uri().path(), req.headers().get(AUTHORIZATION), peer)
                 .await
         }
         None => true,

@@ -272,7 +272,16 @@ struct BasicAuth {
     bcrypt_slot: tokio::sync::Semaphore,
     /// Checks queued or running; past [`MAX_WAITING`] a request is refused without one.
     waiting: std::sync::atomic::AtomicUsize,
+    /// Checks queued or running per client address; past [`PER_PEER`] its next is refused
+    /// without one.
+    per_peer: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
+
+/// Checks one client address may have queued or running. A flood of wrong passwords from one
+/// address then holds a handful of places in the queue, not all of them: Prometheus, from its
+/// own address, still gets its right password checked (and remembered) instead of a 401
+/// for as long as the flood lasts.
+const PER_PEER: usize = 4;
 
 /// Checks queued at most. A check runs to its end even when its client has gone (Prometheus
 /// gives up at its scrape timeout, and a flood of wrong passwords can queue a first, right
@@ -303,6 +312,7 @@ impl BasicAuth {
             verified: Mutex::new(Vec::new()),
             bcrypt_slot: tokio::sync::Semaphore::new(1),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            per_peer: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -315,7 +325,7 @@ impl BasicAuth {
         h.finalize().into()
     }
 
-    async fn check(self: Arc<Self>, header: Option<&HeaderValue>) -> bool {
+    async fn check(self: Arc<Self>, header: Option<&HeaderValue>, peer: std::net::IpAddr) -> bool {
         let Some((user, password)) = header.and_then(parse_basic) else {
             return false;
         };
@@ -330,14 +340,32 @@ impl BasicAuth {
             return true;
         }
         use std::sync::atomic::Ordering;
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return false;
+        {
+            let mut per_peer = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = per_peer.entry(peer).or_insert(0);
+            if *mine >= PER_PEER {
+                return false;
+            }
+            if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                if *mine == 0 {
+                    per_peer.remove(&peer);
+                }
+                return false;
+            }
+            *mine += 1;
         }
         let auth = self.clone();
         let check = tokio::spawn(async move {
             let ok = auth.clone().verify(user, password, digest).await;
             auth.waiting.fetch_sub(1, Ordering::AcqRel);
+            let mut per_peer = auth.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            if let std::collections::hash_map::Entry::Occupied(mut e) = per_peer.entry(peer) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
             ok
         });
         check.await.unwrap_or(false)
@@ -423,12 +451,17 @@ impl WebSecurity {
         self.tls.as_ref().map(CertReloader::acceptor)
     }
 
-    /// Whether a request to `path` with this `Authorization` header may proceed.
-    pub async fn allows(&self, path: &str, authorization: Option<&HeaderValue>) -> bool {
+    /// Whether a request to `path` with this `Authorization` header, from `peer`, may proceed.
+    pub async fn allows(
+        &self,
+        path: &str,
+        authorization: Option<&HeaderValue>,
+        peer: std::net::IpAddr,
+    ) -> bool {
         match &self.auth {
             None => true,
             Some(_) if path == "/-/healthy" => true,
-            Some(auth) => auth.clone().check(authorization).await,
+            Some(auth) => auth.clone().check(authorization, peer).await,
         }
     }
 }
@@ -436,6 +469,65 @@ impl WebSecurity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// Hundreds of wrong passwords at once from one address hold at most PER_PEER places in
+    /// the bcrypt queue: the right password from another address is checked and passes while
+    /// the flood goes on (it was refused once the flood filled the queue's 256 places).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_from_one_address_does_not_lock_out_another() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let config = parse(&format!("basic_auth_users:\n  prom: '{hash}'\n")).unwrap();
+        let web = Arc::new(WebSecurity::new(&config).unwrap());
+        let header = |user: &str, pw: &str| {
+            use base64::Engine as _;
+            let raw = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+            HeaderValue::from_str(&format!("Basic {raw}")).unwrap()
+        };
+        let auth = web.auth.clone().unwrap();
+        // No check finishes until the flood has taken every place it can.
+        let busy = auth.bcrypt_slot.acquire().await.unwrap();
+        let flooder: std::net::IpAddr = "10.0.0.66".parse().unwrap();
+        let flood: Vec<_> = (0..300)
+            .map(|i| {
+                let (web, wrong) = (web.clone(), header("prom", &format!("guess{i}")));
+                tokio::spawn(async move { web.allows("/metrics", Some(&wrong), flooder).await })
+            })
+            .collect();
+        let waiting = || auth.waiting.load(std::sync::atomic::Ordering::Acquire);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while flood.iter().filter(|f| f.is_finished()).count() + waiting() < 300 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flood never settled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(waiting(), PER_PEER, "the flood holds PER_PEER places");
+        let prometheus: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let right = {
+            let (web, right) = (web.clone(), header("prom", "s3cret"));
+            tokio::spawn(async move { web.allows("/metrics", Some(&right), prometheus).await })
+        };
+        while waiting() == PER_PEER && !right.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the right password never queued"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop(busy);
+        assert!(right.await.unwrap(), "the right password was refused");
+        for f in flood {
+            assert!(!f.await.unwrap(), "a wrong password passed");
+        }
+        assert!(
+            auth.per_peer.lock().unwrap().is_empty(),
+            "no count left behind"
+        );
+        assert_eq!(auth.waiting.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
 
     fn parse(text: &str) -> Result<WebConfig, ConfigError> {
         WebConfig::parse(Path::new("/etc/web.yml"), text)
@@ -495,7 +587,7 @@ mod tests {
         // The client leaves long before bcrypt is done (a scrape timeout in a queue).
         let gave_up = tokio::time::timeout(
             Duration::from_micros(1),
-            web.allows("/metrics", Some(&header)),
+            web.allows("/metrics", Some(&header), PEER),
         )
         .await;
         assert!(
@@ -526,27 +618,31 @@ mod tests {
             HeaderValue::from_str(&format!("Basic {raw}")).unwrap()
         };
         assert!(
-            web.allows("/metrics", Some(&header("prom", "s3cret")))
+            web.allows("/metrics", Some(&header("prom", "s3cret")), PEER)
                 .await
         );
         // Remembered now; still right, and a wrong one is still wrong.
         assert!(
-            web.allows("/metrics", Some(&header("prom", "s3cret")))
+            web.allows("/metrics", Some(&header("prom", "s3cret")), PEER)
                 .await
         );
         assert!(
-            !web.allows("/metrics", Some(&header("prom", "s3cret!")))
+            !web.allows("/metrics", Some(&header("prom", "s3cret!")), PEER)
                 .await
         );
         assert!(
-            !web.allows("/metrics", Some(&header("nobody", "s3cret")))
+            !web.allows("/metrics", Some(&header("nobody", "s3cret")), PEER)
                 .await
         );
-        assert!(!web.allows("/metrics", None).await);
+        assert!(!web.allows("/metrics", None, PEER).await);
         assert!(
-            !web.allows("/metrics", Some(&HeaderValue::from_static("Bearer x")))
-                .await
+            !web.allows(
+                "/metrics",
+                Some(&HeaderValue::from_static("Bearer x")),
+                PEER
+            )
+            .await
         );
-        assert!(web.allows("/-/healthy", None).await);
+        assert!(web.allows("/-/healthy", None, PEER).await);
     }
 }
