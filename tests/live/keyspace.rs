@@ -438,6 +438,110 @@ async fn a_pass_resumes_from_its_cursor_after_its_connection_drops() {
     d.stop().await;
 }
 
+/// A stream's MEMORY USAGE walks all its consumers whatever SAMPLES says: the sampler asks it
+/// of a stream with few consumers and not of one with thousands (it reads their count with
+/// XINFO GROUPS first). Every command is logged (slowlog threshold 0) to see which were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_thousands_of_consumers_is_not_asked_its_memory() {
+    let redis = RedisServer::start(&[
+        "--slowlog-log-slower-than",
+        "0",
+        "--slowlog-max-len",
+        "100000",
+    ]);
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("SET").arg(format!("cache:{i}")).arg("v").ignore();
+    }
+    for (stream, consumers) in [("events:crowded", 1200), ("events:quiet", 2)] {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("f")
+            .arg("v")
+            .ignore();
+        pipe.cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg("g")
+            .arg("0")
+            .ignore();
+        for c in 0..consumers {
+            pipe.cmd("XGROUP")
+                .arg("CREATECONSUMER")
+                .arg(stream)
+                .arg("g")
+                .arg(format!("c{c}"))
+                .ignore();
+        }
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let d = Daemon::start(&format!(
+        "poll_interval: 300ms\ntargets:\n  - name: s\n    url: {}\n    keyspace:\n      prefixes: [\"events:\", \"cache:\"]\n      budget: 0.3\n",
+        redis.url()
+    ))
+    .await;
+    let m = d
+        .metrics_when("a census", Duration::from_secs(60), census_done)
+        .await;
+    assert_eq!(
+        family_value(&m, "redis_keyspace_prefix_keys", "events:"),
+        2.0
+    );
+    assert_eq!(
+        family_value(&m, "redis_keyspace_prefix_keys", "cache:"),
+        200.0
+    );
+    let log: Vec<redis::Value> = redis.cmd(&["SLOWLOG", "GET", "100000"]);
+    let sent: Vec<String> = log
+        .iter()
+        .filter_map(|entry| match entry {
+            redis::Value::Array(fields) => fields.get(3).cloned(),
+            _ => None,
+        })
+        .filter_map(|args| match args {
+            redis::Value::Array(words) => Some(
+                words
+                    .iter()
+                    .filter_map(|w| match w {
+                        redis::Value::BulkString(b) => {
+                            Some(String::from_utf8_lossy(b).into_owned())
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            _ => None,
+        })
+        .collect();
+    let sent_any = |prefix: &str| sent.iter().any(|c| c.starts_with(prefix));
+    assert!(sent_any("MEMORY USAGE cache:"), "the strings' memory");
+    assert!(
+        sent_any("MEMORY USAGE events:quiet"),
+        "the quiet stream's memory"
+    );
+    assert!(
+        sent_any("XINFO GROUPS events:crowded"),
+        "the crowded stream's groups"
+    );
+    assert!(
+        !sent_any("MEMORY USAGE events:crowded"),
+        "the crowded stream's memory was asked"
+    );
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_key_names_keep_the_exposition_valid() {
     let redis = RedisServer::start(&[]);
