@@ -503,6 +503,9 @@ async fn evaluate(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut expiry = tokio::time::interval(Duration::from_secs(30));
+    // The label sets of redis_lookout_alerts set last: the gauge is updated in place (a reset
+    // and refill would let a concurrent scrape read it empty or half filled).
+    let mut published: BTreeMap<[String; 3], i64> = BTreeMap::new();
     loop {
         let changes = tokio::select! {
             obs = observations.recv() => match obs {
@@ -522,19 +525,35 @@ async fn evaluate(
             changed.notify_one();
         }
         let active = evaluator.lock().unwrap_or_else(|p| p.into_inner()).active();
-        telemetry.alerts.reset();
+        let mut counts: BTreeMap<[String; 3], i64> = BTreeMap::new();
         for alert in active {
             let state = if alert.state == State::Firing {
                 "firing"
             } else {
                 "pending"
             };
-            let name = alert.labels.get("alertname").cloned().unwrap_or_default();
-            let severity = alert.labels.get("severity").cloned().unwrap_or_default();
+            let label = |name: &str| alert.labels.get(name).cloned().unwrap_or_default();
+            *counts
+                .entry([label("alertname"), label("severity"), state.to_owned()])
+                .or_default() += 1;
+        }
+        if counts == published {
+            continue;
+        }
+        for gone in published.keys().filter(|k| !counts.contains_key(*k)) {
+            let [name, severity, state] = gone;
+            let _ = telemetry.alerts.remove_label_values(&[
+                name.as_str(),
+                severity.as_str(),
+                state.as_str(),
+            ]);
+        }
+        for ([name, severity, state], n) in &counts {
             telemetry
                 .alerts
-                .with_label_values(&[name.as_str(), severity.as_str(), state])
-                .inc();
+                .with_label_values(&[name.as_str(), severity.as_str(), state.as_str()])
+                .set(*n);
         }
+        published = counts;
     }
 }

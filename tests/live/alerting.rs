@@ -222,6 +222,15 @@ async fn a_dead_redis_reaches_alertmanager_and_its_recovery_resolves_it() {
     .await;
     let (_, body) = http_get(d.addr, "/alerts").await;
     assert!(!body.contains("RedisDown"), "{body}");
+    // Its gauge series goes with it (the gauge is updated in place, not reset and refilled).
+    d.metrics_when("the resolved alert's gauge series removed", WAIT, |m| {
+        m.value(
+            "redis_lookout_alerts",
+            &[("alertname", "RedisDown"), ("state", "firing")],
+        )
+        .is_none()
+    })
+    .await;
 
     // The watchdog fires while the process runs, and ends (a dead man's switch tells) once
     // it has stopped: its endsAt, four resend intervals ahead, passes.
