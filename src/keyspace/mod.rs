@@ -620,10 +620,13 @@ fn keyspace_sizes(info: &crate::collector::info::Info) -> Vec<(u32, u64)> {
 /// Whether a pass that reached cursor 0 is a census. SCAN returns every key present from the
 /// start of a pass to its end; a pass that saw far fewer keys than the database held at both
 /// ends walked a table that was replaced under it (FLUSHDB and new writes, SWAPDB, a replica's
-/// full resync), and its counts would be published as exact.
+/// full resync), and its counts would be published as exact. The sizes (INFO keyspace) count
+/// keys expired but not yet removed, which SCAN does not return: Redis' active expiry lets
+/// them reach about 10% of the keys with a TTL, so the bar is 80%, not 90% (where a database
+/// of keys nearly all with a TTL could have every pass refused).
 pub fn census_complete(visited: u64, size_at_start: u64, size_at_end: Option<u64>) -> bool {
     let size = size_at_end.map_or(size_at_start, |end| end.min(size_at_start));
-    visited as f64 >= 0.9 * size as f64
+    visited as f64 >= 0.8 * size as f64
 }
 
 /// Runs the sampler for one target until shutdown.
@@ -1422,6 +1425,9 @@ mod tests {
     fn a_pass_that_saw_far_less_than_the_database_held_is_no_census() {
         // Keys came and went, nothing drastic: a census.
         assert!(census_complete(950_000, 1_000_000, Some(1_020_000)));
+        // Every key has a TTL and 11% of them have expired but are not removed yet: INFO
+        // counts them, SCAN does not return them.
+        assert!(census_complete(890_000, 1_000_000, Some(1_000_000)));
         // Half the keys expired during a long pass: those present throughout were all seen.
         assert!(census_complete(700_000, 1_000_000, Some(500_000)));
         // FLUSHDB mid-pass, then new writes: the cursor walked a new, partly filled table.
