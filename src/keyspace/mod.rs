@@ -991,6 +991,7 @@ const SAMPLER_COMMANDS: &[&str] = &[
     "cmdstat_pttl",
     "cmdstat_memory|usage",
     "cmdstat_object|freq",
+    "cmdstat_xinfo|groups",
     "cmdstat_memory",
     "cmdstat_object",
 ];
