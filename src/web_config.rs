@@ -13,8 +13,9 @@
 //! `/-/healthy` answers without credentials (a liveness probe has none). A bcrypt check costs
 //! tens of milliseconds on purpose, so a successful one is remembered (keyed by a salted SHA-256
 //! of the presented user and password) and later scrapes with the same credentials pay a hash,
-//! not a bcrypt. An unknown user still costs one bcrypt check against a dummy hash, so the time
-//! of a 401 does not tell which user names exist.
+//! not a bcrypt. An unknown user still costs one bcrypt check against a dummy hash at the
+//! highest cost configured, so the time of a 401 does not tell which user names exist as long
+//! as every hash has that cost (a warning at start says when they differ).
 
 use crate::config::{problem_at, yaml_error, ConfigError, Step};
 use hyper::header::HeaderValue;
@@ -277,6 +278,15 @@ struct BasicAuth {
     per_peer: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
+/// The distinct bcrypt costs of the users' hashes.
+fn costs(users: &BTreeMap<String, BcryptHash>) -> std::collections::BTreeSet<u32> {
+    users
+        .values()
+        .filter_map(|h| h.0.parse::<bcrypt::HashParts>().ok())
+        .map(|p| p.get_cost())
+        .collect()
+}
+
 /// Checks one client address may have queued or running. A flood of wrong passwords from one
 /// address then holds a handful of places in the queue, not all of them: Prometheus, from its
 /// own address, still gets its right password checked (and remembered) instead of a 401
@@ -298,12 +308,14 @@ const REMEMBERED: usize = 64;
 
 impl BasicAuth {
     fn new(users: BTreeMap<String, BcryptHash>) -> Result<BasicAuth, String> {
-        let cost = users
-            .values()
-            .filter_map(|h| h.0.parse::<bcrypt::HashParts>().ok())
-            .map(|p| p.get_cost())
-            .max()
-            .unwrap_or(bcrypt::DEFAULT_COST);
+        let costs = costs(&users);
+        let cost = costs.iter().copied().max().unwrap_or(bcrypt::DEFAULT_COST);
+        if costs.len() > 1 {
+            tracing::warn!(
+                costs = ?costs,
+                "basic_auth_users' bcrypt hashes have different costs: a user's check takes as long as its cost, so answer times tell which user a request named; hash every password at one cost"
+            );
+        }
         Ok(BasicAuth {
             users,
             dummy: std::sync::OnceLock::new(),
@@ -471,6 +483,15 @@ mod tests {
     use super::*;
 
     const PEER: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn users_hashed_at_different_costs_are_told_apart() {
+        let (a, b) = (bcrypt::hash("x", 4).unwrap(), bcrypt::hash("y", 5).unwrap());
+        let config = parse(&format!("basic_auth_users:\n  a: '{a}'\n  b: '{b}'\n")).unwrap();
+        assert_eq!(costs(&config.users).into_iter().collect::<Vec<_>>(), [4, 5]);
+        let config = parse(&format!("basic_auth_users:\n  a: '{a}'\n")).unwrap();
+        assert_eq!(costs(&config.users).len(), 1);
+    }
 
     /// Hundreds of wrong passwords at once from one address hold at most PER_PEER places in
     /// the bcrypt queue: the right password from another address is checked and passes while
