@@ -171,9 +171,14 @@ pub async fn push_loop(
         let mut body = payload(&firing, &resolved, resend, now);
         body.push(watchdog(&host, started, resend, now));
         let mut all_ok = true;
-        for (url, shown) in urls.iter().zip(&shown) {
+        // All at once: one Alertmanager that does not answer must not hold back the others
+        // (nor a shutdown) by its timeout each.
+        let sends = urls.iter().map(|url| {
             let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
-            let result = client.post(&endpoint).json(&body).send().await;
+            client.post(endpoint).json(&body).send()
+        });
+        let results = futures_util::future::join_all(sends).await;
+        for (result, shown) in results.into_iter().zip(&shown) {
             let ok = matches!(&result, Ok(r) if r.status().is_success());
             if !ok {
                 all_ok = false;
