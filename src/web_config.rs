@@ -271,10 +271,8 @@ struct BasicAuth {
     /// One bcrypt check at a time: a flood of wrong passwords then costs one core at most,
     /// and polls and scrapes (which run on the same blocking pool and workers) go on.
     bcrypt_slot: tokio::sync::Semaphore,
-    /// Checks queued or running; past [`MAX_WAITING`] a request is refused without one.
-    waiting: std::sync::atomic::AtomicUsize,
-    /// Checks queued or running per client address; past [`PER_PEER`] its next is refused
-    /// without one.
+    /// Checks queued or running per client address; past [`PER_PEER`] for its address, or
+    /// [`MAX_WAITING`] in all, a request is refused without one.
     per_peer: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
@@ -323,9 +321,18 @@ impl BasicAuth {
             salt: rand::random(),
             verified: Mutex::new(Vec::new()),
             bcrypt_slot: tokio::sync::Semaphore::new(1),
-            waiting: std::sync::atomic::AtomicUsize::new(0),
             per_peer: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Checks queued or running, all addresses together.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
     }
 
     fn digest(&self, user: &str, password: &str) -> [u8; 32] {
@@ -351,15 +358,11 @@ impl BasicAuth {
         if bool::from(remembered) {
             return true;
         }
-        use std::sync::atomic::Ordering;
         {
             let mut per_peer = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+            let waiting: usize = per_peer.values().sum();
             let mine = per_peer.entry(peer).or_insert(0);
-            if *mine >= PER_PEER {
-                return false;
-            }
-            if self.waiting.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
+            if *mine >= PER_PEER || waiting >= MAX_WAITING {
                 if *mine == 0 {
                     per_peer.remove(&peer);
                 }
@@ -370,7 +373,6 @@ impl BasicAuth {
         let auth = self.clone();
         let check = tokio::spawn(async move {
             let ok = auth.clone().verify(user, password, digest).await;
-            auth.waiting.fetch_sub(1, Ordering::AcqRel);
             let mut per_peer = auth.per_peer.lock().unwrap_or_else(|p| p.into_inner());
             if let std::collections::hash_map::Entry::Occupied(mut e) = per_peer.entry(peer) {
                 *e.get_mut() -= 1;
@@ -516,7 +518,7 @@ mod tests {
                 tokio::spawn(async move { web.allows("/metrics", Some(&wrong), flooder).await })
             })
             .collect();
-        let waiting = || auth.waiting.load(std::sync::atomic::Ordering::Acquire);
+        let waiting = || auth.waiting();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while flood.iter().filter(|f| f.is_finished()).count() + waiting() < 300 {
             assert!(
@@ -547,7 +549,7 @@ mod tests {
             auth.per_peer.lock().unwrap().is_empty(),
             "no count left behind"
         );
-        assert_eq!(auth.waiting.load(std::sync::atomic::Ordering::Acquire), 0);
+        assert_eq!(auth.waiting(), 0);
     }
 
     fn parse(text: &str) -> Result<WebConfig, ConfigError> {
@@ -624,7 +626,7 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(auth.waiting.load(std::sync::atomic::Ordering::Acquire), 0);
+        assert_eq!(auth.waiting(), 0);
     }
 
     #[tokio::test]
