@@ -20,7 +20,7 @@ use crate::config::{Alerting, Config, ConfigError, Target};
 use crate::http::{serve, AppState};
 use crate::poller::PollContext;
 use crate::scrape::{OnDemand, OnDemandSettings};
-use crate::snapshot::{EntryKind, SnapshotStore, Ticket};
+use crate::snapshot::{SnapshotStore, Ticket};
 use crate::telemetry::Telemetry;
 use crate::topology::{join_or_abort, run_target};
 use std::collections::BTreeMap;
@@ -278,14 +278,11 @@ impl Fleet {
                         // /-/ready failing) until its first poll, should the old task exit
                         // first. (Discovered nodes are declared again by the new view's first
                         // round.)
-                        let kind = EntryKind {
-                            on_scrape: new.on_scrape,
-                            roll_up: new.cluster || new.sentinel.is_some(),
-                            ..Default::default()
-                        };
-                        self.ctx
-                            .store
-                            .declare((name.clone(), None), new.url.address(), kind);
+                        self.ctx.store.declare(
+                            (name.clone(), None),
+                            new.url.address(),
+                            crate::topology::root_kind(new),
+                        );
                     } else {
                         changes.removed += 1;
                     }

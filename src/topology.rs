@@ -562,17 +562,24 @@ fn masters_online(nodes: &[ClusterNode]) -> usize {
         .count()
 }
 
+/// The kind of a target's own entry (`(name, None)`): its roll-up for a cluster or Sentinel
+/// target, else its configured node.
+pub(crate) fn root_kind(target: &Target) -> EntryKind {
+    EntryKind {
+        on_scrape: target.on_scrape,
+        roll_up: target.cluster || target.sentinel.is_some(),
+        ..Default::default()
+    }
+}
+
 /// The target-level node of a discovered topology (cluster, Sentinel): expected in the store
 /// but not offered to `/discovery` as a node (it is served with its seed's address), except
 /// for an on-scrape target, where `/discovery` lists it under the target's name.
 pub(crate) fn expect_roll_up(target: &Target, ctx: &PollContext) -> (NodeKey, Ticket) {
     let key = (target.name.clone(), None);
-    let kind = EntryKind {
-        on_scrape: target.on_scrape,
-        roll_up: true,
-        ..Default::default()
-    };
-    let ticket = ctx.store.declare(key.clone(), target.url.address(), kind);
+    let ticket = ctx
+        .store
+        .declare(key.clone(), target.url.address(), root_kind(target));
     ctx.store.set_live(&key, false);
     (key, ticket)
 }
