@@ -21,17 +21,16 @@ use std::collections::BTreeMap;
 pub fn render(text: &str, labels: &BTreeMap<String, String>, value: f64) -> String {
     let mut out = String::with_capacity(text.len() + 32);
     let mut shown = true; // false inside an `if` whose label is empty
-    let mut rest = text;
-    while let Some(open) = rest.find("{{") {
-        let Some(len) = rest[open..].find("}}") else {
-            break;
+    for piece in pieces(text) {
+        let (written, action) = match piece {
+            Piece::Text(t) | Piece::Unclosed(t) => {
+                if shown {
+                    out.push_str(t);
+                }
+                continue;
+            }
+            Piece::Action { written, action } => (written, action),
         };
-        if shown {
-            out.push_str(&rest[..open]);
-        }
-        let written = &rest[open..open + len + 2];
-        let action = rest[open + 2..open + len].trim();
-        rest = &rest[open + len + 2..];
         match Action::parse(action) {
             Some(Action::End) => shown = true,
             _ if !shown => {}
@@ -49,9 +48,6 @@ pub fn render(text: &str, labels: &BTreeMap<String, String>, value: f64) -> Stri
             None => out.push_str(written),
         }
     }
-    if shown {
-        out.push_str(rest);
-    }
     out
 }
 
@@ -60,13 +56,15 @@ pub fn render(text: &str, labels: &BTreeMap<String, String>, value: f64) -> Stri
 pub fn unknown_actions(text: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut open_if = false;
-    let mut rest = text;
-    while let Some(open) = rest.find("{{") {
-        let Some(len) = rest[open..].find("}}") else {
-            found.push(rest[open..].to_owned());
-            break;
+    for piece in pieces(text) {
+        let action = match piece {
+            Piece::Text(_) => continue,
+            Piece::Unclosed(rest) => {
+                found.push(rest.to_owned());
+                continue;
+            }
+            Piece::Action { action, .. } => action,
         };
-        let action = rest[open + 2..open + len].trim();
         match Action::parse(action) {
             Some(Action::If(_)) if open_if => found.push(format!("nested {action}")),
             Some(Action::If(_)) => open_if = true,
@@ -75,12 +73,42 @@ pub fn unknown_actions(text: &str) -> Vec<String> {
             Some(_) => {}
             None => found.push(action.to_owned()),
         }
-        rest = &rest[open + len + 2..];
     }
     if open_if {
         found.push("if without end".to_owned());
     }
     found
+}
+
+/// A template cut into its text and its `{{ … }}` actions.
+enum Piece<'a> {
+    Text(&'a str),
+    /// `written` is the action as it stands in the text, `action` its inside, trimmed.
+    Action {
+        written: &'a str,
+        action: &'a str,
+    },
+    /// From a `{{` that no `}}` closes to the end.
+    Unclosed(&'a str),
+}
+
+fn pieces(text: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        out.push(Piece::Text(&rest[..open]));
+        let Some(len) = rest[open..].find("}}") else {
+            out.push(Piece::Unclosed(&rest[open..]));
+            return out;
+        };
+        out.push(Piece::Action {
+            written: &rest[open..open + len + 2],
+            action: rest[open + 2..open + len].trim(),
+        });
+        rest = &rest[open + len + 2..];
+    }
+    out.push(Piece::Text(rest));
+    out
 }
 
 enum Action<'a> {
