@@ -508,27 +508,23 @@ struct ClusterView {
     ticket: Ticket,
     /// The connection to the node that answered last, and the address it was asked at.
     conn: Option<(MultiplexedConnection, String)>,
-    /// The usable nodes of the last view, healthy masters first, with the host names they
-    /// announce.
-    known: Vec<(String, Option<String>)>,
-    /// The ids and masters online of the last view taken, to judge the next one by.
-    last_view: LastView,
+    /// The last view taken: its usable nodes are asked next (see [`ClusterView::known`]), and
+    /// the next view is judged by it ([`LastView`]).
+    last: Vec<ClusterNode>,
     facts: ClusterFacts,
 }
 
-/// What the last view taken said, for [`LastView::doubts`].
+/// The last view taken, as the next one is judged by it.
 #[derive(Debug, Default)]
-struct LastView {
-    ids: std::collections::HashSet<String>,
-    masters_online: usize,
-}
+struct LastView<'a>(&'a [ClusterNode]);
 
-impl LastView {
-    fn of(nodes: &[ClusterNode]) -> Self {
-        Self {
-            ids: nodes.iter().map(|n| n.id.clone()).collect(),
-            masters_online: masters_online(nodes),
-        }
+impl<'a> LastView<'a> {
+    fn of(nodes: &'a [ClusterNode]) -> Self {
+        Self(nodes)
+    }
+
+    fn lists(&self, id: &str) -> bool {
+        self.0.iter().any(|n| n.id == id)
     }
 
     /// Whether a view needs a second opinion before it is taken: it leaves out nodes the last
@@ -538,17 +534,26 @@ impl LastView {
     /// held by another cluster's node; and it is wrong for a while when the node is cut off
     /// from the cluster bus and suspects every other master.
     fn doubts(&self, nodes: &[ClusterNode]) -> bool {
-        !self.ids.is_empty()
-            && (self.ids.iter().any(|id| !nodes.iter().any(|n| &n.id == id))
-                || masters_online(nodes) < self.masters_online)
+        !self.0.is_empty()
+            && (self
+                .0
+                .iter()
+                .any(|last| !nodes.iter().any(|n| n.id == last.id))
+                || masters_online(nodes) < masters_online(self.0))
     }
 
     /// How well a view agrees with this one: the nodes of this one it still lists, then its
     /// masters online. Of two views, the one that agrees better is taken.
     fn agreement(&self, nodes: &[ClusterNode]) -> (usize, usize) {
-        let kept = nodes.iter().filter(|n| self.ids.contains(&n.id)).count();
+        let kept = nodes.iter().filter(|n| self.lists(&n.id)).count();
         (kept, masters_online(nodes))
     }
+}
+
+/// How a cluster node is reached: at its address, over TLS checked for the host name it
+/// announces (see [`Target::for_named_node`]).
+fn reach(target: &Target, node: &ClusterNode) -> Result<Target, String> {
+    target.for_named_node(&node.addr, node.hostname.as_deref())
 }
 
 /// Masters serving slots and flagged neither `fail` nor `fail?`. A master that serves no slots
@@ -629,8 +634,7 @@ impl ClusterView {
             key,
             ticket,
             conn: None,
-            known: Vec::new(),
-            last_view: LastView::default(),
+            last: Vec::new(),
             facts: ClusterFacts::default(),
         }
     }
@@ -647,24 +651,13 @@ impl ClusterView {
                     let usable: Vec<(String, Result<Target, String>)> = nodes
                         .iter()
                         .filter(|n| !n.unusable)
-                        .map(|n| {
-                            let node = self.target.for_named_node(&n.addr, n.hostname.as_deref());
-                            (n.addr.clone(), node)
-                        })
+                        .map(|n| (n.addr.clone(), reach(&self.target, n)))
                         .collect();
                     children.sync_targets(usable);
                     for n in nodes.iter().filter(|n| !n.unusable) {
                         let key = (self.target.name.clone(), Some(n.addr.clone()));
                         self.ctx.store.set_live(&key, !n.fail);
                     }
-                    // Prefer asking healthy nodes next time.
-                    let mut order: Vec<&ClusterNode> =
-                        nodes.iter().filter(|n| !n.unusable).collect();
-                    order.sort_by_key(|n| (n.fail || n.pfail, !n.master));
-                    self.known = order
-                        .into_iter()
-                        .map(|n| (n.addr.clone(), n.hostname.clone()))
-                        .collect();
                     self.facts.observe(nodes)
                 }
                 None => FamilySet::new(),
@@ -698,27 +691,27 @@ impl ClusterView {
     async fn fetch_nodes(&mut self) -> Option<Vec<ClusterNode>> {
         let until = tokio::time::Instant::now() + self.target.poll_interval;
         let mut nodes = self.first_answer(until).await?;
-        if self.last_view.doubts(&nodes) {
+        let last = LastView::of(&self.last);
+        if last.doubts(&nodes) {
             let asked = self
                 .conn
                 .as_ref()
                 .map(|(_, a)| a.clone())
                 .unwrap_or_default();
             // Nodes both views list first, then those the new one left out.
-            let mut others: Vec<&String> = self
-                .known
-                .iter()
-                .map(|(a, _)| a)
-                .filter(|a| **a != asked)
+            let mut others: Vec<&ClusterNode> = self
+                .known()
+                .into_iter()
+                .filter(|n| n.addr != asked)
                 .collect();
-            others.sort_by_key(|a| !nodes.iter().any(|n| &&n.addr == a));
+            others.sort_by_key(|o| !nodes.iter().any(|n| n.addr == o.addr));
             let others: Vec<Target> = others
                 .into_iter()
-                .filter_map(|a| self.reach(a).ok())
+                .filter_map(|n| reach(&self.target, n).ok())
                 .take(2)
                 .collect();
             if let Some((conn, asked2, second)) = self.ask_first_of(others, until).await {
-                if self.last_view.agreement(&second) > self.last_view.agreement(&nodes) {
+                if last.agreement(&second) > last.agreement(&nodes) {
                     tracing::info!(
                         target_name = %self.target.name,
                         dropped = %asked,
@@ -730,7 +723,7 @@ impl ClusterView {
                 }
             }
         }
-        self.last_view = LastView::of(&nodes);
+        self.last = nodes.clone();
         Some(nodes)
     }
 
@@ -752,11 +745,11 @@ impl ClusterView {
             .filter(|s| s.up)
             .filter_map(|s| s.node.clone())
             .collect();
-        let mut known: Vec<&String> = self.known.iter().map(|(a, _)| a).collect();
-        known.sort_by_key(|addr| !up.contains(addr));
+        let mut known = self.known();
+        known.sort_by_key(|n| !up.contains(&n.addr));
         let mut candidates: Vec<Target> = known
             .into_iter()
-            .filter_map(|addr| self.reach(addr).ok())
+            .filter_map(|n| reach(&self.target, n).ok())
             .collect();
         candidates.push((*self.target).clone());
         candidates.extend(self.target.seeds.iter().map(|seed| Target {
@@ -771,15 +764,11 @@ impl ClusterView {
         Some(nodes)
     }
 
-    /// How a node of the last view is reached: at its address, over TLS checked for the host
-    /// name it announces (see [`Target::for_named_node`]).
-    fn reach(&self, addr: &str) -> Result<Target, String> {
-        let hostname = self
-            .known
-            .iter()
-            .find(|(a, _)| a == addr)
-            .and_then(|(_, h)| h.as_deref());
-        self.target.for_named_node(addr, hostname)
+    /// The usable nodes of the last view, healthy masters first: asked in that order.
+    fn known(&self) -> Vec<&ClusterNode> {
+        let mut order: Vec<&ClusterNode> = self.last.iter().filter(|n| !n.unusable).collect();
+        order.sort_by_key(|n| (n.fail || n.pfail, !n.master));
+        order
     }
 
     /// CLUSTER NODES from the first of `nodes` (each reached at its URL) that answers before
@@ -846,7 +835,7 @@ mod tests {
             node("d", 4, false, Some("a")),
         ];
         let last = LastView::of(&cluster);
-        assert_eq!(last.masters_online, 3);
+        assert_eq!(masters_online(last.0), 3);
         assert!(
             !LastView::default().doubts(&cluster),
             "a first view is taken as it is"
