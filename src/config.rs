@@ -610,47 +610,53 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A duration in a file, checked while the scalar is read (see [`log_level_field`]).
+/// A duration in a file, checked while the scalar is read (see [`checked_field`]).
 fn duration_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    struct Text;
-    impl serde::de::Visitor<'_> for Text {
-        type Value = Duration;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a duration such as 5s, 1m30s or 250ms")
-        }
-        fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<Duration, E> {
-            parse_duration(raw).map_err(E::custom)
-        }
-    }
-    struct Field(Duration);
-    impl<'de> Deserialize<'de> for Field {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_str(Text).map(Field)
-        }
-    }
-    Ok(Option::<Field>::deserialize(d)?.map(|f| f.0))
+    checked_field(d, "a duration such as 5s, 1m30s or 250ms", parse_duration)
 }
 
-/// `log_level` in a file, checked while the scalar is read, so that the error carries its line
-/// and column (an error raised after the field is read points at the enclosing mapping).
+/// `log_level` in a file, checked while the scalar is read (see [`checked_field`]).
 fn log_level_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    struct Level;
-    impl serde::de::Visitor<'_> for Level {
-        type Value = String;
+    checked_field(d, "a log level", check_log_level)
+}
+
+/// An optional scalar checked by `check` while it is read, so that the error carries its line
+/// and column (an error raised after the field is read points at the enclosing mapping).
+fn checked_field<'de, D: serde::Deserializer<'de>, T>(
+    d: D,
+    expecting: &'static str,
+    check: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, D::Error> {
+    struct Checked<T> {
+        expecting: &'static str,
+        check: fn(&str) -> Result<T, String>,
+    }
+    impl<T> serde::de::Visitor<'_> for Checked<T> {
+        type Value = T;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a log level")
+            f.write_str(self.expecting)
         }
-        fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<String, E> {
-            check_log_level(raw).map_err(E::custom)
-        }
-    }
-    struct Field(String);
-    impl<'de> Deserialize<'de> for Field {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_str(Level).map(Field)
+        fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<T, E> {
+            (self.check)(raw).map_err(E::custom)
         }
     }
-    Ok(Option::<Field>::deserialize(d)?.map(|f| f.0))
+    struct Optional<T>(Checked<T>);
+    impl<'de, T> serde::de::Visitor<'de> for Optional<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(self.0.expecting)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+            d.deserialize_str(self.0).map(Some)
+        }
+    }
+    d.deserialize_option(Optional(Checked { expecting, check }))
 }
 
 /// Where a password comes from: a file, an environment variable, or the URL itself.
