@@ -302,14 +302,6 @@ impl OnDemand {
                 return self.render(|_, e| at_address(e));
             }
         }
-        if !settings.rules.iter().any(|r| r.allows(&host, port)) {
-            // Without an allow-list only on-scrape targets are answered: say what is missing.
-            return if settings.rules.is_empty() {
-                ScrapeAnswer::UnknownNode
-            } else {
-                ScrapeAnswer::Forbidden
-            };
-        }
         if let Some(refused) = self.start(&address, &host, port) {
             return refused;
         }
@@ -317,7 +309,7 @@ impl OnDemand {
     }
 
     /// Starts a poller for an allowed address unless one runs; the answer instead when the
-    /// limit is reached or the address is no longer allowed.
+    /// limit is reached or the address is not allowed.
     ///
     /// The allow-list is read again here, under the lock of the running pollers: a reload
     /// swaps the settings and then, under that lock, stops every poller, so a poller started
@@ -331,7 +323,12 @@ impl OnDemand {
         }
         let settings = self.settings();
         let Some(rule) = settings.rules.iter().find(|r| r.allows(host, port)) else {
-            return Some(ScrapeAnswer::Forbidden);
+            // Without an allow-list only on-scrape targets are answered: say what is missing.
+            return Some(if settings.rules.is_empty() {
+                ScrapeAnswer::UnknownNode
+            } else {
+                ScrapeAnswer::Forbidden
+            });
         };
         if running.len() >= MAX_ON_DEMAND {
             return Some(ScrapeAnswer::TooMany);
