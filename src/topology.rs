@@ -315,7 +315,7 @@ async fn run_with_replicas(
 }
 
 /// Sleeps until `next`: true then, false once `shutdown` turns true (or its sender is gone).
-async fn tick(next: tokio::time::Instant, shutdown: &mut watch::Receiver<bool>) -> bool {
+pub(crate) async fn tick(next: tokio::time::Instant, shutdown: &mut watch::Receiver<bool>) -> bool {
     loop {
         tokio::select! {
             _ = sleep_until(next) => return true,

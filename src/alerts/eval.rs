@@ -247,7 +247,7 @@ pub fn readings(
                 .iter()
                 .filter(|((f, _), _)| f == family)
                 .filter_map(|(_, points)| NodeHistory::value_at(points, start))
-                .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v));
+                .reduce(|a, b| a + b);
             match (before, sum_of(family)) {
                 (Some(before), Some(now_v)) if before > min_before => {
                     vec![(Labels::new(), now_v / before)]

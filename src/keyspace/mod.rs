@@ -665,13 +665,9 @@ pub async fn run_sampler(
     };
     loop {
         let pause = sampler.step().await;
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            // A sender gone (its owner aborted) is a stop too: changed() would answer at once
-            // from then on, and the sampler would run without its rests.
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() { break; }
-            }
+        // (A sender gone, its owner aborted, is a stop too.)
+        if !crate::topology::tick(tokio::time::Instant::now() + pause, &mut shutdown).await {
+            break;
         }
     }
 }

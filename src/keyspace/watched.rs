@@ -483,14 +483,9 @@ pub async fn run_watcher(
     let mut next = tokio::time::Instant::now();
     let mut failed_rounds = 0u32;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            // A sender gone (its owner aborted) is a stop too: changed() would answer at once
-            // from then on, and the loop would spin.
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() { break; }
-                continue;
-            }
+        // (A sender gone, its owner aborted, is a stop too.)
+        if !crate::topology::tick(next, &mut shutdown).await {
+            break;
         }
         let round = tokio::select! {
             r = watcher.round() => r,
