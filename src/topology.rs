@@ -32,15 +32,17 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout};
 
 /// Runs a target until shutdown: its node(s) and their discovery.
+///
+/// The Sentinel, cluster and replica branches are boxed: an async fn's state is as large as its
+/// largest branch (a cluster view's is kilobytes), and a thousand plain targets would each hold
+/// that much while they only wait on their node's task.
 pub async fn run_target(target: Arc<Target>, ctx: PollContext, shutdown: watch::Receiver<bool>) {
     if target.sentinel.is_some() {
-        crate::sentinel::SentinelView::new(target, ctx)
-            .run(shutdown)
-            .await;
+        Box::pin(crate::sentinel::SentinelView::new(target, ctx).run(shutdown)).await;
     } else if target.cluster {
-        ClusterView::new(target, ctx).run(shutdown).await;
+        Box::pin(ClusterView::new(target, ctx).run(shutdown)).await;
     } else if target.follow_replicas {
-        run_with_replicas(target, ctx, shutdown).await;
+        Box::pin(run_with_replicas(target, ctx, shutdown)).await;
     } else {
         let (task, _) = spawn_node(target, None, &ctx, shutdown);
         let _ = task.await;
