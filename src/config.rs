@@ -518,6 +518,8 @@ struct AlertingFile {
     runbook_base_url: Option<String>,
     #[serde(default)]
     thresholds: std::collections::BTreeMap<String, crate::alerts::ThresholdOverride>,
+    /// Regex of the Prometheus jobs whose failed scrapes page (RedisExporterDown).
+    exporter_jobs: Option<String>,
 }
 
 /// The in-process alerting daemon's settings (present when the file has `alerting:`).
@@ -1471,7 +1473,17 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
                     )));
                 }
             }
-            let rules = crate::alerts::pack_with(&a.thresholds)
+            if a.exporter_jobs
+                .as_deref()
+                .is_some_and(|j| j.trim().is_empty())
+            {
+                return Err(at(
+                    &[Key("alerting"), Key("exporter_jobs")],
+                    "alerting.exporter_jobs is empty: give a regex of job names (default .*redis.*)"
+                        .into(),
+                ));
+            }
+            let rules = crate::alerts::pack_with(&a.thresholds, a.exporter_jobs.as_deref())
                 .map_err(|e| at(&[Key("alerting"), Key("thresholds")], e))?;
             let resend_interval = a.resend_interval.unwrap_or(Duration::from_secs(60));
             if resend_interval < Duration::from_secs(1) {
@@ -1872,6 +1884,10 @@ mod tests {
             (
                 "alerting:\n  alertmanagers:\n    - ftp://am\n",
                 "test.yaml:2:3: ",
+            ),
+            (
+                "alerting:\n  resend_interval: 1m\n  exporter_jobs: \" \"\n",
+                "test.yaml:3:3: ",
             ),
         ];
         for (text, location) in cases {

@@ -268,6 +268,7 @@ pub fn readings(
                 })
                 .collect()
         }
+        Signal::PrometheusOnly => Vec::new(),
     }
 }
 
@@ -299,7 +300,10 @@ fn history_windows(rules: &[AlertRule]) -> Vec<(&'static str, Duration)> {
 /// The families a signal reads over a window, with the window (none for instant signals).
 fn remembered(signal: &Signal) -> Vec<(&'static str, Duration)> {
     let window = match *signal {
-        Signal::Series(_) | Signal::SeriesWithout(..) | Signal::Ratio(..) => return Vec::new(),
+        Signal::Series(_)
+        | Signal::SeriesWithout(..)
+        | Signal::Ratio(..)
+        | Signal::PrometheusOnly => return Vec::new(),
         Signal::Rate(_, w)
         | Signal::Increase(_, w, ..)
         | Signal::DropFromMax(_, w)
@@ -325,6 +329,7 @@ fn families_of(signal: &Signal) -> Vec<&'static str> {
         | Signal::SeriesChange(f, _) => vec![f],
         Signal::Ratio(a, b) => vec![a, b],
         Signal::HitRatio(..) => vec!["redis_keyspace_hits_total", "redis_keyspace_misses_total"],
+        Signal::PrometheusOnly => Vec::new(),
     }
 }
 

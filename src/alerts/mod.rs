@@ -4,13 +4,16 @@
 //! Each [`AlertRule`] carries its levels (severity, default threshold, `for`), the PromQL it
 //! renders to (with the threshold put in), and the [`Signal`] the in-process evaluator and the
 //! `check` command compute from snapshots. Thresholds can be overridden in the config
-//! (`alerting.thresholds`); the committed rule file is the rendering of the defaults.
+//! (`alerting.thresholds`); the committed rule file is the rendering of the defaults. One alert,
+//! `RedisExporterDown`, is Prometheus' alone ([`Signal::PrometheusOnly`]): it reads Prometheus'
+//! scrapes of the exporter, which no process can judge of itself.
 
 pub mod alertmanager;
 pub mod eval;
 pub mod template;
 
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -18,6 +21,11 @@ use std::time::Duration;
 /// `alerting.runbook_base_url` to where you host them (redis-lookout serves its copies under
 /// `/runbooks/`, so `http://<exporter>:9121/runbooks` works too).
 pub const DEFAULT_RUNBOOK_BASE: &str = "docs/runbooks";
+
+/// The Prometheus jobs whose scrapes [`RedisExporterDown`](pack) watches by default: every job
+/// with "redis" in its name (as in `docs/prometheus/`, and redis_exporter's jobs too).
+/// `alerting.exporter_jobs` sets another regex.
+pub const DEFAULT_EXPORTER_JOBS: &str = ".*redis.*";
 
 /// The runbook texts, served under `/runbooks/<AlertName>.md`.
 pub fn runbook_text(name: &str) -> Option<&'static str> {
@@ -66,6 +74,7 @@ const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisFragmentationHigh",
     "RedisSlowlogGrowing",
     "RedisExporterCollectorFailing",
+    "RedisExporterDown",
     "RedisKeysWithoutTtl",
     "RedisQueueBacklogGrowing",
     "RedisStreamGroupLagHigh",
@@ -152,6 +161,9 @@ pub enum Signal {
     /// Per series of a gauge, its value now minus its value a window ago (`x - x offset w`),
     /// for series that existed a window ago: a queue's backlog or a group's lag growing.
     SeriesChange(&'static str, Duration),
+    /// Judged by Prometheus only, from what it alone sees (its scrapes of the exporter): the
+    /// evaluator never reads a value for it. In-process, the Alertmanager watchdog stands in.
+    PrometheusOnly,
 }
 
 impl Signal {
@@ -175,7 +187,7 @@ pub struct AlertRule {
     pub description: &'static str,
     /// PromQL the comparison with the threshold is appended to, or put at `{cmp}` where the
     /// expression goes on after it (a guard joined with `and`, which binds looser).
-    pub expr: &'static str,
+    pub expr: Cow<'static, str>,
     pub op: Op,
     pub signal: Signal,
     /// A node is judged only where the guard holds (AOF enabled, not loading, a master, …);
@@ -211,17 +223,18 @@ use Severity::{Critical, Warning};
 
 /// The whole pack with default thresholds.
 pub fn pack() -> Vec<AlertRule> {
-    let rule = |name, summary, description, expr, op, signal, levels, unit| AlertRule {
-        name,
-        summary,
-        description,
-        expr,
-        op,
-        signal,
-        guard: None,
-        levels,
-        unit,
-    };
+    let rule =
+        |name, summary, description, expr: &'static str, op, signal, levels, unit| AlertRule {
+            name,
+            summary,
+            description,
+            expr: expr.into(),
+            op,
+            signal,
+            guard: None,
+            levels,
+            unit,
+        };
     vec![
         rule(
             "RedisDown",
@@ -579,6 +592,16 @@ pub fn pack() -> Vec<AlertRule> {
             "ok",
         ),
         rule(
+            "RedisExporterDown",
+            "Prometheus cannot scrape a Redis exporter",
+            "Prometheus' scrape of {{ $labels.instance }} (job {{ $labels.job }}) fails: every Redis alert for the targets behind it is blind until it works again.",
+            "up{job=~\".*redis.*\"}",
+            Op::Below,
+            Signal::PrometheusOnly,
+            vec![level(Critical, 1.0, 120)],
+            "up",
+        ),
+        rule(
             "RedisQueueBacklogGrowing",
             "A watched queue keeps growing",
             "{{ $labels.key }} (db {{ $labels.db }}) on {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} holds {{ $value }} more entries than 10 minutes ago, and has kept growing for 30 minutes: its consumers do not keep up.",
@@ -634,8 +657,14 @@ pub fn pack() -> Vec<AlertRule> {
 /// The pack with thresholds from the config (`name` → value, or `name` → severity → value).
 pub fn pack_with(
     thresholds: &BTreeMap<String, ThresholdOverride>,
+    exporter_jobs: Option<&str>,
 ) -> Result<Vec<AlertRule>, String> {
     let mut rules = pack();
+    if let Some(jobs) = exporter_jobs {
+        if let Some(rule) = rules.iter_mut().find(|r| r.name == "RedisExporterDown") {
+            rule.expr = exporter_down_expr(jobs).into();
+        }
+    }
     for (name, value) in thresholds {
         // The short names DESIGN.md's sketch uses.
         let name = match name.as_str() {
@@ -687,6 +716,13 @@ pub fn pack_with(
         }
     }
     Ok(rules)
+}
+
+/// `RedisExporterDown`'s expression for jobs matching `jobs`, written as a PromQL string
+/// (quotes and backslashes escaped, so the value cannot end the string early).
+fn exporter_down_expr(jobs: &str) -> String {
+    let quoted = serde_json::to_string(jobs).unwrap_or_else(|_| "\"\"".to_owned());
+    format!("up{{job=~{quoted}}}")
 }
 
 /// A threshold from the config: a number (durations like `30s` become seconds).
@@ -883,6 +919,29 @@ mod tests {
     }
 
     #[test]
+    fn exporter_jobs_from_config_go_into_the_exporter_down_rule_as_one_promql_string() {
+        let expr = |jobs: Option<&str>| {
+            let rules = pack_with(&BTreeMap::new(), jobs).unwrap();
+            let rule = rules
+                .iter()
+                .find(|r| r.name == "RedisExporterDown")
+                .unwrap();
+            rule.promql(&rule.levels[0])
+        };
+        assert_eq!(expr(None), r#"up{job=~".*redis.*"} < 1"#);
+        assert_eq!(expr(None), expr(Some(DEFAULT_EXPORTER_JOBS)));
+        assert_eq!(
+            expr(Some("cache-(a|b)|lookout")),
+            r#"up{job=~"cache-(a|b)|lookout"} < 1"#
+        );
+        // A quote or backslash stays inside the string: `\d` reaches Prometheus' regex as `\d`.
+        assert_eq!(
+            expr(Some(r#"x"} or vector(1) #\d"#)),
+            r#"up{job=~"x\"} or vector(1) #\\d"} < 1"#
+        );
+    }
+
+    #[test]
     fn thresholds_from_config_replace_the_defaults() {
         let overrides = BTreeMap::from([
             ("RedisMemoryHigh".to_owned(), ThresholdOverride::One(0.9)),
@@ -891,7 +950,7 @@ mod tests {
                 ThresholdOverride::PerSeverity(BTreeMap::from([("critical".to_owned(), 900.0)])),
             ),
         ]);
-        let rules = pack_with(&overrides).unwrap();
+        let rules = pack_with(&overrides, None).unwrap();
         let memory = rules.iter().find(|r| r.name == "RedisMemoryHigh").unwrap();
         assert_eq!(
             memory.promql(&memory.levels[0]),
@@ -910,21 +969,21 @@ mod tests {
             "RedisDown".to_owned(),
             ThresholdOverride::PerSeverity(BTreeMap::from([("for".to_owned(), 2.0)])),
         )]);
-        let down = pack_with(&quick)
+        let down = pack_with(&quick, None)
             .unwrap()
             .into_iter()
             .find(|r| r.name == "RedisDown")
             .unwrap();
         assert_eq!(down.levels[0].for_, Duration::from_secs(2));
-        assert!(pack_with(&BTreeMap::from([(
-            "Nope".to_owned(),
-            ThresholdOverride::One(1.0)
-        )]))
+        assert!(pack_with(
+            &BTreeMap::from([("Nope".to_owned(), ThresholdOverride::One(1.0))]),
+            None
+        )
         .is_err());
         let two_levels = BTreeMap::from([(
             "RedisTooManyConnections".to_owned(),
             ThresholdOverride::One(1.0),
         )]);
-        assert!(pack_with(&two_levels).is_err());
+        assert!(pack_with(&two_levels, None).is_err());
     }
 }

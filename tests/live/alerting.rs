@@ -412,6 +412,31 @@ fn the_documented_prometheus_configs_pass_promtool() {
     assert!(checked >= 3, "only {checked} configs in docs/prometheus");
 }
 
+/// RedisExporterDown watches the documented scrape jobs with its default regex (`.*redis.*`):
+/// every job of every example in `docs/prometheus/` has "redis" in its name.
+#[test]
+fn the_exporter_down_alert_watches_every_documented_job_by_default() {
+    assert_eq!(redis_lookout::alerts::DEFAULT_EXPORTER_JOBS, ".*redis.*");
+    let mut jobs = Vec::new();
+    for entry in std::fs::read_dir(repo("docs/prometheus")).expect("docs/prometheus") {
+        let path = entry.expect("dir entry").path();
+        if !path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            continue;
+        }
+        let config: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for job in config["scrape_configs"]
+            .as_sequence()
+            .expect("scrape_configs")
+        {
+            let name = job["job_name"].as_str().expect("job_name").to_owned();
+            assert!(name.contains("redis"), "{}: job {name}", path.display());
+            jobs.push(name);
+        }
+    }
+    assert!(jobs.len() >= 3, "{jobs:?}");
+}
+
 #[test]
 fn the_readme_lists_every_alert() {
     let readme = std::fs::read_to_string(repo("README.md")).unwrap();
