@@ -218,15 +218,17 @@ async fn a_glob_over_100k_keys_stays_within_its_cap_and_no_command_is_slow() {
     let control = StallControl::start(&redis, true).await;
     let started = std::time::Instant::now();
     let d = Daemon::start(&format!(
-        "poll_interval: 1s\ntargets:\n  - name: many\n    url: {}\n    watch:\n      keys: [\"job:*\"]\n      count: [\"job:*\"]\n      max_matches: 500\n      budget: 0.05\n",
+        "poll_interval: 1s\ntargets:\n  - name: many\n    url: {}\n    watch:\n      keys: [\"job:*\"]\n      count: [\"job:*\"]\n      max_matches: 500\n      budget: 0.25\n",
         redis.url()
     ))
     .await;
+    // A budget of 25% (5% took 2-5 minutes a round on a slow host, the longest test of CI): what
+    // is judged here (the cap, the count, no slow command) does not depend on it.
     let m = d
         .metrics_when(
             "a round over the glob and the count",
             // Where the host makes Redis itself slow the watcher keeps to its budget by scanning
-            // less a second: rounds of 126 and 152 s were measured here, past the old 120 s.
+            // less a second: rounds of 126 and 152 s were measured here at a budget of 5%.
             Duration::from_secs(360),
             |m| m.value("redis_keys_count", &[("key", "job:*")]).is_some(),
         )
