@@ -740,6 +740,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn swapping_needs_its_guard_and_its_for_and_a_slow_fork_fires_at_once() {
+        let fired = |used: f64| {
+            let mut e = evaluator();
+            let t0 = Instant::now();
+            let swapped = [
+                ("redis_up", 1.0),
+                ("redis_mem_fragmentation_ratio", 0.75),
+                ("redis_memory_used_bytes", used),
+                ("redis_latest_fork_seconds", 0.8),
+            ];
+            let first = e.observe(&obs(t0, &swapped)).fired;
+            let before_for = e
+                .observe(&obs(t0 + Duration::from_secs(299), &swapped))
+                .fired;
+            let after_for = e
+                .observe(&obs(t0 + Duration::from_secs(301), &swapped))
+                .fired;
+            let names = |alerts: Vec<ActiveAlert>| -> Vec<String> {
+                alerts
+                    .into_iter()
+                    .map(|a| a.labels["alertname"].clone())
+                    .collect()
+            };
+            (names(first), names(before_for), names(after_for))
+        };
+        let (first, before_for, after_for) = fired(2.0 * 1024.0 * 1024.0 * 1024.0);
+        assert_eq!(first, vec!["RedisForkSlow".to_owned()]);
+        assert!(before_for.is_empty(), "{before_for:?}");
+        assert_eq!(after_for, vec!["RedisSwapping".to_owned()]);
+        // A small instance (100 MiB used, the guard wants more) is never judged for swapping.
+        let (_, _, small) = fired(100.0 * 1024.0 * 1024.0);
+        assert!(small.is_empty(), "{small:?}");
+    }
+
     /// A node at 90% of maxmemory from `t0` to past every memory alert's `for` (15 min):
     /// what fired then.
     fn fire_memory_alerts(e: &mut Evaluator, t0: Instant) -> Vec<ActiveAlert> {

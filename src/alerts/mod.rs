@@ -72,6 +72,8 @@ const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisHitRatioLow",
     "RedisLatencyHigh",
     "RedisFragmentationHigh",
+    "RedisSwapping",
+    "RedisForkSlow",
     "RedisSlowlogGrowing",
     "RedisExporterCollectorFailing",
     "RedisExporterDown",
@@ -557,6 +559,30 @@ pub fn pack() -> Vec<AlertRule> {
                 "ratio",
             )
         },
+        AlertRule {
+            // Under 100 MiB the ratio is noise (the allocator's and Redis' own fixed costs).
+            guard: Some(Guard::Value("redis_memory_used_bytes", Op::Above, 100.0 * 1024.0 * 1024.0)),
+            ..rule(
+                "RedisSwapping",
+                "Redis memory is swapped out",
+                "Only {{ $value | humanizePercentage }} of the memory {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} holds is resident (mem_fragmentation_ratio): the OS swapped the rest out, and commands that touch it wait on the disk.",
+                "redis_mem_fragmentation_ratio {cmp} and on (target, node) redis_memory_used_bytes > 104857600",
+                Op::Below,
+                Signal::Series("redis_mem_fragmentation_ratio"),
+                vec![level(Critical, 0.9, 300)],
+                "ratio",
+            )
+        },
+        rule(
+            "RedisForkSlow",
+            "Redis forks stop it for over {t} s",
+            "The last fork of {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} (BGSAVE, AOF rewrite or a replica's full sync) stopped Redis for {{ $value | humanizeDuration }}: every client waited that long, and will at the next fork.",
+            "redis_latest_fork_seconds",
+            Op::Above,
+            Signal::Series("redis_latest_fork_seconds"),
+            vec![level(Warning, 0.5, 0)],
+            "seconds",
+        ),
         rule(
             "RedisSlowlogGrowing",
             "Redis logs many slow commands",
