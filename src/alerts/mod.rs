@@ -617,16 +617,20 @@ pub fn pack() -> Vec<AlertRule> {
             vec![level(Warning, 1.0, 900)],
             "ok",
         ),
-        rule(
-            "RedisExporterDown",
-            "Prometheus cannot scrape a Redis exporter",
-            "Prometheus' scrape of {{ $labels.instance }} (job {{ $labels.job }}) fails: every Redis alert for the targets behind it is blind until it works again.",
-            "up{job=~\".*redis.*\"}",
-            Op::Below,
-            Signal::PrometheusOnly,
-            vec![level(Critical, 1.0, 120)],
-            "up",
-        ),
+        AlertRule {
+            // The jobs are a setting (`alerting.exporter_jobs`, see `pack_with`).
+            expr: exporter_down_expr(DEFAULT_EXPORTER_JOBS).into(),
+            ..rule(
+                "RedisExporterDown",
+                "Prometheus cannot scrape a Redis exporter",
+                "Prometheus' scrape of {{ $labels.instance }} (job {{ $labels.job }}) fails: every Redis alert for the targets behind it is blind until it works again.",
+                "",
+                Op::Below,
+                Signal::PrometheusOnly,
+                vec![level(Critical, 1.0, 120)],
+                "up",
+            )
+        },
         rule(
             "RedisQueueBacklogGrowing",
             "A watched queue keeps growing",
