@@ -311,7 +311,7 @@ impl OnDemand {
     /// Starts a poller for an allowed address unless one runs; the answer instead when the
     /// limit is reached or the address is not allowed.
     ///
-    /// The allow-list is read again here, under the lock of the running pollers: a reload
+    /// The allow-list is read here, once, under the lock of the running pollers: a reload
     /// swaps the settings and then, under that lock, stops every poller, so a poller started
     /// from the settings read here is either stopped by that reload or made from the new
     /// settings, never left running with an entry's old credentials.
