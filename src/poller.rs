@@ -657,6 +657,9 @@ impl NodePoller {
             outcomes.push((name, outcome, started.elapsed()));
         }
         for (name, outcome, took) in &outcomes {
+            if *outcome == Outcome::NotApplicable {
+                continue;
+            }
             let failed = matches!(outcome, Outcome::Failed(_) | Outcome::FollowUp(_));
             if let Outcome::Failed(why) = outcome {
                 tracing::debug!(target_name = %self.target.name, collector = name, why = %why, "collector failed");

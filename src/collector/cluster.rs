@@ -64,7 +64,11 @@ impl Collector for ClusterCollector {
             return Outcome::FollowUp(vec![redis::cmd("CLUSTER").arg("INFO").clone()]);
         }
         if !asked && replies.is_empty() {
-            return Outcome::NoData;
+            return if enabled_now {
+                Outcome::NoData
+            } else {
+                Outcome::NotApplicable
+            };
         }
         match replies.into_iter().next() {
             Some(Ok(value)) => match value_text(&value) {
@@ -238,6 +242,33 @@ mod tests {
 e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460 [5461->-67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1]
 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa :0@0 master,noaddr - 0 0 0 disconnected
 ";
+
+    #[test]
+    fn without_cluster_mode_it_asks_nothing_and_does_not_apply() {
+        let mut collector = ClusterCollector::default();
+        let mut off = FamilySet::new();
+        off.gauge("redis_cluster_enabled", "", 0.0);
+        for _ in 0..2 {
+            assert!(collector.commands(Instant::now()).is_empty());
+            assert_eq!(
+                collector.collect(Vec::new(), &mut off),
+                Outcome::NotApplicable
+            );
+        }
+        // Cluster mode seen: CLUSTER INFO at once, then in every poll's pipeline.
+        let mut on = FamilySet::new();
+        on.gauge("redis_cluster_enabled", "", 1.0);
+        assert!(matches!(
+            collector.collect(Vec::new(), &mut on),
+            Outcome::FollowUp(_)
+        ));
+        let info = Value::BulkString(b"cluster_state:ok\r\ncluster_known_nodes:6\r\n".to_vec());
+        assert_eq!(
+            collector.collect(vec![Ok(info)], &mut on),
+            Outcome::Collected
+        );
+        assert_eq!(collector.commands(Instant::now()).len(), 1);
+    }
 
     #[test]
     fn nodes_give_roles_slots_flags_and_addresses() {

@@ -27,6 +27,10 @@ pub enum Outcome {
     Collected,
     /// Nothing to report this poll (not due, or the command is unavailable on this server).
     NoData,
+    /// The node is not of the kind this collector reads (cluster mode off for the cluster
+    /// collector, a data node for the Sentinel one): no data, and no self-diagnostic series
+    /// either, since a collector that did not run has neither a success nor a duration.
+    NotApplicable,
     /// The collector wants one more round trip in this poll (a busy slowlog, for example).
     FollowUp(Vec<Cmd>),
     /// The replies could not be understood: a protocol problem, counted as a failed collector.
@@ -46,7 +50,9 @@ impl PartialEq for Outcome {
     /// Follow-ups compare by their packed commands (`Cmd` has no equality of its own).
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Outcome::Collected, Outcome::Collected) | (Outcome::NoData, Outcome::NoData) => true,
+            (Outcome::Collected, Outcome::Collected)
+            | (Outcome::NoData, Outcome::NoData)
+            | (Outcome::NotApplicable, Outcome::NotApplicable) => true,
             (Outcome::Failed(a), Outcome::Failed(b))
             | (Outcome::Refused(a), Outcome::Refused(b)) => a == b,
             (Outcome::FollowUp(a), Outcome::FollowUp(b)) => {

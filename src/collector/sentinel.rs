@@ -254,10 +254,14 @@ impl Collector for SentinelCollector {
                 self.asked = Some(self.known.clone());
                 return Outcome::FollowUp(requests(&self.known));
             }
-            return Outcome::NoData;
+            return if sentinel_now {
+                Outcome::NoData
+            } else {
+                Outcome::NotApplicable
+            };
         };
         if !sentinel_now {
-            return Outcome::NoData;
+            return Outcome::NotApplicable;
         }
         let mut replies = replies.into_iter();
         let masters = match replies.next() {
@@ -322,6 +326,28 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    /// What INFO left in a poll's set for a node in `mode`.
+    fn info_of_mode(mode: &str) -> FamilySet {
+        let mut out = FamilySet::new();
+        let labels = vec![("redis_mode", mode.to_owned())];
+        out.add("redis_instance_info", "", Kind::Gauge, labels, 1.0);
+        out
+    }
+
+    #[test]
+    fn on_a_data_node_it_asks_nothing_and_does_not_apply() {
+        let mut collector = SentinelCollector::default();
+        let mut data_node = info_of_mode("standalone");
+        for _ in 0..2 {
+            assert!(collector.commands(Instant::now()).is_empty());
+            let outcome = collector.collect(Vec::new(), &mut data_node);
+            assert_eq!(outcome, Outcome::NotApplicable);
+        }
+        // The same node seen as a Sentinel: asked at once, and no longer "not applicable".
+        let outcome = collector.collect(Vec::new(), &mut info_of_mode("sentinel"));
+        assert!(matches!(outcome, Outcome::FollowUp(_)), "{outcome:?}");
     }
 
     #[test]

@@ -158,6 +158,20 @@ async fn renamed_commands_are_no_data_and_asked_once() {
         &["config", "slowlog", "latency", "info"],
         "no data is not a failure",
     );
+    for absent in ["cluster", "sentinel"] {
+        assert!(
+            later
+                .all_with(
+                    "redis_lookout_collector_duration_seconds",
+                    &[("collector", absent)]
+                )
+                .is_empty()
+                && later
+                    .all_with("redis_lookout_collector_success", &[("collector", absent)])
+                    .is_empty(),
+            "the {absent} collector does not apply to a standalone node: no series for it"
+        );
+    }
     assert!(later.value("redis_config_maxmemory", &[]).is_none());
     assert!(later.value("redis_slowlog_length", &[]).is_none());
     assert_eq!(

@@ -110,6 +110,20 @@ async fn a_sentinel_target_follows_a_failover_and_survives_losing_sentinels() {
         })
         .await;
     assert_eq!(master_node(&m).as_deref(), Some(old_master.as_str()));
+    // The Sentinel collector speaks for the Sentinels only: a series on each of them, none on
+    // the data nodes.
+    let mut sentinel_collector: Vec<(String, f64)> = m
+        .all_with(
+            "redis_lookout_collector_success",
+            &[("collector", "sentinel")],
+        )
+        .iter()
+        .map(|l| (l.labels["node"].clone(), l.value))
+        .collect();
+    sentinel_collector.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want: Vec<(String, f64)> = s.sentinels.iter().map(|x| (addr(x), 1.0)).collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(sentinel_collector, want);
     assert_eq!(
         m.value("redis_sentinel_failovers_total", &[("target", "ha")]),
         Some(0.0)

@@ -246,6 +246,26 @@ async fn a_cluster_is_polled_from_one_seed_and_failovers_are_counted() {
         6
     );
     assert_eq!(m.sum("redis_cluster_node_slots", &[]), 16384.0);
+    let cluster_collector = m.all_with(
+        "redis_lookout_collector_success",
+        &[("collector", "cluster")],
+    );
+    assert_eq!(
+        (
+            cluster_collector.len(),
+            cluster_collector.iter().all(|l| l.value == 1.0)
+        ),
+        (6, true),
+        "CLUSTER INFO read on every node: {cluster_collector:?}"
+    );
+    assert!(
+        m.all_with(
+            "redis_lookout_collector_success",
+            &[("collector", "sentinel")]
+        )
+        .is_empty(),
+        "no Sentinel collector series on data nodes"
+    );
     assert_eq!(d.discovered().await, all, "discovery lists every node");
     // /scrape of the seed's address (as a per-node scrape of /discovery's list asks): the
     // node's own series, and the cluster's roll-up polled at that address beside them.
