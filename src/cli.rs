@@ -128,6 +128,110 @@ pub struct Cli {
     )]
     pub skip_tls_verification: Option<bool>,
 
+    /// redis_exporter's: --redis.addr is a Redis Cluster seed; every node is found and polled.
+    #[arg(
+        global = true,
+        long = "is-cluster",
+        env = "REDIS_EXPORTER_IS_CLUSTER",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub is_cluster: Option<bool>,
+
+    /// redis_exporter's: log at debug level (unless --log-level says otherwise).
+    #[arg(
+        global = true,
+        long = "debug",
+        env = "REDIS_EXPORTER_DEBUG",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub debug: Option<bool>,
+
+    /// redis_exporter's: caps the default poll timeout (3s, fitted to the poll interval).
+    #[arg(
+        global = true,
+        long = "connection-timeout",
+        env = "REDIS_EXPORTER_CONNECTION_TIMEOUT",
+        value_parser = positive_duration
+    )]
+    pub connection_timeout: Option<Duration>,
+
+    /// redis_exporter's: leave out the exporter's own process_* metrics.
+    #[arg(
+        global = true,
+        long = "redis-only-metrics",
+        env = "REDIS_EXPORTER_REDIS_ONLY_METRICS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub redis_only_metrics: Option<bool>,
+
+    /// redis_exporter's; accepted for compatibility: redis-lookout always publishes
+    /// redis_total_system_memory_bytes.
+    #[arg(
+        global = true,
+        long = "include-system-metrics",
+        env = "REDIS_EXPORTER_INCL_SYSTEM_METRICS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true",
+        hide = true
+    )]
+    pub include_system_metrics: Option<bool>,
+
+    /// redis_exporter's; accepted for compatibility: the round trip of every poll is
+    /// published as redis_exporter_last_scrape_ping_time_seconds anyway.
+    #[arg(
+        global = true,
+        long = "ping-on-connect",
+        env = "REDIS_EXPORTER_PING_ON_CONNECT",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true",
+        hide = true
+    )]
+    pub ping_on_connect: Option<bool>,
+
+    /// redis_exporter's; accepted for compatibility: redis-lookout sends no LATENCY HISTOGRAM.
+    #[arg(
+        global = true,
+        long = "exclude-latency-histogram-metrics",
+        env = "REDIS_EXPORTER_EXCLUDE_LATENCY_HISTOGRAM_METRICS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true",
+        hide = true
+    )]
+    pub exclude_latency_histogram_metrics: Option<bool>,
+
+    /// redis_exporter's; accepted for compatibility: redis-lookout always names its
+    /// connections (CLIENT SETNAME redis-lookout).
+    #[arg(
+        global = true,
+        long = "set-client-name",
+        env = "REDIS_EXPORTER_SET_CLIENT_NAME",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        num_args = 0..=1,
+        default_missing_value = "true",
+        hide = true
+    )]
+    pub set_client_name: Option<bool>,
+
+    /// redis_exporter's metric prefix: only its default, `redis`, is accepted (the alert rules
+    /// and dashboards are written for it).
+    #[arg(
+        global = true,
+        long = "namespace",
+        env = "REDIS_EXPORTER_NAMESPACE",
+        value_parser = only_redis_namespace,
+        hide = true
+    )]
+    pub namespace: Option<String>,
+
     /// Web config file (Prometheus exporter-toolkit format): HTTPS and basic auth.
     #[arg(
         global = true,
@@ -197,7 +301,10 @@ impl Cli {
             poll_interval: self.poll_interval,
             poll_timeout: self.poll_timeout,
             log_format: self.log_format,
-            log_level: self.log_level.clone(),
+            log_level: self
+                .log_level
+                .clone()
+                .or_else(|| self.debug.unwrap_or(false).then(|| "debug".to_owned())),
             tls: crate::tls::TlsSettings {
                 ca_file: self.tls_ca_cert_file.clone(),
                 cert_file: self.tls_client_cert_file.clone(),
@@ -206,7 +313,29 @@ impl Cli {
                 insecure_skip_verify: self.skip_tls_verification.unwrap_or(false),
             },
             web_config_file: self.web_config_file.clone(),
+            is_cluster: self.is_cluster.unwrap_or(false),
+            connection_timeout: self.connection_timeout,
+            redis_only_metrics: self.redis_only_metrics.unwrap_or(false),
         }
+    }
+}
+
+/// `--connection-timeout`: a duration above zero.
+fn positive_duration(raw: &str) -> Result<Duration, String> {
+    match crate::config::parse_duration(raw)? {
+        d if d.is_zero() => Err(format!("{raw:?}: must be above 0")),
+        d => Ok(d),
+    }
+}
+
+/// `--namespace`: redis_exporter's default only.
+fn only_redis_namespace(raw: &str) -> Result<String, String> {
+    if raw == "redis" || raw.is_empty() {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!(
+            "{raw:?}: only the default namespace, redis, is supported (the alert rules and dashboards use redis_* names)"
+        ))
     }
 }
 
@@ -252,7 +381,10 @@ fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let longs: Vec<(String, bool)> = command
         .get_arguments()
         .filter_map(|a| {
-            let needs = a.get_action().takes_values();
+            // A flag whose value is optional (a bool: `-is-cluster`, as Go's `flag` reads it)
+            // never takes the next argument.
+            let needs = a.get_action().takes_values()
+                && a.get_num_args().is_none_or(|n| n.min_values() > 0);
             a.get_long().map(|l| (l.to_owned(), needs))
         })
         .chain(
@@ -378,6 +510,45 @@ mod tests {
         assert_eq!(o.web_config_file, Some(PathBuf::from("/web.yml")));
         let off = parse(&["redis-lookout", "--skip-tls-verification=false"]);
         assert!(!off.overrides().tls.insecure_skip_verify);
+    }
+
+    #[test]
+    fn redis_exporter_behaviour_flags_are_read_and_a_bool_flag_takes_no_next_argument() {
+        let cli = parse(&[
+            "redis-lookout",
+            "-is-cluster",
+            "-redis.addr",
+            "h:7000",
+            "-debug",
+            "-connection-timeout=1s",
+            "-redis-only-metrics",
+            "-include-system-metrics",
+            "-ping-on-connect=true",
+            "-set-client-name=false",
+            "-exclude-latency-histogram-metrics",
+            "-namespace=redis",
+        ]);
+        let o = cli.overrides();
+        assert_eq!(o.redis_addr.as_deref(), Some("h:7000"));
+        assert!(o.is_cluster && o.redis_only_metrics);
+        assert_eq!(o.connection_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(o.log_level.as_deref(), Some("debug"));
+        // --log-level wins over --debug; no --debug, no level of its own.
+        let cli = parse(&["redis-lookout", "--debug", "--log-level=warn"]);
+        assert_eq!(cli.overrides().log_level.as_deref(), Some("warn"));
+        let o = parse(&["redis-lookout", "--debug=false"]).overrides();
+        assert!(o.log_level.is_none() && !o.is_cluster && !o.redis_only_metrics);
+        for bad in [
+            "--namespace=app",
+            "--connection-timeout=0s",
+            "--is-cluster=maybe",
+        ] {
+            let err = Cli::parse_args(["redis-lookout", bad].map(OsString::from));
+            assert!(err.is_err(), "{bad} accepted");
+        }
+        let vars = ["REDIS_EXPORTER_PING_ON_CONNECT", "REDIS_EXPORTER_NAMESPACE"]
+            .map(|k| (OsString::from(k), OsString::from("x")));
+        assert!(unread_exporter_env(vars).is_empty());
     }
 
     #[test]

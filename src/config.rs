@@ -468,10 +468,12 @@ fn poll_times_problem(interval: Duration, timeout: Duration) -> Option<(&'static
 pub const RESERVED_PATHS: &[&str] = &[
     "/",
     "/-/healthy",
+    "/health",
     "/-/ready",
     "/-/reload",
     "/scrape",
     "/discovery",
+    "/discover-cluster-nodes",
     "/alerts",
 ];
 
@@ -820,6 +822,8 @@ pub struct Config {
     pub alerting: Option<Alerting>,
     /// The exporter's own HTTPS and basic auth (`--web.config.file`), when given.
     pub web: Option<crate::web_config::WebConfig>,
+    /// Publish the process' own `process_*` metrics (off with `--redis-only-metrics`).
+    pub process_metrics: bool,
 }
 
 /// Values given by flags or their environment variables (clap fills both; flags win).
@@ -839,6 +843,13 @@ pub struct Overrides {
     /// redis_exporter's `--tls-*` flags: TLS for targets with no `tls:` of their own.
     pub tls: crate::tls::TlsSettings,
     pub web_config_file: Option<PathBuf>,
+    /// redis_exporter's `--is-cluster`: the `--redis.addr` target (or the implicit local one)
+    /// is a cluster seed.
+    pub is_cluster: bool,
+    /// redis_exporter's `--connection-timeout`: caps the default poll timeout.
+    pub connection_timeout: Option<Duration>,
+    /// redis_exporter's `--redis-only-metrics`: leave out the exporter's process_* metrics.
+    pub redis_only_metrics: bool,
 }
 
 impl Config {
@@ -1117,7 +1128,13 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
         .unwrap_or(DEFAULT_POLL_INTERVAL);
     // An explicit timeout is checked against the interval; the default shrinks to fit it.
     let explicit_timeout = o.poll_timeout.or(f.poll_timeout);
-    let poll_timeout = explicit_timeout.unwrap_or(DEFAULT_POLL_TIMEOUT.min(poll_interval));
+    // redis_exporter's --connection-timeout can only shorten the default (its own default,
+    // 15s, is longer than any interval that fits it).
+    let default_timeout = |interval: Duration| {
+        let fitted = DEFAULT_POLL_TIMEOUT.min(interval);
+        o.connection_timeout.map_or(fitted, |c| fitted.min(c))
+    };
+    let poll_timeout = explicit_timeout.unwrap_or(default_timeout(poll_interval));
     // Checked here too (each target checks its own below): on-demand /scrape pollers use
     // these, in a process that may have no configured target at all.
     let global = |key: &'static str, flag: bool, message: String| {
@@ -1171,6 +1188,18 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             url: Some(RedisUrl::parse(DEFAULT_REDIS).map_err(ConfigError::Invalid)?),
             ..TargetFile::default()
         });
+    }
+    if o.is_cluster {
+        match file_targets.as_mut_slice() {
+            [only] if o.redis_addr.is_some() || only.name.is_none() => only.cluster = true,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "--is-cluster/REDIS_EXPORTER_IS_CLUSTER marks the --redis.addr target as a cluster seed; \
+                     with targets in the file, set cluster: true on the target instead"
+                        .into(),
+                ))
+            }
+        }
     }
 
     let mut targets: Vec<Target> = Vec::with_capacity(file_targets.len());
@@ -1267,7 +1296,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
         let poll_timeout = t
             .poll_timeout
             .or(explicit_timeout)
-            .unwrap_or(DEFAULT_POLL_TIMEOUT.min(poll_interval));
+            .unwrap_or(default_timeout(poll_interval));
         // The setting at fault: the target's own, else the flag, else the file's global one.
         let at_fault = |key: &'static str, own: bool, flag: bool, message: String| match (own, flag)
         {
@@ -1541,6 +1570,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             .or(f.log_level)
             .unwrap_or_else(|| "info".to_owned()),
         targets,
+        process_metrics: !o.redis_only_metrics,
     })
 }
 
@@ -1907,6 +1937,51 @@ mod tests {
         };
         let err = Config::load(&flags).unwrap_err().to_string();
         assert!(err.starts_with("--poll-timeout: "), "{err}");
+    }
+
+    #[test]
+    fn redis_exporter_cluster_timeout_and_process_flags() {
+        let c = Config::load(&Overrides {
+            redis_addr: Some("h:7000".into()),
+            is_cluster: true,
+            connection_timeout: Some(Duration::from_millis(800)),
+            redis_only_metrics: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.targets[0].cluster);
+        assert_eq!(c.targets[0].poll_timeout, Duration::from_millis(800));
+        assert_eq!(c.poll_timeout, Duration::from_millis(800));
+        assert!(!c.process_metrics);
+        // The implicit local Redis, too; and a connection timeout never lengthens the default.
+        let c = Config::load(&Overrides {
+            is_cluster: true,
+            connection_timeout: Some(Duration::from_secs(15)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.targets[0].cluster && c.process_metrics);
+        assert_eq!(c.targets[0].poll_timeout, DEFAULT_POLL_TIMEOUT);
+        // An explicit poll timeout wins.
+        let c = Config::load(&Overrides {
+            connection_timeout: Some(Duration::from_secs(1)),
+            poll_timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.targets[0].poll_timeout, Duration::from_secs(2));
+        // Targets named in a file: which one would be the cluster? Refused.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "targets:\n  - name: a\n    url: redis://h1:6379\n").unwrap();
+        let err = Config::load(&Overrides {
+            config_file: Some(path),
+            is_cluster: true,
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("cluster: true"), "{err}");
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub async fn run_with(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let telemetry = Telemetry::new()?;
+    let telemetry = Telemetry::new(config.process_metrics)?;
     let web = match &config.web {
         Some(w) => Some(Arc::new(
             crate::web_config::WebSecurity::new(w).map_err(DaemonError::Web)?,

@@ -438,11 +438,13 @@ async fn handle(
 fn own_handler(path: &str) -> Option<&'static str> {
     Some(match path {
         "/" => "landing",
-        "/-/healthy" => "healthy",
+        // `/health` and `/discover-cluster-nodes` are redis_exporter's paths for the same
+        // answers, so its liveness probes and http_sd configs keep working.
+        "/-/healthy" | "/health" => "healthy",
         "/-/ready" => "ready",
         "/-/reload" => "reload",
         "/scrape" => "scrape",
-        "/discovery" => "discovery",
+        "/discovery" | "/discover-cluster-nodes" => "discovery",
         "/alerts" => "alerts",
         p if p.starts_with("/runbooks/") => "runbooks",
         _ => return None,

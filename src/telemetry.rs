@@ -75,7 +75,8 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// `process_metrics`: register the process' own `process_*` metrics (CPU, memory, fds).
+    pub fn new(process_metrics: bool) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let scrapes = IntCounterVec::new(
             Opts::new(
@@ -121,10 +122,12 @@ impl Telemetry {
         registry.register(Box::new(scrapes.clone()))?;
         registry.register(Box::new(build))?;
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(AtMostEvery::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-            PROCESS_REFRESH,
-        )))?;
+        if process_metrics {
+            registry.register(Box::new(AtMostEvery::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+                PROCESS_REFRESH,
+            )))?;
+        }
         Ok(Self {
             registry,
             scrapes,

@@ -92,6 +92,36 @@ fn check_config_warns_of_unreadable_password_files_and_unread_redis_exporter_var
         String::from_utf8_lossy(&out.stdout).contains("listen [::]:9121"),
         "defaults kept"
     );
+
+    // A deployment's redis_exporter settings that mean nothing different here start as they are
+    // (seen in the wild: ping-on-connect, system metrics, namespace redis, connection timeout).
+    let mut kept = std::process::Command::new(binary());
+    kept.args(["--redis.addr", "redis://127.0.0.1:1", "--check-config"]);
+    for (name, value) in [
+        ("REDIS_EXPORTER_CONNECTION_TIMEOUT", "15s"),
+        ("REDIS_EXPORTER_REDIS_ONLY_METRICS", "false"),
+        ("REDIS_EXPORTER_PING_ON_CONNECT", "true"),
+        ("REDIS_EXPORTER_INCL_SYSTEM_METRICS", "true"),
+        ("REDIS_EXPORTER_NAMESPACE", "redis"),
+        ("REDIS_EXPORTER_DEBUG", "false"),
+        ("REDIS_EXPORTER_SET_CLIENT_NAME", "true"),
+        ("REDIS_EXPORTER_EXCLUDE_LATENCY_HISTOGRAM_METRICS", "true"),
+        ("REDIS_EXPORTER_IS_CLUSTER", "false"),
+    ] {
+        kept.env(name, value);
+    }
+    let out = kept.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // One that would change every name is refused, saying why.
+    let out = std::process::Command::new(binary())
+        .args(["--redis.addr", "redis://127.0.0.1:1", "--check-config"])
+        .env("REDIS_EXPORTER_NAMESPACE", "myapp")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("only the default namespace"), "{stderr}");
 }
 
 #[test]
@@ -426,4 +456,54 @@ async fn an_on_scrape_node_warns_of_a_refused_command_once_across_wakes() {
         "{log}"
     );
     assert!(!log.contains("No-c0nfig-here"));
+}
+
+/// A redis_exporter command line for a cluster, unchanged (Go's single dashes, bool flags
+/// without values): every node polled from the seed, its liveness and discovery paths answer,
+/// and `-redis-only-metrics` leaves out the process' own metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_exporter_cluster_command_line_runs_unchanged() {
+    let cluster = RedisCluster::start().await;
+    let seed = cluster.addr(0);
+    let p = Running::start(&[
+        "-redis.addr",
+        &seed,
+        "-is-cluster",
+        "-redis-only-metrics",
+        "-ping-on-connect",
+        "-include-system-metrics",
+        "-set-client-name=true",
+        "-namespace=redis",
+        "-connection-timeout=2s",
+        "--poll-interval",
+        "300ms",
+    ]);
+    let all: std::collections::BTreeSet<String> = (0..6).map(|i| cluster.addr(i)).collect();
+    let m = wait_for("all 6 nodes polled from the seed", WAIT, || async {
+        let m = p.metrics().await?;
+        (m.nodes_up() == all).then_some(m)
+    })
+    .await;
+    assert_eq!(m.value("redis_cluster_masters_online", &[]), Some(3.0));
+    assert!(
+        !m.lines.iter().any(|l| l.name.starts_with("process_")),
+        "process_* metrics with -redis-only-metrics"
+    );
+    let (status, body) = http_get(p.addr, "/health").await;
+    assert_eq!((status, body.trim()), (200, "OK"));
+    let (status, ours) = http_get(p.addr, "/discovery").await;
+    assert_eq!(status, 200);
+    let (status, theirs) = http_get(p.addr, "/discover-cluster-nodes").await;
+    assert_eq!((status, theirs), (200, ours.clone()));
+    let listed: std::collections::BTreeSet<String> =
+        serde_json::from_str::<serde_json::Value>(&ours)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["targets"].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .filter(|t| t.contains(':'))
+            .collect();
+    assert_eq!(listed, all);
 }
