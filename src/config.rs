@@ -246,6 +246,9 @@ struct KeyspaceFile {
     prefixes: Vec<String>,
     #[serde(default)]
     must_expire: Vec<String>,
+    /// The longest TTL a key under each prefix may have (`lock:` → 30s).
+    #[serde(default)]
+    max_ttl: std::collections::BTreeMap<String, LimitDuration>,
     auto: Option<bool>,
     delimiter: Option<char>,
     max_groups: Option<usize>,
@@ -617,6 +620,27 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 /// A duration in a file, checked while the scalar is read (see [`checked_field`]).
 fn duration_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     checked_field(d, "a duration such as 5s, 1m30s or 250ms", parse_duration)
+}
+
+/// A duration above zero as a map's value (`max_ttl`), checked while the scalar is read so that
+/// an error names its line and column.
+#[derive(Debug, Clone, Copy)]
+struct LimitDuration(Duration);
+
+impl<'de> Deserialize<'de> for LimitDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let check = |raw: &str| match parse_duration(raw) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(format!("{raw:?}: a limit must be above 0")),
+            Err(e) => Err(format!("{e} (a limit is a duration above 0: 30s, 1h, 24h)")),
+        };
+        match checked_field(d, "a duration above 0 such as 30s, 1h or 24h", check)? {
+            Some(d) => Ok(LimitDuration(d)),
+            None => Err(serde::de::Error::custom(
+                "a duration above 0 such as 30s, 1h or 24h",
+            )),
+        }
+    }
 }
 
 /// `log_level` in a file, checked while the scalar is read (see [`checked_field`]).
@@ -1356,9 +1380,21 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
                         ),
                     ));
                 }
+                // A key under a max_ttl prefix must expire, too: no TTL is the longest of all.
+                let mut must_expire = k.must_expire;
+                for prefix in k.max_ttl.keys() {
+                    if !must_expire.contains(prefix) {
+                        must_expire.push(prefix.clone());
+                    }
+                }
                 Some(crate::keyspace::KeyspaceConfig {
                     prefixes: k.prefixes,
-                    must_expire: k.must_expire,
+                    must_expire,
+                    max_ttl: k
+                        .max_ttl
+                        .into_iter()
+                        .map(|(prefix, limit)| (prefix, limit.0.as_secs_f64()))
+                        .collect(),
                     auto: k.auto.unwrap_or(defaults.auto),
                     delimiter: k.delimiter.unwrap_or(defaults.delimiter),
                     max_groups: k.max_groups.unwrap_or(defaults.max_groups).clamp(1, 1000),
@@ -2296,6 +2332,34 @@ mod tests {
         let c = load("targets:\n  - url: redis://h:1\n    keyspace:\n      memory_samples: 64\n")
             .unwrap();
         assert_eq!(c.targets[0].keyspace.as_ref().unwrap().memory_samples, 64);
+    }
+
+    #[test]
+    fn max_ttl_limits_are_durations_above_zero_and_their_prefixes_must_expire() {
+        let c = load(
+            "targets:\n  - url: redis://h:1\n    keyspace:\n      must_expire: [\"session:\"]\n      max_ttl:\n        \"lock:\": 30s\n        \"session:auth:\": 24h\n",
+        )
+        .unwrap();
+        let k = c.targets[0].keyspace.as_ref().unwrap();
+        assert_eq!(
+            k.max_ttl,
+            [
+                ("lock:".to_owned(), 30.0),
+                ("session:auth:".to_owned(), 86400.0)
+            ]
+        );
+        assert_eq!(k.must_expire, ["session:", "lock:", "session:auth:"]);
+        for (bad, column) in [("0s", 18), ("soon", 18), ("", 9)] {
+            let err = load(&format!(
+                "targets:\n  - url: redis://h:1\n    keyspace:\n      max_ttl:\n        \"lock:\": {bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with(&format!("test.yaml:5:{column}:")) && err.contains("above 0"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

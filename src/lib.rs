@@ -38,9 +38,10 @@
 //! - [`collector`]: one file per source (INFO, CONFIG, SLOWLOG, LATENCY, CLUSTER, SENTINEL): the commands
 //!   it wants and a pure parser from replies to [`metrics::FamilySet`].
 //! - [`keyspace`]: the budgeted SCAN sampler per target (prefix groups, TTLs, memory,
-//!   must_expire findings, hot keys under LFU), whose figures join the node's snapshots; the
-//!   test keyspace generator; [`keyspace::watched`]: the keys, streams and patterns a target
-//!   names in `watch:` (lengths, consumer-group lag), read on their own schedule.
+//!   must_expire and max_ttl findings, hot keys under LFU), whose figures join the node's
+//!   snapshots; the test keyspace generator; [`keyspace::watched`]: the keys, streams and
+//!   patterns a target names in `watch:` (lengths, consumer-group lag), read on their own
+//!   schedule.
 //! - [`metrics`]: the family/sample model, text rendering, interning, the merge of snapshots
 //!   (a window of families at a time, copied list by list).
 //! - [`snapshot`]: the shared map of nodes and their latest snapshots; readiness, discovery.

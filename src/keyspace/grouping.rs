@@ -163,13 +163,21 @@ fn first_chars(text: &str, n: usize) -> &str {
     }
 }
 
-/// True when `key` falls under a `must_expire` prefix.
+/// The `must_expire` prefix `key` falls under, if any (the longest).
 pub fn must_expire<'a>(key: &[u8], prefixes: &'a [String]) -> Option<&'a str> {
-    prefixes
+    longest_prefix(key, prefixes, String::as_str).map(String::as_str)
+}
+
+/// The entry whose prefix (`prefix_of`) is the longest that `key` starts with.
+pub fn longest_prefix<'a, T>(
+    key: &[u8],
+    entries: &'a [T],
+    prefix_of: impl Fn(&T) -> &str,
+) -> Option<&'a T> {
+    entries
         .iter()
-        .filter(|p| key.starts_with(p.as_bytes()))
-        .max_by_key(|p| p.len())
-        .map(String::as_str)
+        .filter(|e| key.starts_with(prefix_of(e).as_bytes()))
+        .max_by_key(|e| prefix_of(e).len())
 }
 
 #[cfg(test)]

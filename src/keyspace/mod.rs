@@ -42,7 +42,7 @@ pub mod watched;
 use crate::config::Target;
 use crate::metrics::{FamilySet, Kind};
 use crate::poller::open_connection;
-use grouping::{must_expire, Grouper};
+use grouping::{longest_prefix, must_expire, Grouper};
 use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -55,6 +55,9 @@ use tokio::sync::watch;
 pub struct KeyspaceConfig {
     pub prefixes: Vec<String>,
     pub must_expire: Vec<String>,
+    /// The longest remaining TTL allowed under each prefix, in seconds (`max_ttl`; longest
+    /// prefix wins). Its prefixes are in `must_expire` too.
+    pub max_ttl: Vec<(String, f64)>,
     pub auto: bool,
     pub delimiter: char,
     pub max_groups: usize,
@@ -75,6 +78,7 @@ impl Default for KeyspaceConfig {
         Self {
             prefixes: Vec::new(),
             must_expire: Vec::new(),
+            max_ttl: Vec::new(),
             auto: true,
             delimiter: ':',
             max_groups: 100,
@@ -186,6 +190,8 @@ pub struct Pass {
     pub started: Instant,
     groups: HashMap<String, GroupStats>,
     must_expire: BTreeMap<String, u64>,
+    /// Per `max_ttl` prefix: keys seen with a TTL over the limit, and the longest TTL seen.
+    ttl_limits: BTreeMap<String, (u64, f64)>,
     largest: TopKeys,
     /// `lfu-log-factor` when the node runs an LFU policy (then keys carry OBJECT FREQ).
     pub lfu_log_factor: Option<f64>,
@@ -246,6 +252,7 @@ impl Pass {
             started: now,
             groups: HashMap::new(),
             must_expire: BTreeMap::new(),
+            ttl_limits: BTreeMap::new(),
             largest: TopKeys::default(),
             lfu_log_factor: None,
             hottest: TopKeys::default(),
@@ -268,6 +275,20 @@ impl Pass {
                 }
             }
             Some(ttl) => {
+                if let Some((prefix, limit)) =
+                    longest_prefix(&key.name, &config.max_ttl, |(p, _)| p.as_str())
+                {
+                    let over = u64::from(ttl > *limit);
+                    match self.ttl_limits.get_mut(prefix) {
+                        Some((count, longest)) => {
+                            *count += over;
+                            *longest = longest.max(ttl);
+                        }
+                        None => {
+                            self.ttl_limits.insert(prefix.clone(), (over, ttl));
+                        }
+                    }
+                }
                 stats.with_ttl += 1;
                 stats.ttl_sum += ttl;
                 for (bound, count) in TTL_BUCKETS.iter().zip(stats.ttl_counts.iter_mut()) {
@@ -487,6 +508,31 @@ impl Pass {
                 Kind::Gauge,
                 vec![("db", db.clone()), ("prefix", prefix.clone())],
                 seen as f64 * scale,
+            );
+        }
+        for (prefix, limit) in &config.max_ttl {
+            let (over, longest) = self.ttl_limits.get(prefix).copied().unwrap_or_default();
+            let labels = || vec![("db", db.clone()), ("prefix", prefix.clone())];
+            out.add(
+                "redis_keyspace_ttl_over_limit_keys",
+                "Keys under a max_ttl prefix whose remaining TTL is longer than the limit (estimated until a pass completes)",
+                Kind::Gauge,
+                labels(),
+                over as f64 * scale,
+            );
+            out.add(
+                "redis_keyspace_ttl_longest_seconds",
+                "The longest remaining TTL seen under a max_ttl prefix in the pass (0: no key with a TTL seen)",
+                Kind::Gauge,
+                labels(),
+                longest,
+            );
+            out.add(
+                "redis_keyspace_ttl_limit_seconds",
+                "The configured max_ttl of the prefix",
+                Kind::Gauge,
+                labels(),
+                *limit,
             );
         }
         self.largest.publish(
@@ -1684,6 +1730,74 @@ mod tests {
             value(&exact, "redis_keyspace_prefix_keys_error", "session:*"),
             0.0
         );
+    }
+
+    #[test]
+    fn keys_over_their_prefix_max_ttl_are_counted_by_the_longest_prefix() {
+        let config = KeyspaceConfig {
+            must_expire: vec!["lock:".into(), "lock:long:".into()],
+            max_ttl: vec![("lock:".into(), 30.0), ("lock:long:".into(), 3600.0)],
+            ..Default::default()
+        };
+        let mut grouper = Grouper::new(&[], true, ':', 100);
+        let mut pass = Pass::new(0, 200, Instant::now());
+        let keys = [
+            ("lock:a", Some(10.0)),
+            ("lock:b", Some(30.0)), // at the limit: not over
+            ("lock:c", Some(600.0)),
+            ("lock:d", None), // no TTL: a must_expire finding, not "over"
+            ("lock:long:e", Some(600.0)), // under its own, longer limit
+            ("lock:long:f", Some(7200.0)),
+            ("cache:g", Some(99999.0)), // no limit
+        ];
+        for (name, ttl) in keys {
+            pass.absorb(&key(name, ttl, 10), &mut grouper, &config);
+        }
+        let mut out = FamilySet::new();
+        pass.publish(&mut out, &config, true);
+        let value = |name: &str, prefix: &str| {
+            out.get(name)
+                .unwrap()
+                .samples
+                .iter()
+                .find(|s| s.labels[1].1 == prefix)
+                .map(|s| s.value)
+        };
+        assert_eq!(
+            value("redis_keyspace_ttl_over_limit_keys", "lock:"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value("redis_keyspace_ttl_longest_seconds", "lock:"),
+            Some(600.0)
+        );
+        assert_eq!(
+            value("redis_keyspace_ttl_limit_seconds", "lock:"),
+            Some(30.0)
+        );
+        assert_eq!(
+            value("redis_keyspace_ttl_over_limit_keys", "lock:long:"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value("redis_keyspace_ttl_longest_seconds", "lock:long:"),
+            Some(7200.0)
+        );
+        assert_eq!(
+            value("redis_keyspace_must_expire_keys_without_ttl", "lock:"),
+            Some(1.0)
+        );
+        // A partial pass (7 of 200 keys seen) scales the count, not the longest TTL.
+        let mut estimate = FamilySet::new();
+        pass.publish(&mut estimate, &config, false);
+        let over = estimate.get("redis_keyspace_ttl_over_limit_keys").unwrap();
+        assert!(
+            (over.samples[0].value - 200.0 / 7.0).abs() < 1e-9,
+            "{:?}",
+            over.samples
+        );
+        let longest = estimate.get("redis_keyspace_ttl_longest_seconds").unwrap();
+        assert_eq!(longest.samples[0].value, 600.0);
     }
 
     #[test]

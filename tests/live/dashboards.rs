@@ -586,6 +586,8 @@ targets:
     keyspace:
       prefixes: ["session:"]
       must_expire: ["session:", "cache:", "rl:"]
+      # Profiles carry TTLs from 10 minutes to about 110: those over an hour are findings.
+      max_ttl: {{"cache:user:": 1h}}
       budget: 0.2
       top_keys: 5
     watch:

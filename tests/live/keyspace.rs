@@ -290,14 +290,48 @@ pub(crate) async fn exact_census(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completed_pass_is_an_exact_census_with_the_expected_patterns() {
     let redis = RedisServer::start(&[]);
+    // max_ttl: every lock:product:* (TTL 300 s) is over 30 s, every cart:* (1 day) is within
+    // a week, and saga:* keys, which never expire, are must_expire findings instead.
     let (d, m, truth) = exact_census(
         &redis,
-        "      must_expire: [\"session:\", \"cache:\"]\n",
+        "      must_expire: [\"session:\", \"cache:\"]\n      max_ttl:\n        \"lock:\": 30s\n        \"cart:\": 7d\n        \"saga:\": 1h\n",
         "",
         "a completed census",
         |_| true,
     )
     .await;
+    let limit = |family: &str, prefix: &str| m.value(family, &[("prefix", prefix)]);
+    assert_eq!(
+        limit("redis_keyspace_ttl_over_limit_keys", "lock:"),
+        Some(truth["lock:product:*"].0)
+    );
+    let longest_lock = limit("redis_keyspace_ttl_longest_seconds", "lock:").unwrap();
+    assert!(
+        longest_lock > 30.0 && longest_lock <= 300.0,
+        "{longest_lock}"
+    );
+    assert_eq!(
+        limit("redis_keyspace_ttl_limit_seconds", "lock:"),
+        Some(30.0)
+    );
+    assert_eq!(
+        limit("redis_keyspace_ttl_over_limit_keys", "cart:"),
+        Some(0.0)
+    );
+    let longest_cart = limit("redis_keyspace_ttl_longest_seconds", "cart:").unwrap();
+    assert!(
+        longest_cart > 86_000.0 && longest_cart <= 86_400.0,
+        "{longest_cart}"
+    );
+    assert_eq!(
+        limit("redis_keyspace_ttl_over_limit_keys", "saga:"),
+        Some(0.0)
+    );
+    assert_eq!(
+        limit("redis_keyspace_must_expire_keys_without_ttl", "saga:"),
+        Some(truth["saga:*"].0),
+        "a max_ttl prefix must expire"
+    );
     let prefixes: std::collections::BTreeSet<String> = m
         .all("redis_keyspace_prefix_keys")
         .iter()
