@@ -212,6 +212,42 @@ struct TargetFile {
     watch: Option<WatchFile>,
     /// Overrides the file's top-level `polling` for this target.
     polling: Option<Polling>,
+    /// CONFIG settings the operators require (`maxmemory-policy: allkeys-lru`).
+    #[serde(default)]
+    expect: std::collections::BTreeMap<String, ConfigScalar>,
+}
+
+/// A Redis setting's value as YAML may spell it: a string, a number, or `yes`/`no` read as a
+/// bool (YAML 1.1 habits).
+#[derive(Debug, Clone)]
+struct ConfigScalar(String);
+
+impl<'de> Deserialize<'de> for ConfigScalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Scalar;
+        impl serde::de::Visitor<'_> for Scalar {
+            type Value = ConfigScalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a setting's value as CONFIG GET prints it (a string or a number)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ConfigScalar, E> {
+                Ok(ConfigScalar(v.to_owned()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<ConfigScalar, E> {
+                Ok(ConfigScalar(if v { "yes" } else { "no" }.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ConfigScalar, E> {
+                Ok(ConfigScalar(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ConfigScalar, E> {
+                Ok(ConfigScalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ConfigScalar, E> {
+                Ok(ConfigScalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(Scalar)
+    }
 }
 
 /// When a target's nodes are polled.
@@ -735,6 +771,8 @@ pub struct Target {
     /// configured URL, whose entry of a JSON password map serves the node when the map has
     /// none of its own (see [`read_password_at`]).
     pub discovered_from: Option<RedisUrl>,
+    /// `expect:` CONFIG settings (lowercase name, value) every node of the target should have.
+    pub expect: Vec<(String, String)>,
 }
 
 /// How to reach the Sentinels of a Sentinel-defined target.
@@ -775,6 +813,7 @@ impl Target {
             tls: Default::default(),
             on_scrape: false,
             discovered_from: None,
+            expect: Vec::new(),
         }
     }
 
@@ -1440,6 +1479,25 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
                 })
             }
         };
+        let mut expect = Vec::with_capacity(t.expect.len());
+        for (setting, value) in t.expect {
+            let lower = setting.trim().to_ascii_lowercase();
+            // Values are published as labels: never a secret, and one setting per entry.
+            let problem = if lower.contains("pass") || lower.contains("auth") {
+                Some("holds a secret, which would be published as a label")
+            } else if lower.is_empty() || lower.contains(['*', '?', '[']) {
+                Some("must name one setting (no glob)")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(in_target(
+                    &["expect", setting.as_str()],
+                    format!("target {name:?}: expect: {setting:?} {problem}"),
+                ));
+            }
+            expect.push((lower, value.0.trim().to_owned()));
+        }
         let own_tls = t.tls.is_some();
         let tls = t.tls.unwrap_or_else(|| o.tls.clone());
         if own_tls && !url.is_tls() {
@@ -1468,6 +1526,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             seeds: t.seeds,
             on_scrape: t.polling.or(f.polling).unwrap_or_default() == Polling::OnScrape,
             discovered_from: None,
+            expect,
         });
     }
 
@@ -2359,6 +2418,35 @@ mod tests {
                 err.starts_with(&format!("test.yaml:5:{column}:")) && err.contains("above 0"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn expected_settings_read_yaml_scalars_and_never_a_secret() {
+        let c = load(
+            "targets:\n  - url: redis://h:1\n    expect:\n      maxmemory-policy: allkeys-lru\n      appendonly: yes\n      Maxmemory: 256mb\n      hz: 10\n",
+        )
+        .unwrap();
+        let want = [
+            ("maxmemory", "256mb"),
+            ("appendonly", "yes"),
+            ("hz", "10"),
+            ("maxmemory-policy", "allkeys-lru"),
+        ];
+        let mut got = c.targets[0].expect.clone();
+        got.sort();
+        let mut want: Vec<(String, String)> =
+            want.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec();
+        want.sort();
+        assert_eq!(got, want);
+        for bad in ["requirepass: x", "masterauth: x", "\"maxmemory*\": x"] {
+            let err = load(&format!(
+                "targets:\n  - url: redis://h:1\n    expect:\n      {bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with("test.yaml:4:7:"), "{bad}: {err}");
+            assert!(!err.contains(": x"), "the value is not echoed: {err}");
         }
     }
 

@@ -156,7 +156,7 @@ impl NodePoller {
         ctx: &PollContext,
         ticket: Ticket,
     ) -> Self {
-        let collectors = standard_set(ctx.refresh);
+        let collectors = standard_set(ctx.refresh, target.expect.clone());
         let count = collectors.len();
         Self {
             target,

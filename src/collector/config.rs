@@ -122,7 +122,68 @@ pub fn config_families(values: &ConfigValues, out: &mut FamilySet) {
     }
 }
 
-/// Asks for [`PARAMETERS`] every `refresh`, publishes the cached values on every poll.
+/// Publishes, for each `expect:` entry (lowercase setting, expected value), whether the node's
+/// setting has that value: `redis_config_expectation_met{setting,expected,actual}` (`actual`
+/// empty when Redis does not know the setting: a typo, or an older version).
+pub fn expectation_families(
+    values: &ConfigValues,
+    expect: &[(String, String)],
+    out: &mut FamilySet,
+) {
+    for (setting, expected) in expect {
+        let actual = values.get(setting);
+        let met = actual.is_some_and(|actual| same_setting(actual, expected));
+        let actual = actual.unwrap_or("");
+        out.add(
+            "redis_config_expectation_met",
+            "1 while the setting has the value the target's expect: asks for (actual as CONFIG GET reads it; empty for an empty value or a setting Redis does not know, which never matches)",
+            Kind::Gauge,
+            vec![
+                ("setting", setting.clone()),
+                ("expected", expected.clone()),
+                ("actual", actual.to_owned()),
+            ],
+            if met { 1.0 } else { 0.0 },
+        );
+    }
+}
+
+/// Whether a setting as CONFIG GET prints it equals the value a config file asks for: case and
+/// runs of spaces aside, and memory sizes by their bytes (`256mb` is `268435456`, with Redis'
+/// units: k = 1000, kb = 1024, and so on).
+pub fn same_setting(actual: &str, expected: &str) -> bool {
+    let words = |v: &str| {
+        v.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_ascii_lowercase()
+    };
+    let (a, e) = (words(actual), words(expected));
+    match (memory_bytes(&a), memory_bytes(&e)) {
+        (Some(a), Some(e)) => a == e,
+        _ => a == e,
+    }
+}
+
+/// A memory size as Redis reads one (`100`, `1k`, `1kb`, `256mb`, `2gb`), in bytes.
+fn memory_bytes(v: &str) -> Option<u128> {
+    let digits = v.bytes().take_while(u8::is_ascii_digit).count();
+    let number: u128 = v.get(..digits)?.parse().ok()?;
+    let unit: u128 = match &v[digits..] {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    Some(number * unit)
+}
+
+/// Asks for [`PARAMETERS`] (and the settings of `expect:`) every `refresh`, publishes the
+/// cached values on every poll.
 #[derive(Debug)]
 pub struct ConfigCollector {
     refresh: Duration,
@@ -130,16 +191,18 @@ pub struct ConfigCollector {
     asked: bool,
     unavailable: bool,
     cached: ConfigValues,
+    expect: Vec<(String, String)>,
 }
 
 impl ConfigCollector {
-    pub fn new(refresh: Duration) -> Self {
+    pub fn new(refresh: Duration, expect: Vec<(String, String)>) -> Self {
         Self {
             refresh,
             next_due: None,
             asked: false,
             unavailable: false,
             cached: ConfigValues::default(),
+            expect,
         }
     }
 }
@@ -156,11 +219,18 @@ impl Collector for ConfigCollector {
         }
         self.next_due = Some(now + self.refresh);
         self.asked = true;
+        let extra = self
+            .expect
+            .iter()
+            .map(|(setting, _)| setting.as_str())
+            .filter(|setting| !PARAMETERS.contains(setting));
         PARAMETERS
             .iter()
+            .copied()
+            .chain(extra)
             .map(|p| {
                 let mut cmd = redis::cmd("CONFIG");
-                cmd.arg("GET").arg(*p);
+                cmd.arg("GET").arg(p);
                 cmd
             })
             .collect()
@@ -186,6 +256,7 @@ impl Collector for ConfigCollector {
             return Outcome::NoData;
         }
         config_families(&self.cached, out);
+        expectation_families(&self.cached, &self.expect, out);
         Outcome::Collected
     }
 
@@ -198,6 +269,47 @@ impl Collector for ConfigCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expectations_compare_as_redis_reads_settings() {
+        assert!(same_setting("allkeys-lru", "ALLKEYS-LRU"));
+        assert!(same_setting("268435456", "256mb"));
+        assert!(same_setting("256000000", "256m"));
+        assert!(!same_setting("268435456", "256m"));
+        assert!(same_setting("3600 1 300 100", " 3600 1  300 100 "));
+        assert!(same_setting("", ""), "save \"\": snapshots off");
+        assert!(!same_setting("no", "yes"));
+        let values = ConfigValues {
+            values: vec![
+                ("maxmemory-policy".into(), "noeviction".into()),
+                ("appendonly".into(), "yes".into()),
+            ],
+        };
+        let expect = [
+            ("maxmemory-policy", "allkeys-lru"),
+            ("appendonly", "yes"),
+            ("no-such-setting", ""),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let mut out = FamilySet::new();
+        expectation_families(&values, &expect, &mut out);
+        let got: Vec<(String, String, f64)> = out
+            .get("redis_config_expectation_met")
+            .unwrap()
+            .samples
+            .iter()
+            .map(|s| (s.labels[0].1.clone(), s.labels[2].1.clone(), s.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("maxmemory-policy".into(), "noeviction".into(), 0.0),
+                ("appendonly".into(), "yes".into(), 1.0),
+                // Unknown to Redis: never met, even against an empty expectation.
+                ("no-such-setting".into(), String::new(), 0.0),
+            ]
+        );
+    }
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
@@ -245,7 +357,7 @@ mod tests {
 
     #[test]
     fn refreshes_on_schedule_and_republishes_cache_between() {
-        let mut c = ConfigCollector::new(Duration::from_secs(60));
+        let mut c = ConfigCollector::new(Duration::from_secs(60), Vec::new());
         let t0 = Instant::now();
         assert_eq!(c.commands(t0).len(), PARAMETERS.len());
         let replies = PARAMETERS

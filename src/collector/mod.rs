@@ -132,9 +132,10 @@ pub struct Refresh {
 
 /// The standard set of collectors for one node, in pipeline order. CONFIG comes before INFO
 /// because INFO pads empty databases up to CONFIG's `databases`.
-pub fn standard_set(refresh: Refresh) -> Vec<Box<dyn Collector>> {
+/// `expect` is the target's `expect:` settings, judged with every CONFIG refresh.
+pub fn standard_set(refresh: Refresh, expect: Vec<(String, String)>) -> Vec<Box<dyn Collector>> {
     vec![
-        Box::new(config::ConfigCollector::new(refresh.config)),
+        Box::new(config::ConfigCollector::new(refresh.config, expect)),
         Box::new(info::InfoCollector::new(refresh.command_stats)),
         Box::new(cluster::ClusterCollector::default()),
         Box::new(sentinel::SentinelCollector::default()),

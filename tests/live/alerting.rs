@@ -488,3 +488,74 @@ async fn one_failed_poll_neither_resolves_nor_restarts_the_nodes_alerts() {
     );
     d.stop().await;
 }
+
+/// `expect:` on a real Redis: settings as expected read 1, a `CONFIG SET` that changes one is
+/// seen at the next CONFIG refresh (what runs and what was expected in its labels) and fires
+/// RedisConfigDrift in process; reverting it resolves the alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_changed_by_hand_is_drift_until_reverted() {
+    let redis = RedisServer::start(&["--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\nconfig_refresh: 1s\ntargets:\n  - name: cache\n    url: {}\n    expect:\n      maxmemory-policy: allkeys-lru\n      maxmemory: 256mb\n      appendonly: \"no\"\n      no-such-setting: x\nalerting:\n  thresholds:\n    RedisConfigDrift: {{warning: 1, for: 0s}}\n",
+        redis.url()
+    ))
+    .await;
+    let met = |m: &Exposition, setting: &str| {
+        m.all_with("redis_config_expectation_met", &[("setting", setting)])
+            .iter()
+            .map(|l| (l.labels["actual"].clone(), l.value))
+            .collect::<Vec<_>>()
+    };
+    let m = d
+        .metrics_when("the expectations judged", WAIT, |m| {
+            !met(m, "maxmemory-policy").is_empty()
+        })
+        .await;
+    assert_eq!(met(&m, "maxmemory-policy"), [("allkeys-lru".into(), 1.0)]);
+    assert_eq!(met(&m, "maxmemory"), [("268435456".into(), 1.0)]);
+    assert_eq!(met(&m, "appendonly"), [("no".into(), 1.0)]);
+    assert_eq!(met(&m, "no-such-setting"), [(String::new(), 0.0)]);
+
+    let _: () = redis.cmd(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    let m = d
+        .metrics_when("the change seen at the next CONFIG refresh", WAIT, |m| {
+            met(m, "maxmemory-policy") == [("noeviction".to_owned(), 0.0)]
+        })
+        .await;
+    assert_eq!(
+        m.all_with(
+            "redis_config_expectation_met",
+            &[("setting", "maxmemory-policy")]
+        )[0]
+        .labels["expected"],
+        "allkeys-lru"
+    );
+    wait_for("RedisConfigDrift firing", WAIT, || async {
+        d.alert_firing("RedisConfigDrift").await.then_some(())
+    })
+    .await;
+
+    // The unknown setting keeps its own alert; reverting the policy leaves only that one.
+    let _: () = redis.cmd(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    d.metrics_when("the revert seen", WAIT, |m| {
+        met(m, "maxmemory-policy") == [("allkeys-lru".to_owned(), 1.0)]
+    })
+    .await;
+    let drifting = || async {
+        let (status, body) = http_get(d.addr, "/alerts").await;
+        assert_eq!(status, 200);
+        let alerts: serde_json::Value = serde_json::from_str(&body).unwrap();
+        alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == "RedisConfigDrift")
+            .filter_map(|a| a["labels"]["setting"].as_str().map(str::to_owned))
+            .collect::<Vec<String>>()
+    };
+    wait_for("only the unknown setting still drifting", WAIT, || async {
+        (drifting().await == ["no-such-setting"]).then_some(())
+    })
+    .await;
+    d.stop().await;
+}

@@ -525,6 +525,11 @@ const PANELS_EMPTY_HERE: &[(&str, &str, &str)] = &[
         "Collectors failing now",
         "lists collectors whose replies cannot be parsed; every collector works here",
     ),
+    (
+        "redis-alerts.json",
+        "Settings not as expected",
+        "lists settings that differ from expect:; the one expected here matches",
+    ),
 ];
 
 /// Metric names that dashboards or alerts read and that this setup never produces, with why.
@@ -583,6 +588,8 @@ targets:
   - name: sessions
     url: {master}
     follow_replicas: true
+    expect:
+      appendonly: "no"
     keyspace:
       prefixes: ["session:"]
       must_expire: ["session:", "cache:", "rl:"]
