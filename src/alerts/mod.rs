@@ -64,6 +64,7 @@ const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisAofWriteFailing",
     "RedisAofRewriteFailing",
     "RedisDatabaseFlushed",
+    "RedisDangerousCommandsUsed",
     "RedisUnauthorizedAccess",
     "RedisTooManyConnections",
     "RedisConnectionsNearMaxclients",
@@ -479,6 +480,21 @@ pub fn pack() -> Vec<AlertRule> {
                 "ratio",
             )
         },
+        rule(
+            "RedisDangerousCommandsUsed",
+            "KEYS or FLUSHALL/FLUSHDB ran on Redis",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} ran {{ $value }} KEYS, FLUSHALL or FLUSHDB commands in 5 minutes: KEYS blocks Redis for the whole keyspace, a flush deletes data.",
+            "round(sum without (cmd) (increase(redis_commands_total{cmd=~\"keys|flushall|flushdb\"}[5m])))",
+            Op::Above,
+            Signal::Increase(
+                "redis_commands_total",
+                secs(300),
+                "cmd",
+                crate::collector::info::ALERTED_COMMANDS,
+            ),
+            vec![level(Warning, 0.0, 0)],
+            "count",
+        ),
         rule(
             "RedisUnauthorizedAccess",
             "Failed authentication attempts on Redis",

@@ -306,6 +306,10 @@ fn keyspace(info: &Info, databases: Option<u32>, out: &mut FamilySet) {
 /// first sample as its baseline (eight WRONGPASS in a new series read as none).
 pub const ALERTED_ERRORS: &[&str] = &["OOM", "MISCONF", "WRONGPASS", "NOAUTH"];
 
+/// Commands an alert counts (RedisDangerousCommandsUsed): `redis_commands_total` reads 0 for
+/// them until Redis lists them, for the same reason as [`ALERTED_ERRORS`].
+pub const ALERTED_COMMANDS: &[&str] = &["keys", "flushall", "flushdb"];
+
 fn commandstats(info: &Info, out: &mut FamilySet) {
     let mut calls_by_cmd: HashMap<&str, (f64, f64)> = HashMap::new();
     let mut errors_seen: Vec<&str> = Vec::new();
@@ -369,6 +373,21 @@ fn commandstats(info: &Info, out: &mut FamilySet) {
                     count,
                 );
             }
+        }
+    }
+    // With command stats at hand (INFO itself is always among them once asked).
+    if !calls_by_cmd.is_empty() {
+        for cmd in ALERTED_COMMANDS
+            .iter()
+            .filter(|c| !calls_by_cmd.contains_key(*c))
+        {
+            out.add(
+                "redis_commands_total",
+                "Total number of calls per command",
+                Kind::Counter,
+                vec![("cmd", (*cmd).to_owned())],
+                0.0,
+            );
         }
     }
     // Servers with errorstats (6.2+, which also count total_error_replies).
@@ -827,6 +846,35 @@ mod tests {
         );
         let ttl = out.get("redis_db_avg_ttl_seconds").expect("avg ttl");
         assert_eq!(ttl.samples[0].value, 99.49);
+    }
+
+    #[test]
+    fn the_alerted_commands_read_zero_until_redis_counts_one() {
+        let mut out = FamilySet::new();
+        info_families(
+            &parse_info("cmdstat_info:calls=9,usec=90\ncmdstat_keys:calls=2,usec=5000\n"),
+            None,
+            &mut out,
+        );
+        let mut got: Vec<(String, f64)> = out
+            .get("redis_commands_total")
+            .unwrap()
+            .samples
+            .iter()
+            .map(|s| (s.labels[0].1.clone(), s.value))
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        let want = [
+            ("flushall", 0.0),
+            ("flushdb", 0.0),
+            ("info", 9.0),
+            ("keys", 2.0),
+        ];
+        assert_eq!(got, want.map(|(c, v)| (c.to_owned(), v)));
+        // No command stats asked yet: nothing made up.
+        let mut none = FamilySet::new();
+        info_families(&parse_info("connected_clients:1\n"), None, &mut none);
+        assert!(none.get("redis_commands_total").is_none());
     }
 
     #[test]

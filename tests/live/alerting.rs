@@ -559,3 +559,38 @@ async fn a_setting_changed_by_hand_is_drift_until_reverted() {
     .await;
     d.stop().await;
 }
+
+/// One KEYS on a real Redis is seen by the in-process evaluator (the counter reads 0 before,
+/// so the first call counts), and names the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_command_fires_the_dangerous_commands_alert() {
+    let redis = RedisServer::start(&[]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ncommand_stats_refresh: 200ms\ntargets:\n  - name: cache\n    url: {}\nalerting: {{}}\n",
+        redis.url()
+    ))
+    .await;
+    let m = d
+        .metrics_when("command stats read", WAIT, |m| {
+            m.value("redis_commands_total", &[("cmd", "info")])
+                .is_some()
+        })
+        .await;
+    assert_eq!(
+        m.value("redis_commands_total", &[("cmd", "keys")]),
+        Some(0.0)
+    );
+    assert!(!d.alert_firing("RedisDangerousCommandsUsed").await);
+    let _: Vec<String> = redis.cmd(&["KEYS", "*"]);
+    d.metrics_when("the KEYS counted", WAIT, |m| {
+        m.value("redis_commands_total", &[("cmd", "keys")]) == Some(1.0)
+    })
+    .await;
+    wait_for("RedisDangerousCommandsUsed firing", WAIT, || async {
+        d.alert_firing("RedisDangerousCommandsUsed")
+            .await
+            .then_some(())
+    })
+    .await;
+    d.stop().await;
+}
