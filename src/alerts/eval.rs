@@ -197,8 +197,10 @@ pub fn readings(
             (Some(a), Some(b)) if b > 0.0 => vec![(Labels::new(), a / b)],
             _ => Vec::new(),
         },
-        Signal::Rate(family, window) => history
-            .summed_change(family, now, window, "", &[])
+        Signal::Rate(families, window) => families
+            .iter()
+            .filter_map(|f| history.summed_change(f, now, window, "", &[]))
+            .reduce(|a, b| a + b)
             .map(|c| vec![(Labels::new(), c / window.as_secs_f64())])
             .unwrap_or_default(),
         Signal::Increase(family, window, label, values) => history
@@ -320,9 +322,9 @@ fn remembered(signal: &Signal) -> Vec<(&'static str, Duration)> {
 /// The families a signal reads.
 fn families_of(signal: &Signal) -> Vec<&'static str> {
     match *signal {
+        Signal::Rate(families, _) => families.to_vec(),
         Signal::Series(f)
         | Signal::SeriesWithout(f, _)
-        | Signal::Rate(f, _)
         | Signal::Increase(f, ..)
         | Signal::DropFromMax(f, _)
         | Signal::ShareOfEarlier(f, ..)
@@ -874,6 +876,34 @@ mod tests {
             .unwrap();
         assert!((spike.value - 20.0).abs() < 0.5, "{}", spike.value);
         assert_eq!(spike.state, State::Firing);
+    }
+
+    #[test]
+    fn a_rate_over_several_counters_adds_them_up() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        // User 0.5 s and sys 0.35 s of main-thread CPU per second: 0.85 of a core, over 0.8
+        // together though neither is alone.
+        let at = |s: u64| {
+            obs(
+                t0 + Duration::from_secs(s),
+                &[
+                    ("redis_up", 1.0),
+                    ("redis_cpu_user_main_thread_seconds_total", s as f64 * 0.5),
+                    ("redis_cpu_sys_main_thread_seconds_total", s as f64 * 0.35),
+                ],
+            )
+        };
+        for s in (0..=1200).step_by(5) {
+            e.observe(&at(s));
+        }
+        let busy = e
+            .active()
+            .into_iter()
+            .find(|a| a.labels["alertname"] == "RedisMainThreadSaturated")
+            .expect("fires after 10m over 0.8");
+        assert!((busy.value - 0.85).abs() < 0.01, "{}", busy.value);
+        assert_eq!(busy.state, State::Firing);
     }
 
     #[test]

@@ -72,6 +72,7 @@ const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisBlockedClients",
     "RedisHitRatioLow",
     "RedisLatencyHigh",
+    "RedisMainThreadSaturated",
     "RedisFragmentationHigh",
     "RedisSwapping",
     "RedisForkSlow",
@@ -147,8 +148,9 @@ pub enum Signal {
     SeriesWithout(&'static str, &'static str),
     /// `a / b` per node, only where `b > 0`.
     Ratio(&'static str, &'static str),
-    /// Per-second rate of a counter (summed per node) over a window.
-    Rate(&'static str, Duration),
+    /// Per-second rate of counters (summed per node, over every series of each family) over a
+    /// window.
+    Rate(&'static [&'static str], Duration),
     /// Increase of a counter over a window, summed per node over the series whose `label` is
     /// one of `values` (all series when `values` is empty).
     Increase(
@@ -288,7 +290,7 @@ pub fn pack() -> Vec<AlertRule> {
             "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} evicts {{ $value | humanize }} keys/s: it is at maxmemory and dropping data.",
             "rate(redis_evicted_keys_total[5m])",
             Op::Above,
-            Signal::Rate("redis_evicted_keys_total", secs(300)),
+            Signal::Rate(&["redis_evicted_keys_total"], secs(300)),
             vec![level(Critical, 10.0, 120)],
             "per second",
         ),
@@ -564,6 +566,22 @@ pub fn pack() -> Vec<AlertRule> {
             Signal::Series("redis_exporter_last_scrape_ping_time_seconds"),
             vec![level(Warning, 0.005, 300), level(Critical, 0.020, 300)],
             "seconds",
+        ),
+        rule(
+            "RedisMainThreadSaturated",
+            "Redis' main thread is near a full CPU core",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} keeps its main thread busy {{ $value | humanizePercentage }} of the time (5-minute average): commands queue behind each other and latency climbs.",
+            "rate(redis_cpu_user_main_thread_seconds_total[5m]) + rate(redis_cpu_sys_main_thread_seconds_total[5m])",
+            Op::Above,
+            Signal::Rate(
+                &[
+                    "redis_cpu_user_main_thread_seconds_total",
+                    "redis_cpu_sys_main_thread_seconds_total",
+                ],
+                secs(300),
+            ),
+            vec![level(Warning, 0.8, 600)],
+            "ratio",
         ),
         AlertRule {
             guard: Some(Guard::Value("redis_mem_fragmentation_bytes", Op::Above, 100.0 * 1024.0 * 1024.0)),
