@@ -6,6 +6,8 @@
 //! tls_server_config:
 //!   cert_file: server.crt      # relative paths are relative to this file
 //!   key_file: server.key
+//!   client_ca_file: ca.crt     # optional: clients must show a certificate this CA signed
+//!   client_auth_type: RequireAndVerifyClientCert   # or VerifyClientCertIfGiven
 //! basic_auth_users:
 //!   prometheus: $2y$10$...     # htpasswd -nBC 10 "" | tr -d ':\n'
 //! ```
@@ -74,6 +76,29 @@ where
 struct ServerTlsFile {
     cert_file: PathBuf,
     key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
+    client_auth_type: Option<String>,
+}
+
+/// Which clients the HTTPS endpoint accepts (the exporter-toolkit's `client_auth_type`s that
+/// verify what they get; the two that take any certificate unverified are refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `NoClientCert` (the default): no certificate asked.
+    None,
+    /// `VerifyClientCertIfGiven`: none needed, but one shown must be signed by the CA.
+    VerifyIfGiven,
+    /// `RequireAndVerifyClientCert`: only clients with a certificate the CA signed.
+    Require,
+}
+
+/// The HTTPS settings: certificate chain and key files (PEM), and client certificates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA (PEM) client certificates must chain to, with how it is applied.
+    pub client_ca: Option<(PathBuf, ClientAuth)>,
 }
 
 /// A bcrypt hash from the file. Not a password, but still kept out of `Debug` output.
@@ -90,8 +115,7 @@ impl fmt::Debug for BcryptHash {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebConfig {
     pub file: PathBuf,
-    /// (certificate chain file, key file), both PEM.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tls: Option<ServerTls>,
     pub users: BTreeMap<String, BcryptHash>,
 }
 
@@ -118,14 +142,54 @@ impl WebConfig {
         let tls = match parsed.tls_server_config {
             None => None,
             Some(t) => {
-                let (cert, key) = (base.join(&t.cert_file), base.join(&t.key_file));
-                server_config(&cert, &key).map_err(|e| {
+                let in_tls = |key: &str, message: String| {
                     at(
-                        &[Step::Key("tls_server_config"), Step::Key("cert_file")],
-                        format!("tls_server_config: {e}"),
+                        &[Step::Key("tls_server_config"), Step::Key(key)],
+                        format!("tls_server_config: {message}"),
                     )
-                })?;
-                Some((cert, key))
+                };
+                let auth = match t.client_auth_type.as_deref() {
+                    None | Some("NoClientCert") => ClientAuth::None,
+                    Some("VerifyClientCertIfGiven") => ClientAuth::VerifyIfGiven,
+                    Some("RequireAndVerifyClientCert") => ClientAuth::Require,
+                    Some(other) => {
+                        return Err(in_tls(
+                            "client_auth_type",
+                            format!(
+                                "client_auth_type {other:?} is not supported: NoClientCert, \
+                                 VerifyClientCertIfGiven or RequireAndVerifyClientCert \
+                                 (the others accept a certificate without checking it)"
+                            ),
+                        ))
+                    }
+                };
+                let client_ca = match (&t.client_ca_file, auth) {
+                    (None, ClientAuth::None) => None,
+                    (Some(_), ClientAuth::None) => {
+                        return Err(in_tls(
+                            "client_ca_file",
+                            "client_ca_file without a client_auth_type that checks client \
+                             certificates (VerifyClientCertIfGiven or RequireAndVerifyClientCert)"
+                                .into(),
+                        ));
+                    }
+                    (None, _) => {
+                        return Err(in_tls(
+                            "client_auth_type",
+                            "this client_auth_type checks client certificates against \
+                             client_ca_file, which is missing"
+                                .into(),
+                        ))
+                    }
+                    (Some(ca), auth) => Some((base.join(ca), auth)),
+                };
+                let tls = ServerTls {
+                    cert: base.join(&t.cert_file),
+                    key: base.join(&t.key_file),
+                    client_ca,
+                };
+                server_config(&tls).map_err(|e| in_tls("cert_file", e))?;
+                Some(tls)
             }
         };
         let mut users = BTreeMap::new();
@@ -163,15 +227,40 @@ impl WebConfig {
     }
 }
 
-/// The server side of HTTPS: certificate chain and key as rustls wants them.
-fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let chain = crate::tls::read_chain(cert)?;
-    let key = crate::tls::read_key(key)?;
+/// The server side of HTTPS: certificate chain, key and client verification as rustls wants
+/// them.
+fn server_config(tls: &ServerTls) -> Result<Arc<rustls::ServerConfig>, String> {
+    let chain = crate::tls::read_chain(&tls.cert)?;
+    let key = crate::tls::read_key(&tls.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some((ca, auth)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in crate::tls::read_chain(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = match auth {
+                ClientAuth::VerifyIfGiven => verifier.allow_unauthenticated(),
+                _ => verifier,
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| format!("{}: {e}", ca.display()))?,
+            )
+        }
+    };
+    let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| format!("certificate and key do not match: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -194,15 +283,14 @@ fn stamp(path: &Path) -> Stamp {
 /// a `stat` of two files). A pair that does not load (a key written after its certificate, say)
 /// keeps the previous certificate in service until the files change again.
 struct CertReloader {
-    cert: PathBuf,
-    key: PathBuf,
+    tls: ServerTls,
     /// The files' stamps when last loaded (or tried), the config served, and when a load of
     /// those stamps failed.
     current: Mutex<CertState>,
 }
 
 struct CertState {
-    stamps: (Stamp, Stamp),
+    stamps: [Stamp; 3],
     config: Arc<rustls::ServerConfig>,
     failed_at: Option<std::time::Instant>,
 }
@@ -213,12 +301,11 @@ struct CertState {
 const CERT_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl CertReloader {
-    fn new(cert: PathBuf, key: PathBuf) -> Result<CertReloader, String> {
-        let stamps = (stamp(&cert), stamp(&key));
-        let config = server_config(&cert, &key)?;
+    fn new(tls: ServerTls) -> Result<CertReloader, String> {
+        let stamps = Self::stamps(&tls);
+        let config = server_config(&tls)?;
         Ok(CertReloader {
-            cert,
-            key,
+            tls,
             current: Mutex::new(CertState {
                 stamps,
                 config,
@@ -227,8 +314,14 @@ impl CertReloader {
         })
     }
 
+    /// The certificate's, the key's and the client CA's.
+    fn stamps(tls: &ServerTls) -> [Stamp; 3] {
+        let ca = tls.client_ca.as_ref().and_then(|(ca, _)| stamp(ca));
+        [stamp(&tls.cert), stamp(&tls.key), ca]
+    }
+
     fn acceptor(&self) -> TlsAcceptor {
-        let stamps = (stamp(&self.cert), stamp(&self.key));
+        let stamps = Self::stamps(&self.tls);
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let changed = stamps != current.stamps;
         let retry = current
@@ -236,17 +329,17 @@ impl CertReloader {
             .is_some_and(|at| at.elapsed() >= CERT_RETRY);
         if changed || retry {
             current.stamps = stamps;
-            match server_config(&self.cert, &self.key) {
+            match server_config(&self.tls) {
                 Ok(config) => {
                     current.config = config;
                     current.failed_at = None;
-                    tracing::info!(cert_file = %self.cert.display(), "HTTPS certificate reloaded");
+                    tracing::info!(cert_file = %self.tls.cert.display(), "HTTPS certificate reloaded");
                 }
                 Err(problem) => {
                     current.failed_at = Some(std::time::Instant::now());
                     if changed {
                         tracing::warn!(
-                            cert_file = %self.cert.display(), %problem,
+                            cert_file = %self.tls.cert.display(), %problem,
                             "HTTPS certificate changed but does not load; still serving the previous one (tried again every 10 s)"
                         );
                     }
@@ -449,7 +542,7 @@ pub const CHALLENGE: &str = "Basic realm=\"redis-lookout\", charset=\"UTF-8\"";
 impl WebSecurity {
     pub fn new(config: &WebConfig) -> Result<WebSecurity, String> {
         let tls = match &config.tls {
-            Some((cert, key)) => Some(CertReloader::new(cert.clone(), key.clone())?),
+            Some(tls) => Some(CertReloader::new(tls.clone())?),
             None => None,
         };
         let auth = if config.users.is_empty() {
@@ -569,6 +662,33 @@ mod tests {
                 .to_string();
         assert!(err.starts_with("/etc/web.yml:4:"), "{err}");
         assert!(err.contains("min_version"), "{err}");
+        // Client certificates: a type that checks nothing, a CA nothing checks against, a
+        // check without a CA; each pointed at its line.
+        for (extra, line, what) in [
+            (
+                "  client_auth_type: RequireAnyClientCert\n",
+                4,
+                "not supported",
+            ),
+            (
+                "  client_ca_file: ca.crt\n",
+                4,
+                "without a client_auth_type",
+            ),
+            (
+                "  client_auth_type: VerifyClientCertIfGiven\n",
+                4,
+                "client_ca_file",
+            ),
+        ] {
+            let err = parse(&format!(
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n{extra}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with(&format!("/etc/web.yml:{line}:")), "{err}");
+            assert!(err.contains(what), "{err}");
+        }
         let err = parse("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n")
             .unwrap_err()
             .to_string();

@@ -1594,6 +1594,17 @@ pub async fn https_request(
     path: &str,
     auth: Option<(&str, &str)>,
 ) -> std::io::Result<(u16, String, String, Vec<u8>)> {
+    https_request_as(addr, ca_file, path, auth, None).await
+}
+
+/// [`https_request`], showing the client certificate and key (PEM files) `client` names.
+pub async fn https_request_as(
+    addr: SocketAddr,
+    ca_file: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    client: Option<(&str, &str)>,
+) -> std::io::Result<(u16, String, String, Vec<u8>)> {
     use base64::Engine as _;
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -1601,13 +1612,25 @@ pub async fn https_request(
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file).expect("CA file") {
         roots.add(cert.expect("CA PEM")).expect("CA usable");
     }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                .expect("client certificate file")
+                .map(|c| c.expect("client certificate PEM"))
+                .collect();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate and key")
+        }
+    };
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let work = async {
         let tcp = tokio::net::TcpStream::connect(addr).await?;

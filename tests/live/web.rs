@@ -159,3 +159,77 @@ fn a_bad_web_config_file_stops_the_start_naming_file_line_and_column() {
         assert!(stderr.contains(what), "{stderr}");
     }
 }
+
+/// Client certificates (`client_ca_file`, `client_auth_type`): with RequireAndVerifyClientCert
+/// only a client whose certificate the CA signed gets an answer, and a CA replaced on disk
+/// applies to new connections; with VerifyClientCertIfGiven a client without one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_and_checked_against_the_client_ca() {
+    let pki = Pki::generate();
+    let closed = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let client_ca = dir.path().join("clients.crt");
+    replace_file(pki.path("ca.crt"), &client_ca);
+    let start = |auth_type: &str| {
+        let web = dir.path().join(format!("{auth_type}.yml"));
+        std::fs::write(
+            &web,
+            format!(
+                "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_ca_file: clients.crt\n  client_auth_type: {auth_type}\n",
+                pki.path("server.crt"),
+                pki.path("server.key")
+            ),
+        )
+        .unwrap();
+        Running::start(&[
+            "--redis.addr",
+            &format!("redis://127.0.0.1:{closed}"),
+            "--web.config.file",
+            web.to_str().unwrap(),
+        ])
+    };
+    let ca = pki.path("ca.crt");
+    let client = Some((pki.path("client.crt"), pki.path("client.key")));
+
+    // Waits until /-/healthy answers 200 to a client with (or without) its certificate.
+    let healthy_for = |addr, with_certificate: bool| {
+        let shown = if with_certificate { client } else { None };
+        wait_for("HTTPS served", WAIT_HTTPS, move || async move {
+            https_request_as(addr, ca, "/-/healthy", None, shown)
+                .await
+                .ok()
+                .filter(|r| r.0 == 200)
+        })
+    };
+
+    let p = start("RequireAndVerifyClientCert");
+    let addr = p.addr;
+    let served = healthy_for(addr, true).await;
+    assert_eq!(served.2.trim(), "OK");
+    let without = https_request_as(addr, ca, "/-/healthy", None, None).await;
+    assert!(
+        !matches!(&without, Ok((200, ..))),
+        "served without a client certificate: {without:?}"
+    );
+    // The client CA replaced by one that did not sign the client: refused from then on.
+    replace_file(pki.path("other-ca.crt"), &client_ca);
+    wait_for(
+        "the replaced client CA in force",
+        WAIT_HTTPS,
+        || async move {
+            let r = https_request_as(addr, ca, "/-/healthy", None, client).await;
+            (!matches!(r, Ok((200, ..)))).then_some(())
+        },
+    )
+    .await;
+    drop(p);
+
+    replace_file(pki.path("ca.crt"), &client_ca);
+    let p = start("VerifyClientCertIfGiven");
+    let addr = p.addr;
+    healthy_for(addr, false).await;
+    let with = https_request_as(addr, ca, "/-/healthy", None, client).await;
+    assert!(matches!(with, Ok((200, ..))), "{with:?}");
+}
+
+const WAIT_HTTPS: Duration = Duration::from_secs(20);
