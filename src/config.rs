@@ -9,6 +9,7 @@ use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -215,6 +216,69 @@ struct TargetFile {
     /// CONFIG settings the operators require (`maxmemory-policy: allkeys-lru`).
     #[serde(default)]
     expect: std::collections::BTreeMap<String, ConfigScalar>,
+    /// Labels added to every series and alert of the target (`team: payments`).
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The first key of `map` that `problem` finds fault with, and the fault.
+fn first_problem<V>(
+    map: &std::collections::BTreeMap<String, V>,
+    problem: fn(&str) -> Option<&'static str>,
+) -> Option<(String, &'static str)> {
+    map.keys()
+        .find_map(|key| problem(key).map(|p| (key.clone(), p)))
+}
+
+/// What is wrong with an `expect:` setting name. Values are published as labels: never a
+/// secret's, and one setting per entry.
+fn expect_problem(setting: &str) -> Option<&'static str> {
+    let lower = setting.trim().to_ascii_lowercase();
+    if lower.contains("pass") || lower.contains("auth") {
+        Some("holds a secret, which would be published as a label")
+    } else if lower.is_empty() || lower.contains(['*', '?', '[']) {
+        Some("must name one setting (no glob)")
+    } else {
+        None
+    }
+}
+
+/// What is wrong with a `labels:` name.
+fn label_problem(label: &str) -> Option<&'static str> {
+    let valid = label
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+    if label.is_empty() || !valid {
+        Some("is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)")
+    } else if label.starts_with("__") {
+        Some("starts with __, which Prometheus reserves")
+    } else if RESERVED_LABELS.contains(&label) {
+        Some("is set by redis-lookout or Prometheus itself")
+    } else {
+        None
+    }
+}
+
+/// Label names a target's `labels:` may not take: redis-lookout's own, and those Prometheus
+/// sets on every scraped series.
+pub const RESERVED_LABELS: &[&str] =
+    &["target", "node", "instance", "job", "alertname", "severity"];
+
+/// A configured label name with the lifetime the metrics model wants. Each distinct name is
+/// leaked once (a config has a handful; reloads reuse them).
+fn static_label(name: &str) -> &'static str {
+    static NAMES: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    match names.get(name) {
+        Some(known) => known,
+        None => {
+            let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+            names.insert(leaked);
+            leaked
+        }
+    }
 }
 
 /// A Redis setting's value as YAML may spell it: a string, a number, or `yes`/`no` read as a
@@ -773,6 +837,8 @@ pub struct Target {
     pub discovered_from: Option<RedisUrl>,
     /// `expect:` CONFIG settings (lowercase name, value) every node of the target should have.
     pub expect: Vec<(String, String)>,
+    /// `labels:` added to every series and alert of the target, after `target` and `node`.
+    pub labels: Arc<[(&'static str, String)]>,
 }
 
 /// How to reach the Sentinels of a Sentinel-defined target.
@@ -814,6 +880,7 @@ impl Target {
             on_scrape: false,
             discovered_from: None,
             expect: Vec::new(),
+            labels: Arc::new([]),
         }
     }
 
@@ -1479,25 +1546,35 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
                 })
             }
         };
-        let mut expect = Vec::with_capacity(t.expect.len());
-        for (setting, value) in t.expect {
-            let lower = setting.trim().to_ascii_lowercase();
-            // Values are published as labels: never a secret, and one setting per entry.
-            let problem = if lower.contains("pass") || lower.contains("auth") {
-                Some("holds a secret, which would be published as a label")
-            } else if lower.is_empty() || lower.contains(['*', '?', '[']) {
-                Some("must name one setting (no glob)")
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
-                return Err(in_target(
-                    &["expect", setting.as_str()],
-                    format!("target {name:?}: expect: {setting:?} {problem}"),
-                ));
-            }
-            expect.push((lower, value.0.trim().to_owned()));
+        // Every key of `expect:` and `labels:` is checked before any is used, each problem
+        // pointed at its own line.
+        let refuse = |section: &str, key: &str, problem: &str| {
+            in_target(
+                &[section, key],
+                format!("target {name:?}: {section}: {key:?} {problem}"),
+            )
+        };
+        if let Some((key, problem)) = first_problem(&t.expect, expect_problem) {
+            return Err(refuse("expect", &key, problem));
         }
+        if let Some((key, problem)) = first_problem(&t.labels, label_problem) {
+            return Err(refuse("labels", &key, problem));
+        }
+        let expect: Vec<(String, String)> = t
+            .expect
+            .into_iter()
+            .map(|(setting, value)| {
+                (
+                    setting.trim().to_ascii_lowercase(),
+                    value.0.trim().to_owned(),
+                )
+            })
+            .collect();
+        let labels: Vec<(&'static str, String)> = t
+            .labels
+            .into_iter()
+            .map(|(label, value)| (static_label(&label), value))
+            .collect();
         let own_tls = t.tls.is_some();
         let tls = t.tls.unwrap_or_else(|| o.tls.clone());
         if own_tls && !url.is_tls() {
@@ -1527,6 +1604,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             on_scrape: t.polling.or(f.polling).unwrap_or_default() == Polling::OnScrape,
             discovered_from: None,
             expect,
+            labels: labels.into(),
         });
     }
 
@@ -2418,6 +2496,26 @@ mod tests {
                 err.starts_with(&format!("test.yaml:5:{column}:")) && err.contains("above 0"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn target_labels_are_prometheus_names_and_never_ours() {
+        let c = load(
+            "targets:\n  - url: redis://h:1\n    labels:\n      team: payments\n      env: prod\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.targets[0].labels.to_vec(),
+            [("env", "prod".to_owned()), ("team", "payments".to_owned())]
+        );
+        for bad in ["target", "job", "severity", "__meta", "1team", "te-am"] {
+            let err = load(&format!(
+                "targets:\n  - url: redis://h:1\n    labels:\n      {bad}: x\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with("test.yaml:4:7:"), "{bad}: {err}");
         }
     }
 

@@ -157,9 +157,11 @@ impl FamilySet {
         }
     }
 
-    /// Renders every family with `base` labels (target, node) put first on each line, all
-    /// into one buffer (one allocation per snapshot rather than one per family). Names and
-    /// help texts come from `interner`, so a thousand nodes share one copy of each.
+    /// Renders every family with `base` labels (target, node, a target's own `labels:`) put
+    /// first on each line, all into one buffer (one allocation per snapshot rather than one per
+    /// family). A base label a sample has itself is left out of that line (the sample's own
+    /// wins), so no line carries a label twice. Names and help texts come from `interner`, so a
+    /// thousand nodes share one copy of each.
     pub fn render(&self, base: &[(&'static str, String)], interner: &Interner) -> Rendered {
         let samples: usize = self.families.values().map(|f| f.samples.len()).sum();
         let mut text = String::with_capacity(samples * 64);
@@ -328,7 +330,10 @@ impl Rendered {
 fn write_sample(out: &mut String, name: &str, sample: &Sample, base: &[(&'static str, String)]) {
     out.push_str(name);
     out.push_str(sample.suffix);
-    let labels = base.iter().chain(sample.labels.iter());
+    let labels = base
+        .iter()
+        .filter(|(key, _)| !sample.labels.iter().any(|(own, _)| own == key))
+        .chain(sample.labels.iter());
     let mut first = true;
     for (key, value) in labels {
         out.push(if first { '{' } else { ',' });
@@ -690,6 +695,19 @@ mod tests {
             write_value(&mut out, value);
             assert_eq!(out, want, "value {value}");
         }
+    }
+
+    #[test]
+    fn a_base_label_a_sample_has_itself_is_not_written_twice() {
+        let mut set = FamilySet::new();
+        set.add("m", "h", Kind::Gauge, vec![("db", "db0".to_owned())], 1.0);
+        set.add("n", "h", Kind::Gauge, Vec::new(), 2.0);
+        let base = [("target", "t".to_owned()), ("db", "configured".to_owned())];
+        let rendered = set.render(&base, &Interner::default());
+        assert_eq!(
+            rendered.text,
+            "m{target=\"t\",db=\"db0\"} 1\nn{target=\"t\",db=\"configured\"} 2\n"
+        );
     }
 
     #[test]

@@ -420,6 +420,7 @@ impl NodePoller {
                 at: now,
                 facts: Arc::new(set),
                 held_over,
+                labels: self.target.labels.clone(),
             });
         }
     }
@@ -429,6 +430,7 @@ impl NodePoller {
         if let Some(node) = &self.node {
             labels.push(("node", node.clone()));
         }
+        labels.extend(self.target.labels.iter().cloned());
         labels
     }
 

@@ -606,7 +606,12 @@ pub(crate) fn publish_roll_up(
         Snapshot {
             target: target.name.clone(),
             node: None,
-            families: set.render(&[("target", target.name.clone())], &ctx.interner),
+            families: set.render(
+                &std::iter::once(("target", target.name.clone()))
+                    .chain(target.labels.iter().cloned())
+                    .collect::<Vec<_>>(),
+                &ctx.interner,
+            ),
             up,
             error: None,
             polled_at: SystemTime::now(),
@@ -623,6 +628,7 @@ pub(crate) fn publish_roll_up(
             at: Instant::now(),
             facts: Arc::new(set.clone()),
             held_over: false,
+            labels: target.labels.clone(),
         });
     }
 }

@@ -23,6 +23,8 @@ pub struct Observation {
     /// read families these facts lack keep their alerts as they stand, neither resolved nor
     /// advanced. One timed-out poll is not news about memory or lag.
     pub held_over: bool,
+    /// The target's own `labels:` (team, env), put on its alerts for routing.
+    pub labels: Arc<[(&'static str, String)]>,
 }
 
 /// A label set, sorted, as alert identity and Alertmanager labels.
@@ -395,6 +397,9 @@ impl Evaluator {
             history.record(family, &obs.facts, now, *window);
         }
         let mut base = Labels::new();
+        for (name, value) in obs.labels.iter() {
+            base.insert((*name).to_owned(), value.clone());
+        }
         base.insert("target".into(), obs.key.0.clone());
         if let Some(node) = &obs.key.1 {
             base.insert("node".into(), node.clone());
@@ -588,6 +593,7 @@ mod tests {
             at,
             facts: facts(pairs),
             held_over: false,
+            labels: Arc::new([]),
         }
     }
 
@@ -611,6 +617,7 @@ mod tests {
             at,
             facts: Arc::new(set),
             held_over: false,
+            labels: Arc::new([]),
         }
     }
 
@@ -936,6 +943,7 @@ mod tests {
             at: t0 + Duration::from_secs(s),
             facts: errors(oom),
             held_over: false,
+            labels: Arc::new([]),
         };
         // 40 OOM errors happened before redis-lookout started: nothing fires.
         e.observe(&at(0, Some(40.0)));
@@ -993,6 +1001,7 @@ mod tests {
                 at: t0 + Duration::from_secs(50 * i),
                 facts: errors_of("WRONGPASS", Some(1000.0 + (i / 2) as f64)),
                 held_over: false,
+                labels: Arc::new([]),
             };
             e.observe(&o);
             let unauthorized = e
@@ -1043,6 +1052,7 @@ mod tests {
             at: t0 + Duration::from_secs(s),
             facts: errors_of("WRONGPASS", total),
             held_over: false,
+            labels: Arc::new([]),
         };
         e.observe(&at(0, None));
         e.observe(&at(5, None));
@@ -1095,6 +1105,7 @@ mod tests {
             at: t0 + Duration::from_secs(s),
             facts: errors_of("WRONGPASS", Some(total)),
             held_over: false,
+            labels: Arc::new([]),
         };
         for (s, total) in [
             (0, 100.0),
@@ -1138,6 +1149,7 @@ mod tests {
                 at: t0 + minute * m,
                 facts: Arc::new(set),
                 held_over: false,
+                labels: Arc::new([]),
             }
         };
         for m in 0..=15 {

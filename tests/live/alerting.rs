@@ -594,3 +594,64 @@ async fn a_keys_command_fires_the_dangerous_commands_alert() {
     .await;
     d.stop().await;
 }
+
+/// A target's `labels:` (team, env) are on every series of it, its discovered replica's
+/// included, and on its alerts, where Alertmanager routes by them; another target has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_labels_reach_every_series_and_alert_of_the_target() {
+    let master = RedisServer::start(&[]);
+    let replica = RedisServer::replica_of(&master);
+    let closed = free_port();
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ntargets:\n  - name: sessions\n    url: {}\n    follow_replicas: true\n    labels:\n      team: payments\n      env: prod\n  - name: gone\n    url: redis://127.0.0.1:{closed}\n    labels:\n      team: search\n  - name: plain\n    url: {}\nalerting:\n  thresholds:\n    RedisDown: {{critical: 1, for: 0s}}\n",
+        master.url(),
+        master.url()
+    ))
+    .await;
+    let replica_node = format!("127.0.0.1:{}", replica.port);
+    let m = d
+        .metrics_when("master and replica polled", WAIT, |m| {
+            m.value("redis_up", &[("node", &replica_node)]) == Some(1.0)
+                && m.value("redis_up", &[("target", "plain")]) == Some(1.0)
+        })
+        .await;
+    let of = |target: &str| {
+        m.lines
+            .iter()
+            .filter(|l| l.labels.get("target").map(String::as_str) == Some(target))
+            .collect::<Vec<_>>()
+    };
+    let sessions = of("sessions");
+    assert!(sessions.len() > 200, "{}", sessions.len());
+    for line in &sessions {
+        assert_eq!(
+            (line.labels.get("team"), line.labels.get("env")),
+            (Some(&"payments".to_owned()), Some(&"prod".to_owned())),
+            "{line:?}"
+        );
+    }
+    assert!(sessions
+        .iter()
+        .any(|l| l.labels.get("node") == Some(&replica_node)));
+    // A family's own label wins over nothing: db stays the database.
+    assert!(sessions
+        .iter()
+        .any(|l| l.name == "redis_db_keys" && l.labels["db"] == "db0"));
+    assert!(of("plain").iter().all(|l| !l.labels.contains_key("team")));
+
+    wait_for("RedisDown for gone, with its team", WAIT, || async {
+        let (status, body) = http_get(d.addr, "/alerts").await;
+        assert_eq!(status, 200);
+        let alerts: serde_json::Value = serde_json::from_str(&body).unwrap();
+        alerts
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "RedisDown" && a["state"] == "firing")
+            .map(|a| {
+                assert_eq!(a["labels"]["target"], "gone");
+                assert_eq!(a["labels"]["team"], "search");
+            })
+    })
+    .await;
+    d.stop().await;
+}
