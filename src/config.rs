@@ -379,6 +379,8 @@ struct WatchFile {
     #[serde(default, deserialize_with = "duration_field")]
     interval: Option<Duration>,
     budget: Option<f64>,
+    #[serde(default)]
+    on_replicas: bool,
 }
 
 /// Ports an allow-list entry accepts: `6379`, or `"6379-6380"`.
@@ -1543,6 +1545,7 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
                         .unwrap_or(poll_interval)
                         .max(Duration::from_millis(100)),
                     budget,
+                    on_replicas: w.on_replicas,
                 })
             }
         };

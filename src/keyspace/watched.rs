@@ -76,6 +76,9 @@ pub struct WatchConfig {
     pub interval: Duration,
     /// Share of wall time the watcher may keep Redis busy.
     pub budget: f64,
+    /// Read on replicas instead of primaries (each node checks its role every round, so the
+    /// reading follows failovers).
+    pub on_replicas: bool,
 }
 
 impl Default for WatchConfig {
@@ -89,6 +92,7 @@ impl Default for WatchConfig {
             max_matches: 1000,
             interval: Duration::from_secs(5),
             budget: 0.01,
+            on_replicas: false,
         }
     }
 }
@@ -498,14 +502,15 @@ pub async fn run_watcher(
             }
             Err(why) => {
                 tracing::debug!(target_name = %watcher.target.name, problem = why, "key watcher round failed");
-                // A replica keeps its connection: not its turn is no fault of the connection.
-                if why != REPLICA {
+                // A node whose turn it is not keeps its connection: no fault of the connection.
+                let not_ours = why == NOT_OURS_REPLICA || why == NOT_OURS_PRIMARY;
+                if !not_ours {
                     watcher.conn = None;
                 }
                 failed_rounds += 1;
                 // One failed round keeps the last figures (a timeout should not make series
                 // blink); more, and they would be served as if fresh while nothing is read.
-                if why == REPLICA || failed_rounds >= STALE_AFTER_FAILED_ROUNDS {
+                if not_ours || failed_rounds >= STALE_AFTER_FAILED_ROUNDS {
                     facts.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 }
             }
@@ -521,7 +526,8 @@ pub const MAX_CONSUMERS_LISTED: i64 = 500;
 /// Failed rounds in a row after which the watched series are withdrawn.
 const STALE_AFTER_FAILED_ROUNDS: u32 = 3;
 
-const REPLICA: &str = "a replica; primaries report watched keys";
+const NOT_OURS_REPLICA: &str = "a replica; primaries report watched keys";
+const NOT_OURS_PRIMARY: &str = "a primary; replicas report watched keys (on_replicas)";
 
 struct Watcher {
     target: Arc<Target>,
@@ -690,8 +696,13 @@ impl Watcher {
             .and_then(value_text)
             .ok_or("INFO replication failed")?;
         let info = crate::collector::info::parse_info(&info);
-        if info.get("role") == Some("slave") {
-            return Err(REPLICA);
+        let replica = info.get("role") == Some("slave");
+        if replica != config.on_replicas {
+            return Err(if replica {
+                NOT_OURS_REPLICA
+            } else {
+                NOT_OURS_PRIMARY
+            });
         }
         let refused: BTreeSet<u32> = dbs
             .iter()

@@ -393,3 +393,56 @@ async fn watched_series_go_when_the_rounds_keep_failing() {
     );
     d.stop().await;
 }
+
+/// `watch: {on_replicas: true}` moves the reading off the primary: a followed replica reports
+/// the queue's length, the master none; without it, the reverse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_replicas_the_replica_reads_the_watched_keys_and_the_primary_does_not() {
+    let master = RedisServer::start(&[]);
+    let replica = RedisServer::replica_of(&master);
+    let _: i64 = master.cmd(&["RPUSH", "queue:jobs", "a", "b", "c", "d", "e"]);
+    let replica_node = format!("127.0.0.1:{}", replica.port);
+    // A family's value on one node: the master is the target's own (no `node` label), the
+    // replica has its address.
+    let on = |m: &Exposition, name: &str, node: Option<&str>| {
+        m.lines
+            .iter()
+            .find(|l| {
+                l.name == name
+                    && l.labels.get("node").map(String::as_str) == node
+                    && (name != "redis_key_size" || l.labels["key"] == "queue:jobs")
+            })
+            .map(|l| l.value)
+    };
+    for on_replicas in [true, false] {
+        let d = Daemon::start(&format!(
+            "poll_interval: 200ms\ntargets:\n  - name: jobs\n    url: {}\n    follow_replicas: true\n    watch:\n      keys: [\"queue:jobs\"]\n      interval: 200ms\n      on_replicas: {on_replicas}\n",
+            master.url()
+        ))
+        .await;
+        let (reader, idle) = if on_replicas {
+            (Some(replica_node.as_str()), None)
+        } else {
+            (None, Some(replica_node.as_str()))
+        };
+        let m = d
+            .metrics_when("the queue read on one node", WAIT, |m| {
+                on(m, "redis_key_size", reader) == Some(5.0) && on(m, "redis_up", idle) == Some(1.0)
+            })
+            .await;
+        // Rounds go on (several polls of the other node later) and it still reports nothing.
+        let polls = on(&m, "redis_lookout_polls_total", idle).unwrap();
+        let later = d
+            .metrics_when("five more polls of the other node", WAIT, |m| {
+                on(m, "redis_lookout_polls_total", idle).is_some_and(|p| p >= polls + 5.0)
+            })
+            .await;
+        assert_eq!(on(&later, "redis_key_size", reader), Some(5.0));
+        assert_eq!(
+            on(&later, "redis_key_size", idle),
+            None,
+            "on_replicas: {on_replicas}"
+        );
+        d.stop().await;
+    }
+}
