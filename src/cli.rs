@@ -221,6 +221,52 @@ pub struct Cli {
     )]
     pub set_client_name: Option<bool>,
 
+    /// redis_exporter's: keys (SCAN globs, `db3=pattern`, comma-separated) whose length is
+    /// published, as `watch: keys`.
+    #[arg(
+        global = true,
+        long = "check-keys",
+        env = "REDIS_EXPORTER_CHECK_KEYS",
+        value_delimiter = ','
+    )]
+    pub check_keys: Vec<String>,
+
+    /// redis_exporter's: single keys (`db3=name`, comma-separated), as `watch: keys`.
+    #[arg(
+        global = true,
+        long = "check-single-keys",
+        env = "REDIS_EXPORTER_CHECK_SINGLE_KEYS",
+        value_delimiter = ','
+    )]
+    pub check_single_keys: Vec<String>,
+
+    /// redis_exporter's: patterns whose matching keys are counted, as `watch: count`.
+    #[arg(
+        global = true,
+        long = "count-keys",
+        env = "REDIS_EXPORTER_COUNT_KEYS",
+        value_delimiter = ','
+    )]
+    pub count_keys: Vec<String>,
+
+    /// redis_exporter's: streams (globs, `db3=pattern`), as `watch: streams`.
+    #[arg(
+        global = true,
+        long = "check-streams",
+        env = "REDIS_EXPORTER_CHECK_STREAMS",
+        value_delimiter = ','
+    )]
+    pub check_streams: Vec<String>,
+
+    /// redis_exporter's: single streams, as `watch: streams`.
+    #[arg(
+        global = true,
+        long = "check-single-streams",
+        env = "REDIS_EXPORTER_CHECK_SINGLE_STREAMS",
+        value_delimiter = ','
+    )]
+    pub check_single_streams: Vec<String>,
+
     /// redis_exporter's metric prefix: only its default, `redis`, is accepted (the alert rules
     /// and dashboards are written for it).
     #[arg(
@@ -316,8 +362,24 @@ impl Cli {
             is_cluster: self.is_cluster.unwrap_or(false),
             connection_timeout: self.connection_timeout,
             redis_only_metrics: self.redis_only_metrics.unwrap_or(false),
+            exporter_watch: crate::config::ExporterWatch {
+                keys: listed(&[&self.check_keys, &self.check_single_keys]),
+                count: listed(&[&self.count_keys]),
+                streams: listed(&[&self.check_streams, &self.check_single_streams]),
+            },
         }
     }
+}
+
+/// The non-empty entries of comma-separated flags, trimmed (`db0=a, db1=b`).
+fn listed(lists: &[&Vec<String>]) -> Vec<String> {
+    lists
+        .iter()
+        .flat_map(|list| list.iter())
+        .map(|entry| entry.trim())
+        .filter(|entry| !entry.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `--connection-timeout`: a duration above zero.
@@ -436,7 +498,7 @@ mod tests {
         let vars = [
             ("REDIS_EXPORTER_BASIC_AUTH_PASSWORD", "s3cret"),
             ("REDIS_EXPORTER_LOG_FORMAT", "json"),
-            ("REDIS_EXPORTER_CHECK_KEYS", "db0=queue:*"),
+            ("REDIS_EXPORTER_EXPORT_CLIENT_LIST", "true"),
             ("REDIS_PASSWORD", "x"),
             ("HOME", "/root"),
         ]
@@ -445,7 +507,7 @@ mod tests {
             unread_exporter_env(vars),
             [
                 "REDIS_EXPORTER_BASIC_AUTH_PASSWORD",
-                "REDIS_EXPORTER_CHECK_KEYS"
+                "REDIS_EXPORTER_EXPORT_CLIENT_LIST"
             ]
         );
     }
@@ -466,11 +528,11 @@ mod tests {
 
     #[test]
     fn a_go_flag_we_do_not_have_is_named_whole_and_values_are_left_alone() {
-        let err = Cli::parse_args(["redis-lookout", "-check-keys=db0=x"].map(OsString::from))
+        let err = Cli::parse_args(["redis-lookout", "-check-key-groups=db0=x"].map(OsString::from))
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("'--check-keys'"), "{err}");
+        assert!(err.contains("'--check-key-groups'"), "{err}");
         assert_eq!(
             go_style(["x", "--redis.password", "-pw-x", "-debug"].map(OsString::from)),
             ["x", "--redis.password", "-pw-x", "--debug"].map(OsString::from)
@@ -546,9 +608,32 @@ mod tests {
             let err = Cli::parse_args(["redis-lookout", bad].map(OsString::from));
             assert!(err.is_err(), "{bad} accepted");
         }
-        let vars = ["REDIS_EXPORTER_PING_ON_CONNECT", "REDIS_EXPORTER_NAMESPACE"]
-            .map(|k| (OsString::from(k), OsString::from("x")));
+        let vars = [
+            "REDIS_EXPORTER_PING_ON_CONNECT",
+            "REDIS_EXPORTER_NAMESPACE",
+            "REDIS_EXPORTER_CHECK_KEYS",
+            "REDIS_EXPORTER_COUNT_KEYS",
+        ]
+        .map(|k| (OsString::from(k), OsString::from("x")));
         assert!(unread_exporter_env(vars).is_empty());
+    }
+
+    #[test]
+    fn redis_exporter_key_checks_become_watch_entries() {
+        let o = parse(&[
+            "redis-lookout",
+            "-check-keys=db0=queue:*, db3=jobs:*",
+            "-check-single-keys",
+            "db1=counter",
+            "--count-keys=session:*",
+            "-check-streams=events:*",
+            "-check-single-streams=db2=audit,",
+        ])
+        .overrides();
+        let w = o.exporter_watch;
+        assert_eq!(w.keys, ["db0=queue:*", "db3=jobs:*", "db1=counter"]);
+        assert_eq!(w.count, ["session:*"]);
+        assert_eq!(w.streams, ["events:*", "db2=audit"]);
     }
 
     #[test]

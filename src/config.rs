@@ -362,7 +362,7 @@ struct KeyspaceFile {
 }
 
 /// `watch:` of a target: the queues, streams and patterns to follow (see `config.example.yaml`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WatchFile {
     #[serde(default)]
@@ -982,6 +982,24 @@ pub struct Overrides {
     pub connection_timeout: Option<Duration>,
     /// redis_exporter's `--redis-only-metrics`: leave out the exporter's process_* metrics.
     pub redis_only_metrics: bool,
+    /// redis_exporter's key checks for the `--redis.addr` target, as `watch:` entries
+    /// (`db3=pattern` or `pattern`).
+    pub exporter_watch: ExporterWatch,
+}
+
+/// redis_exporter's `--check-keys` and `--check-single-keys` (watched keys), `--count-keys`
+/// (counted patterns), `--check-streams` and `--check-single-streams` (watched streams).
+#[derive(Debug, Clone, Default)]
+pub struct ExporterWatch {
+    pub keys: Vec<String>,
+    pub count: Vec<String>,
+    pub streams: Vec<String>,
+}
+
+impl ExporterWatch {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.count.is_empty() && self.streams.is_empty()
+    }
 }
 
 impl Config {
@@ -1321,17 +1339,37 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             ..TargetFile::default()
         });
     }
+    // redis_exporter's flags that describe its one Redis apply to the --redis.addr target (or
+    // the implicit local one); with targets in the file, which one is meant cannot be told.
+    let single = |flag: &str, key: &str| {
+        ConfigError::Invalid(format!(
+            "{flag} describes the --redis.addr target; with targets in the file, set {key} on the target instead"
+        ))
+    };
+    let addr_target = |targets: &[TargetFile]| match targets {
+        [only] if o.redis_addr.is_some() || only.name.is_none() => Some(0),
+        _ => None,
+    };
     if o.is_cluster {
-        match file_targets.as_mut_slice() {
-            [only] if o.redis_addr.is_some() || only.name.is_none() => only.cluster = true,
-            _ => {
-                return Err(ConfigError::Invalid(
-                    "--is-cluster/REDIS_EXPORTER_IS_CLUSTER marks the --redis.addr target as a cluster seed; \
-                     with targets in the file, set cluster: true on the target instead"
-                        .into(),
-                ))
-            }
-        }
+        let index = addr_target(&file_targets)
+            .ok_or_else(|| single("--is-cluster/REDIS_EXPORTER_IS_CLUSTER", "cluster: true"))?;
+        file_targets[index].cluster = true;
+    }
+    if !o.exporter_watch.is_empty() {
+        let index = addr_target(&file_targets).ok_or_else(|| {
+            single(
+                "--check-keys, --check-single-keys, --count-keys or --check-streams",
+                "watch:",
+            )
+        })?;
+        let watch = file_targets[index]
+            .watch
+            .get_or_insert_with(WatchFile::default);
+        watch.keys.extend(o.exporter_watch.keys.iter().cloned());
+        watch.count.extend(o.exporter_watch.count.iter().cloned());
+        watch
+            .streams
+            .extend(o.exporter_watch.streams.iter().cloned());
     }
 
     let mut targets: Vec<Target> = Vec::with_capacity(file_targets.len());
@@ -2146,6 +2184,21 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.targets[0].poll_timeout, Duration::from_secs(2));
+        // redis_exporter's key checks land in the target's watch:.
+        let c = Config::load(&Overrides {
+            redis_addr: Some("h:7000".into()),
+            exporter_watch: ExporterWatch {
+                keys: vec!["db3=queue:*".into()],
+                count: vec!["session:*".into()],
+                streams: vec!["events:orders".into()],
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let w = c.targets[0].watch.as_ref().expect("a watch: of its own");
+        assert_eq!((w.keys[0].db, w.keys[0].pattern.as_str()), (3, "queue:*"));
+        assert_eq!(w.count[0].pattern, "session:*");
+        assert_eq!(w.streams[0].pattern, "events:orders");
         // Targets named in a file: which one would be the cluster? Refused.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");

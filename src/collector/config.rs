@@ -179,7 +179,7 @@ fn memory_bytes(v: &str) -> Option<u128> {
         "gb" => 1024 * 1024 * 1024,
         _ => return None,
     };
-    Some(number * unit)
+    number.checked_mul(unit)
 }
 
 /// Asks for [`PARAMETERS`] (and the settings of `expect:`) every `refresh`, publishes the
@@ -279,6 +279,9 @@ mod tests {
         assert!(same_setting("3600 1 300 100", " 3600 1  300 100 "));
         assert!(same_setting("", ""), "save \"\": snapshots off");
         assert!(!same_setting("no", "yes"));
+        // Past any size: compared as text, not multiplied into an overflow.
+        let huge = format!("{}gb", "9".repeat(38));
+        assert!(same_setting(&huge, &huge.to_uppercase()));
         let values = ConfigValues {
             values: vec![
                 ("maxmemory-policy".into(), "noeviction".into()),

@@ -507,3 +507,36 @@ async fn a_redis_exporter_cluster_command_line_runs_unchanged() {
             .collect();
     assert_eq!(listed, all);
 }
+
+/// redis_exporter's key checks on its command line (`-check-keys`, `-count-keys`,
+/// `-check-single-streams`) are read as the target's `watch:`: the queue's length, the pattern's
+/// count and the stream's group lag under redis_exporter's names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_exporter_key_checks_are_watched() {
+    let redis = RedisServer::start(&[]);
+    let _: i64 = redis.cmd(&["RPUSH", "queue:mail", "a", "b", "c"]);
+    for n in 0..4 {
+        let _: () = redis.cmd(&["SET", &format!("session:{n}"), "x"]);
+    }
+    let _: String = redis.cmd(&["XADD", "events:orders", "*", "k", "v"]);
+    let p = Running::start(&[
+        "-redis.addr",
+        &redis.url(),
+        "-check-keys=db0=queue:*",
+        "-count-keys=session:*",
+        "-check-single-streams=events:orders",
+        "--poll-interval",
+        "200ms",
+    ]);
+    let m = wait_for("the key checks published", WAIT, || async {
+        let m = p.metrics().await?;
+        (m.value("redis_key_size", &[("key", "queue:mail")]) == Some(3.0)
+            && m.value("redis_keys_count", &[("key", "session:*")]) == Some(4.0))
+        .then_some(m)
+    })
+    .await;
+    assert_eq!(
+        m.value("redis_stream_length", &[("stream", "events:orders")]),
+        Some(1.0)
+    );
+}
