@@ -855,6 +855,17 @@ pub struct SentinelTarget {
 }
 
 impl Target {
+    /// The labels every series of this target's `node` (None: the target itself, a roll-up)
+    /// starts with: `target`, `node`, then the target's own `labels:`.
+    pub fn base_labels(&self, node: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut labels = vec![("target", self.name.clone())];
+        if let Some(node) = node {
+            labels.push(("node", node.to_owned()));
+        }
+        labels.extend(self.labels.iter().cloned());
+        labels
+    }
+
     /// One node, nothing discovered and no keyspace tasks (an on-demand `/scrape` target, a
     /// Sentinel).
     pub fn plain(

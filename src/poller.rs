@@ -391,7 +391,10 @@ impl NodePoller {
         let snapshot = Snapshot {
             target: self.target.name.clone(),
             node: self.node.clone(),
-            families: set.render(&self.base_labels(), &self.interner),
+            families: set.render(
+                &self.target.base_labels(self.node.as_deref()),
+                &self.interner,
+            ),
             up: error.is_none(),
             role: set
                 .label_of("redis_instance_info", "role")
@@ -423,15 +426,6 @@ impl NodePoller {
                 labels: self.target.labels.clone(),
             });
         }
-    }
-
-    fn base_labels(&self) -> Vec<(&'static str, String)> {
-        let mut labels = vec![("target", self.target.name.clone())];
-        if let Some(node) = &self.node {
-            labels.push(("node", node.clone()));
-        }
-        labels.extend(self.target.labels.iter().cloned());
-        labels
     }
 
     /// Down and back up are logged once each, not on every poll; while down, again only when

@@ -606,12 +606,7 @@ pub(crate) fn publish_roll_up(
         Snapshot {
             target: target.name.clone(),
             node: None,
-            families: set.render(
-                &std::iter::once(("target", target.name.clone()))
-                    .chain(target.labels.iter().cloned())
-                    .collect::<Vec<_>>(),
-                &ctx.interner,
-            ),
+            families: set.render(&target.base_labels(None), &ctx.interner),
             up,
             error: None,
             polled_at: SystemTime::now(),
