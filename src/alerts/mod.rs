@@ -12,6 +12,7 @@ pub mod alertmanager;
 pub mod eval;
 pub mod template;
 
+use crate::collector::info::ALERTED_COMMANDS;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -482,21 +483,24 @@ pub fn pack() -> Vec<AlertRule> {
                 "ratio",
             )
         },
-        rule(
-            "RedisDangerousCommandsUsed",
-            "KEYS or FLUSHALL/FLUSHDB ran on Redis",
-            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} ran {{ $value }} KEYS, FLUSHALL or FLUSHDB commands in 5 minutes: KEYS blocks Redis for the whole keyspace, a flush deletes data.",
-            "round(sum without (cmd) (increase(redis_commands_total{cmd=~\"keys|flushall|flushdb\"}[5m])))",
-            Op::Above,
-            Signal::Increase(
-                "redis_commands_total",
-                secs(300),
-                "cmd",
-                crate::collector::info::ALERTED_COMMANDS,
-            ),
-            vec![level(Warning, 0.0, 0)],
-            "count",
-        ),
+        AlertRule {
+            // The commands the collector keeps at 0 until Redis counts one, and no others.
+            expr: format!(
+                "round(sum without (cmd) (increase(redis_commands_total{{cmd=~\"{}\"}}[5m])))",
+                ALERTED_COMMANDS.join("|")
+            )
+            .into(),
+            ..rule(
+                "RedisDangerousCommandsUsed",
+                "KEYS or FLUSHALL/FLUSHDB ran on Redis",
+                "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} ran {{ $value }} KEYS, FLUSHALL or FLUSHDB commands in 5 minutes: KEYS blocks Redis for the whole keyspace, a flush deletes data.",
+                "",
+                Op::Above,
+                Signal::Increase("redis_commands_total", secs(300), "cmd", ALERTED_COMMANDS),
+                vec![level(Warning, 0.0, 0)],
+                "count",
+            )
+        },
         rule(
             "RedisUnauthorizedAccess",
             "Failed authentication attempts on Redis",

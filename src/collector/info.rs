@@ -310,6 +310,34 @@ pub const ALERTED_ERRORS: &[&str] = &["OOM", "MISCONF", "WRONGPASS", "NOAUTH"];
 /// them until Redis lists them, for the same reason as [`ALERTED_ERRORS`].
 pub const ALERTED_COMMANDS: &[&str] = &["keys", "flushall", "flushdb"];
 
+/// `redis_commands_total` and `redis_errors_total`: name and help, for the counters Redis lists
+/// and for the zeros of [`zero_until_counted`] alike.
+const CALLS: (&str, &str) = ("redis_commands_total", "Total number of calls per command");
+const ERRORS: (&str, &str) = (
+    "redis_errors_total",
+    "Total number of errors per error type",
+);
+
+/// A 0 for each of `values` (of `label`) that Redis does not list yet, so an alert's
+/// `increase()` sees the first one counted.
+fn zero_until_counted(
+    out: &mut FamilySet,
+    (name, help): (&str, &str),
+    label: &'static str,
+    values: &[&str],
+    seen: impl Fn(&str) -> bool,
+) {
+    for value in values.iter().filter(|v| !seen(v)) {
+        out.add(
+            name,
+            help,
+            Kind::Counter,
+            vec![(label, (*value).to_owned())],
+            0.0,
+        );
+    }
+}
+
 fn commandstats(info: &Info, out: &mut FamilySet) {
     let mut calls_by_cmd: HashMap<&str, (f64, f64)> = HashMap::new();
     let mut errors_seen: Vec<&str> = Vec::new();
@@ -323,13 +351,7 @@ fn commandstats(info: &Info, out: &mut FamilySet) {
                 match name {
                     "calls" => {
                         calls = Some(v);
-                        out.add(
-                            "redis_commands_total",
-                            "Total number of calls per command",
-                            Kind::Counter,
-                            labels,
-                            v,
-                        );
+                        out.add(CALLS.0, CALLS.1, Kind::Counter, labels, v);
                     }
                     "usec" => {
                         usec = Some(v);
@@ -366,8 +388,8 @@ fn commandstats(info: &Info, out: &mut FamilySet) {
             {
                 errors_seen.push(err);
                 out.add(
-                    "redis_errors_total",
-                    "Total number of errors per error type",
+                    ERRORS.0,
+                    ERRORS.1,
                     Kind::Counter,
                     vec![("err", err.to_owned())],
                     count,
@@ -377,30 +399,13 @@ fn commandstats(info: &Info, out: &mut FamilySet) {
     }
     // With command stats at hand (INFO itself is always among them once asked).
     if !calls_by_cmd.is_empty() {
-        for cmd in ALERTED_COMMANDS
-            .iter()
-            .filter(|c| !calls_by_cmd.contains_key(*c))
-        {
-            out.add(
-                "redis_commands_total",
-                "Total number of calls per command",
-                Kind::Counter,
-                vec![("cmd", (*cmd).to_owned())],
-                0.0,
-            );
-        }
+        let seen = |cmd: &str| calls_by_cmd.contains_key(cmd);
+        zero_until_counted(out, CALLS, "cmd", ALERTED_COMMANDS, seen);
     }
     // Servers with errorstats (6.2+, which also count total_error_replies).
     if info.get("total_error_replies").is_some() {
-        for err in ALERTED_ERRORS.iter().filter(|e| !errors_seen.contains(e)) {
-            out.add(
-                "redis_errors_total",
-                "Total number of errors per error type",
-                Kind::Counter,
-                vec![("err", (*err).to_owned())],
-                0.0,
-            );
-        }
+        let seen = |err: &str| errors_seen.contains(&err);
+        zero_until_counted(out, ERRORS, "err", ALERTED_ERRORS, seen);
     }
     // latencystats come after commandstats in INFO; pair them with the calls/usec seen above.
     for (key, value) in info.fields() {
