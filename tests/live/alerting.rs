@@ -542,12 +542,8 @@ async fn a_setting_changed_by_hand_is_drift_until_reverted() {
     })
     .await;
     let drifting = || async {
-        let (status, body) = http_get(d.addr, "/alerts").await;
-        assert_eq!(status, 200);
-        let alerts: serde_json::Value = serde_json::from_str(&body).unwrap();
-        alerts
-            .as_array()
-            .unwrap()
+        d.alerts_json()
+            .await
             .iter()
             .filter(|a| a["labels"]["alertname"] == "RedisConfigDrift")
             .filter_map(|a| a["labels"]["setting"].as_str().map(str::to_owned))
@@ -640,11 +636,8 @@ async fn target_labels_reach_every_series_and_alert_of_the_target() {
     assert!(of("plain").iter().all(|l| !l.labels.contains_key("team")));
 
     wait_for("RedisDown for gone, with its team", WAIT, || async {
-        let (status, body) = http_get(d.addr, "/alerts").await;
-        assert_eq!(status, 200);
-        let alerts: serde_json::Value = serde_json::from_str(&body).unwrap();
-        alerts
-            .as_array()?
+        d.alerts_json()
+            .await
             .iter()
             .find(|a| a["labels"]["alertname"] == "RedisDown" && a["state"] == "firing")
             .map(|a| {

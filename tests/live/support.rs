@@ -844,15 +844,22 @@ impl Daemon {
         .await
     }
 
-    /// The in-process alerts as `/alerts` shows them: (alertname, state), pending and firing.
-    pub async fn alerts(&self) -> Vec<(String, String)> {
+    /// The in-process alerts, pending and firing, each as `/alerts` shows it (labels, state, …).
+    pub async fn alerts_json(&self) -> Vec<serde_json::Value> {
         let (status, body) = http_get(self.addr, "/alerts").await;
         assert_eq!(status, 200, "{body}");
         let alerts: serde_json::Value = serde_json::from_str(&body).expect("/alerts JSON");
-        alerts
-            .as_array()
-            .into_iter()
-            .flatten()
+        match alerts {
+            serde_json::Value::Array(alerts) => alerts,
+            other => panic!("/alerts is not a list: {other}"),
+        }
+    }
+
+    /// The in-process alerts as `/alerts` shows them: (alertname, state), pending and firing.
+    pub async fn alerts(&self) -> Vec<(String, String)> {
+        self.alerts_json()
+            .await
+            .iter()
             .map(|a| {
                 (
                     a["labels"]["alertname"].as_str().unwrap_or("").to_owned(),
