@@ -1357,30 +1357,33 @@ fn resolve(file: Option<(&Path, &str, FileConfig)>, o: &Overrides) -> Result<Con
             "{flag} describes the --redis.addr target; with targets in the file, set {key} on the target instead"
         ))
     };
-    let addr_target = |targets: &[TargetFile]| match targets {
-        [only] if o.redis_addr.is_some() || only.name.is_none() => Some(0),
-        _ => None,
-    };
-    if o.is_cluster {
-        let index = addr_target(&file_targets)
-            .ok_or_else(|| single("--is-cluster/REDIS_EXPORTER_IS_CLUSTER", "cluster: true"))?;
-        file_targets[index].cluster = true;
-    }
-    if !o.exporter_watch.is_empty() {
-        let index = addr_target(&file_targets).ok_or_else(|| {
-            single(
-                "--check-keys, --check-single-keys, --count-keys or --check-streams",
-                "watch:",
-            )
-        })?;
-        let watch = file_targets[index]
-            .watch
-            .get_or_insert_with(WatchFile::default);
-        watch.keys.extend(o.exporter_watch.keys.iter().cloned());
-        watch.count.extend(o.exporter_watch.count.iter().cloned());
-        watch
-            .streams
-            .extend(o.exporter_watch.streams.iter().cloned());
+    let given = [
+        (
+            o.is_cluster,
+            "--is-cluster/REDIS_EXPORTER_IS_CLUSTER",
+            "cluster: true",
+        ),
+        (
+            !o.exporter_watch.is_empty(),
+            "--check-keys, --check-single-keys, --count-keys or --check-streams",
+            "watch:",
+        ),
+    ];
+    if let Some((_, flag, key)) = given.iter().find(|(set, ..)| *set) {
+        // The one target they can mean: --redis.addr's, or the only, unnamed one.
+        let target = match file_targets.as_mut_slice() {
+            [only] if o.redis_addr.is_some() || only.name.is_none() => only,
+            _ => return Err(single(flag, key)),
+        };
+        target.cluster |= o.is_cluster;
+        if !o.exporter_watch.is_empty() {
+            let watch = target.watch.get_or_insert_with(WatchFile::default);
+            watch.keys.extend(o.exporter_watch.keys.iter().cloned());
+            watch.count.extend(o.exporter_watch.count.iter().cloned());
+            watch
+                .streams
+                .extend(o.exporter_watch.streams.iter().cloned());
+        }
     }
 
     let mut targets: Vec<Target> = Vec::with_capacity(file_targets.len());
