@@ -59,6 +59,8 @@ type Reading = (Labels, f64);
 pub struct NodeHistory {
     /// (family, series labels) → points where the value changed, oldest first.
     series: HashMap<(String, Labels), VecDeque<(Instant, f64)>>,
+    /// family → sparse points of its value for [`Signal::Forecast`].
+    trend: HashMap<String, Trend>,
     /// The first poll of this node the evaluator saw.
     first_seen: Option<Instant>,
     last_seen: Option<Instant>,
@@ -81,6 +83,26 @@ impl NodeHistory {
             while points.len() > 2 && points[1].0 + keep <= at {
                 points.pop_front();
             }
+        }
+    }
+
+    /// Keeps the family's value for a forecast over `window`: a point at most every
+    /// window/[`TREND_POINTS`], none older than the window.
+    fn record_trend(&mut self, family: &str, facts: &FamilySet, at: Instant, window: Duration) {
+        let Some(value) = facts.value_of(family) else {
+            return;
+        };
+        let trend = self.trend.entry(family.to_owned()).or_default();
+        trend.polls = trend.polls.saturating_add(1);
+        let points = &mut trend.points;
+        if points
+            .back()
+            .is_none_or(|(t, _)| at.duration_since(*t) >= window / TREND_POINTS)
+        {
+            points.push_back((at, value));
+        }
+        while points.front().is_some_and(|(t, _)| *t + window < at) {
+            points.pop_front();
         }
     }
 
@@ -142,6 +164,49 @@ impl NodeHistory {
         }
         total
     }
+}
+
+/// At most this many points per family and node are kept for a forecast.
+const TREND_POINTS: u32 = 72;
+
+/// A forecast is made only after this many polls of the node: a line through two polls a
+/// moment apart turns a new client connection's few kilobytes into gigabytes in 4 hours.
+/// (Prometheus' first forecast comes from two scrapes 15 s or more apart; its `for` of 30m
+/// covers the rest, as it does here.)
+const TREND_MIN_POLLS: u32 = 20;
+
+/// The kept points of a family and how many polls it was seen in.
+#[derive(Debug, Default)]
+struct Trend {
+    /// Oldest first; see [`NodeHistory::record_trend`].
+    points: VecDeque<(Instant, f64)>,
+    polls: u32,
+}
+
+/// PromQL's `predict_linear`: the least-squares line through the points, read `horizon` after
+/// `now` (None under two points, or when they all share one instant).
+fn predict_linear(
+    points: impl Iterator<Item = (Instant, f64)>,
+    now: Instant,
+    horizon: Duration,
+) -> Option<f64> {
+    let (mut n, mut sx, mut sy, mut sxy, mut sxx) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for (t, v) in points {
+        // Seconds before now (negative), as Prometheus takes x relative to the evaluation time.
+        let x = -now.saturating_duration_since(t).as_secs_f64();
+        n += 1.0;
+        sx += x;
+        sy += v;
+        sxy += x * v;
+        sxx += x * x;
+    }
+    let det = n * sxx - sx * sx;
+    if n < 2.0 || det == 0.0 {
+        return None;
+    }
+    let slope = (n * sxy - sx * sy) / det;
+    let intercept = (sy - slope * sx) / n;
+    Some(intercept + slope * horizon.as_secs_f64())
 }
 
 /// Computes a signal's readings for one node.
@@ -272,6 +337,36 @@ pub fn readings(
                 })
                 .collect()
         }
+        Signal::Forecast {
+            family,
+            limit,
+            window,
+            horizon,
+        } => {
+            let (Some(value), Some(limit)) = (facts.value_of(family), facts.value_of(limit)) else {
+                return Vec::new();
+            };
+            if limit <= 0.0 {
+                return Vec::new();
+            }
+            let Some(trend) = history
+                .trend
+                .get(family)
+                .filter(|t| t.polls >= TREND_MIN_POLLS)
+            else {
+                return Vec::new();
+            };
+            let start = now.checked_sub(window);
+            let points = trend
+                .points
+                .iter()
+                .copied()
+                .filter(|(t, _)| start.is_none_or(|s| *t >= s) && *t < now)
+                .chain(std::iter::once((now, value)));
+            predict_linear(points, now, horizon)
+                .map(|v| vec![(Labels::new(), v / limit)])
+                .unwrap_or_default()
+        }
         Signal::PrometheusOnly => Vec::new(),
     }
 }
@@ -284,6 +379,10 @@ pub fn guard_passes(rule: &AlertRule, facts: &FamilySet) -> bool {
             .value_of(family)
             .is_some_and(|v| op.holds(v, threshold)),
         Some(Guard::Absent(family)) => facts.get(family).is_none(),
+        Some(Guard::Ratio(a, b, op, threshold)) => match (facts.value_of(a), facts.value_of(b)) {
+            (Some(a), Some(b)) if b > 0.0 => op.holds(a / b, threshold),
+            _ => false,
+        },
     }
 }
 
@@ -301,12 +400,26 @@ fn history_windows(rules: &[AlertRule]) -> Vec<(&'static str, Duration)> {
     windows.into_iter().collect()
 }
 
+/// The families forecasts read, each with its longest window.
+fn trend_windows(rules: &[AlertRule]) -> Vec<(&'static str, Duration)> {
+    let mut windows: BTreeMap<&'static str, Duration> = BTreeMap::new();
+    for rule in rules {
+        if let Signal::Forecast { family, window, .. } = rule.signal {
+            let w = windows.entry(family).or_insert(window);
+            *w = (*w).max(window);
+        }
+    }
+    windows.into_iter().collect()
+}
+
 /// The families a signal reads over a window, with the window (none for instant signals).
 fn remembered(signal: &Signal) -> Vec<(&'static str, Duration)> {
     let window = match *signal {
         Signal::Series(_)
         | Signal::SeriesWithout(..)
         | Signal::Ratio(..)
+        // Kept apart, sparsely: see `trend_windows`.
+        | Signal::Forecast { .. }
         | Signal::PrometheusOnly => return Vec::new(),
         Signal::Rate(_, w)
         | Signal::Increase(_, w, ..)
@@ -331,7 +444,12 @@ fn families_of(signal: &Signal) -> Vec<&'static str> {
         | Signal::DropFromMax(f, _)
         | Signal::ShareOfEarlier(f, ..)
         | Signal::SeriesChange(f, _) => vec![f],
-        Signal::Ratio(a, b) => vec![a, b],
+        Signal::Ratio(a, b)
+        | Signal::Forecast {
+            family: a,
+            limit: b,
+            ..
+        } => vec![a, b],
         Signal::HitRatio(..) => vec!["redis_keyspace_hits_total", "redis_keyspace_misses_total"],
         Signal::PrometheusOnly => Vec::new(),
     }
@@ -343,6 +461,8 @@ pub struct Evaluator {
     /// The families whose history the rules read, each with the longest window any rule
     /// reads it over (see [`history_windows`]).
     windows: Vec<(&'static str, Duration)>,
+    /// The families forecasts read, with their windows (see [`trend_windows`]).
+    trends: Vec<(&'static str, Duration)>,
     runbook_base: String,
     nodes: HashMap<NodeKey, NodeHistory>,
     /// (alertname, severity, full labels) → state.
@@ -365,6 +485,7 @@ impl Evaluator {
     pub fn new(rules: Vec<AlertRule>, runbook_base: String) -> Self {
         Self {
             windows: history_windows(&rules),
+            trends: trend_windows(&rules),
             rules,
             runbook_base,
             nodes: HashMap::new(),
@@ -378,6 +499,7 @@ impl Evaluator {
     /// so an alert whose condition no longer holds resolves then.
     pub fn reconfigure(&mut self, rules: Vec<AlertRule>, runbook_base: String) {
         self.windows = history_windows(&rules);
+        self.trends = trend_windows(&rules);
         self.rules = rules;
         self.runbook_base = runbook_base;
     }
@@ -395,6 +517,9 @@ impl Evaluator {
         history.last_seen = Some(now);
         for (family, window) in &self.windows {
             history.record(family, &obs.facts, now, *window);
+        }
+        for (family, window) in &self.trends {
+            history.record_trend(family, &obs.facts, now, *window);
         }
         let mut base = Labels::new();
         for (name, value) in obs.labels.iter() {
@@ -621,6 +746,108 @@ mod tests {
         }
     }
 
+    /// A poll of a node using `used` bytes of `max`.
+    fn memory(at: Instant, used: f64, max: f64) -> Observation {
+        obs(
+            at,
+            &[
+                ("redis_up", 1.0),
+                ("redis_memory_used_bytes", used),
+                ("redis_memory_max_bytes", max),
+            ],
+        )
+    }
+
+    fn forecast_firing(e: &Evaluator) -> Vec<ActiveAlert> {
+        e.active()
+            .into_iter()
+            .filter(|a| a.labels["alertname"] == "RedisMemoryFillingUp")
+            .collect()
+    }
+
+    #[test]
+    fn predict_linear_reads_the_fitted_line_after_the_horizon() {
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let at = |mins: u64, v: f64| (t0 + Duration::from_secs(mins * 60), v);
+        // A straight line: 1 a minute, so 240 more after 4 hours.
+        let line = [at(0, 100.0), at(60, 160.0), at(120, 220.0)];
+        let now = t0 + 2 * hour;
+        assert_eq!(predict_linear(line.into_iter(), now, 4 * hour), Some(460.0));
+        // Noise with no trend fits a flat line through its mean.
+        let flat = [at(0, 10.0), at(1, 12.0), at(2, 12.0), at(3, 10.0)];
+        let got = predict_linear(flat.into_iter(), t0 + Duration::from_secs(180), hour).unwrap();
+        assert!((got - 11.0).abs() < 1e-9, "{got}");
+        // One point, or points at one instant, have no line.
+        assert_eq!(predict_linear([at(0, 1.0)].into_iter(), t0, hour), None);
+        assert_eq!(
+            predict_linear([at(0, 1.0), at(0, 2.0)].into_iter(), t0, hour),
+            None
+        );
+    }
+
+    #[test]
+    fn memory_forecast_fires_on_growth_below_the_high_mark_and_keeps_few_points() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let poll = Duration::from_secs(15);
+        let max = 1024.0 * 1024.0 * 1024.0;
+        let mib = 1024.0 * 1024.0;
+        // 4 MiB a minute from 200 MiB, polled every 15 s for 40 minutes: 960 MiB more in 4 h.
+        for i in 0..=160u32 {
+            let used = 200.0 * mib + mib * f64::from(i);
+            e.observe(&memory(t0 + poll * i, used, max));
+            let alerts = forecast_firing(&e);
+            match i {
+                0..19 => assert!(alerts.is_empty(), "poll {i}: too few polls for a trend"),
+                // Pending from the 20th poll, firing 30 minutes later.
+                19..139 => assert_eq!(alerts[0].state, State::Pending, "poll {i}"),
+                _ => assert_eq!(alerts[0].state, State::Firing, "poll {i}"),
+            }
+        }
+        let fired = &forecast_firing(&e)[0];
+        // At 40 min: 360 MiB, and 960 MiB more in 4 hours; the fit through sparse points
+        // and the current one is exact on a straight line.
+        assert!(
+            (fired.value - (360.0 + 960.0) / 1024.0).abs() < 1e-9,
+            "{}",
+            fired.value
+        );
+        // A point every 5 minutes (6 h / 72), not every poll.
+        let kept = &e.nodes[&("r".to_owned(), None)].trend["redis_memory_used_bytes"].points;
+        assert_eq!(kept.len(), 9, "{kept:?}");
+
+        // Past RedisMemoryHigh's 0.85 the forecast stops judging, and resolves.
+        e.observe(&memory(t0 + poll * 161, 0.9 * max, max));
+        assert!(forecast_firing(&e).is_empty());
+    }
+
+    #[test]
+    fn memory_forecast_is_silent_when_flat_or_without_a_limit() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let poll = Duration::from_secs(15);
+        let max = 1024.0 * 1024.0 * 1024.0;
+        for i in 0..=200u32 {
+            // 80% give or take 1 MiB of noise: no trend.
+            let noise = if i % 2 == 0 { -1.0 } else { 1.0 } * 1024.0 * 1024.0;
+            let changes = e.observe(&memory(t0 + poll * i, 0.8 * max + noise, max));
+            assert!(
+                !changes
+                    .fired
+                    .iter()
+                    .any(|a| a.labels["alertname"] == "RedisMemoryFillingUp"),
+                "poll {i}"
+            );
+        }
+        assert!(forecast_firing(&e).is_empty());
+        let mut e = evaluator();
+        for i in 0..=200u32 {
+            e.observe(&memory(t0 + poll * i, 1e6 * f64::from(i), 0.0));
+        }
+        assert!(forecast_firing(&e).is_empty());
+    }
+
     #[test]
     fn series_change_is_per_series_and_needs_a_window_of_history() {
         let signal = Signal::SeriesChange("redis_key_size", Duration::from_secs(600));
@@ -717,14 +944,7 @@ mod tests {
     fn memory_ratio_ignores_no_limit_and_levels_fire_separately() {
         let mut e = evaluator();
         let t0 = Instant::now();
-        e.observe(&obs(
-            t0,
-            &[
-                ("redis_up", 1.0),
-                ("redis_memory_used_bytes", 95.0),
-                ("redis_memory_max_bytes", 0.0),
-            ],
-        ));
+        e.observe(&memory(t0, 95.0, 0.0));
         assert!(e
             .active()
             .iter()

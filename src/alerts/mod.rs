@@ -46,12 +46,14 @@ const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisDown",
     "RedisMemoryHigh",
     "RedisMemoryWarning",
+    "RedisMemoryFillingUp",
     "RedisNoMaxmemory",
     "RedisEvictionSpike",
     "RedisOutOfMemoryErrors",
     "RedisReplicaLagHigh",
     "RedisReplicationBroken",
     "RedisReplicaLost",
+    "RedisReplicaFullResyncs",
     "RedisClusterStateNotOk",
     "RedisClusterSlotsFailing",
     "RedisClusterMastersLow",
@@ -169,6 +171,17 @@ pub enum Signal {
     /// Per series of a gauge, its value now minus its value a window ago (`x - x offset w`),
     /// for series that existed a window ago: a queue's backlog or a group's lag growing.
     SeriesChange(&'static str, Duration),
+    /// PromQL's `predict_linear(a[window], horizon) / b`: where the gauge `a` will be after the
+    /// horizon, from a least-squares line through its values over the window, as a share of
+    /// `b` now (only where `b > 0`). The evaluator keeps a point every window/72 at most (so
+    /// a 6 h window costs 72 points per node whatever the poll interval), adds the value of
+    /// the current poll, and forecasts only after 20 polls of the node.
+    Forecast {
+        family: &'static str,
+        limit: &'static str,
+        window: Duration,
+        horizon: Duration,
+    },
     /// Judged by Prometheus only, from what it alone sees (its scrapes of the exporter): the
     /// evaluator never reads a value for it. In-process, the Alertmanager watchdog stands in.
     PrometheusOnly,
@@ -214,6 +227,8 @@ pub enum Guard {
     Value(&'static str, Op, f64),
     /// The node publishes no such family (`redis_master_link_up`: not a replica).
     Absent(&'static str),
+    /// `a / b` compares so with the number, where `b > 0`.
+    Ratio(&'static str, &'static str, Op, f64),
 }
 
 const fn secs(s: u64) -> Duration {
@@ -262,7 +277,7 @@ pub fn pack() -> Vec<AlertRule> {
             "redis_memory_used_bytes / (redis_memory_max_bytes > 0)",
             Op::Above,
             Signal::Ratio("redis_memory_used_bytes", "redis_memory_max_bytes"),
-            vec![level(Critical, 0.85, 300)],
+            vec![level(Critical, MEMORY_HIGH, 300)],
             "ratio",
         ),
         rule(
@@ -275,6 +290,28 @@ pub fn pack() -> Vec<AlertRule> {
             vec![level(Warning, 0.70, 900)],
             "ratio",
         ),
+        AlertRule {
+            // Above RedisMemoryHigh's threshold that alert has paged; a full LRU cache sits at
+            // maxmemory for good, and its forecast would read "full" forever. The PromQL's
+            // guard and this one follow RedisMemoryHigh's threshold (see `pack_with`).
+            guard: Some(memory_forecast_guard(MEMORY_HIGH)),
+            expr: memory_forecast_expr(MEMORY_HIGH).into(),
+            ..rule(
+                "RedisMemoryFillingUp",
+                "Redis will reach maxmemory within 4 hours",
+                "At the trend of the last 6 hours, {{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} will use {{ $value | humanizePercentage }} of maxmemory in 4 hours: evictions or OOM errors follow, before anyone is paged for memory.",
+                "",
+                Op::Above,
+                Signal::Forecast {
+                    family: "redis_memory_used_bytes",
+                    limit: "redis_memory_max_bytes",
+                    window: secs(6 * 3600),
+                    horizon: secs(4 * 3600),
+                },
+                vec![level(Warning, 1.0, 1800)],
+                "ratio",
+            )
+        },
         rule(
             "RedisNoMaxmemory",
             "Redis has no maxmemory limit",
@@ -342,6 +379,16 @@ pub fn pack() -> Vec<AlertRule> {
                 "count",
             )
         },
+        rule(
+            "RedisReplicaFullResyncs",
+            "A master keeps sending full resyncs to its replicas",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} sent {{ $value }} full resyncs in the last hour: a replica keeps dropping off and cannot resume from the backlog (backlog too small, or the replica output buffer limit cuts it during the sync). Each one forks and sends the whole dataset.",
+            "round(increase(redis_replica_resyncs_full[1h]))",
+            Op::Above,
+            Signal::Increase("redis_replica_resyncs_full", secs(3600), "", &[]),
+            vec![level(Warning, 2.0, 0)],
+            "count",
+        ),
         rule(
             "RedisClusterStateNotOk",
             "Redis Cluster state is not ok",
@@ -745,6 +792,26 @@ pub fn pack() -> Vec<AlertRule> {
     ]
 }
 
+/// RedisMemoryHigh's default threshold (a share of maxmemory).
+const MEMORY_HIGH: f64 = 0.85;
+
+/// RedisMemoryFillingUp judges only nodes below RedisMemoryHigh's threshold.
+fn memory_forecast_guard(memory_high: f64) -> Guard {
+    Guard::Ratio(
+        "redis_memory_used_bytes",
+        "redis_memory_max_bytes",
+        Op::Below,
+        memory_high,
+    )
+}
+
+fn memory_forecast_expr(memory_high: f64) -> String {
+    format!(
+        "predict_linear(redis_memory_used_bytes[6h], 4 * 3600) / (redis_memory_max_bytes > 0) {{cmp}} and redis_memory_used_bytes / redis_memory_max_bytes < {}",
+        format_threshold(memory_high)
+    )
+}
+
 /// The pack with thresholds from the config (`name` → value, or `name` → severity → value).
 pub fn pack_with(
     thresholds: &BTreeMap<String, ThresholdOverride>,
@@ -805,6 +872,18 @@ pub fn pack_with(
                 }
             }
         }
+    }
+    let memory_high = rules
+        .iter()
+        .find(|r| r.name == "RedisMemoryHigh")
+        .and_then(|r| r.levels.first())
+        .map(|l| l.threshold);
+    if let (Some(high), Some(forecast)) = (
+        memory_high,
+        rules.iter_mut().find(|r| r.name == "RedisMemoryFillingUp"),
+    ) {
+        forecast.guard = Some(memory_forecast_guard(high));
+        forecast.expr = memory_forecast_expr(high).into();
     }
     Ok(rules)
 }
@@ -958,6 +1037,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_memory_forecast_guard_follows_memory_highs_threshold() {
+        let forecast = |rules: &[AlertRule]| {
+            rules
+                .iter()
+                .find(|r| r.name == "RedisMemoryFillingUp")
+                .cloned()
+                .unwrap()
+        };
+        let default = forecast(&pack());
+        assert_eq!(default.guard, Some(memory_forecast_guard(0.85)));
+        assert!(default
+            .promql(&default.levels[0])
+            .ends_with("> 1 and redis_memory_used_bytes / redis_memory_max_bytes < 0.85"));
+        let thresholds =
+            BTreeMap::from([("RedisMemoryHigh".to_owned(), ThresholdOverride::One(0.9))]);
+        let moved = forecast(&pack_with(&thresholds, None).unwrap());
+        assert_eq!(moved.guard, Some(memory_forecast_guard(0.9)));
+        assert!(moved
+            .promql(&moved.levels[0])
+            .ends_with("redis_memory_max_bytes < 0.9"));
     }
 
     #[test]

@@ -648,3 +648,107 @@ async fn target_labels_reach_every_series_and_alert_of_the_target() {
     .await;
     d.stop().await;
 }
+
+/// A replica that keeps starting over (here `REPLICAOF NO ONE` and back, which Redis answers
+/// with a full resync, as it does a replica cut by its output buffer limit): the master's
+/// `sync_full` is the alert's counter. The first sync, before the daemon started, is not news;
+/// two resyncs in the hour are at the threshold; the third fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_keeps_resyncing_fires_the_full_resyncs_alert() {
+    let master = RedisServer::start(&[]);
+    let replica = RedisServer::replica_of(&master);
+    wait_for("the first full sync", WAIT, || async {
+        (master.info_field("stats", "sync_full") == "1"
+            && replica.info_field("replication", "master_link_status") == "up")
+            .then_some(())
+    })
+    .await;
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ntargets:\n  - name: queue\n    url: {}\nalerting: {{}}\n",
+        master.url()
+    ))
+    .await;
+    d.metrics_when("the first sync seen", WAIT, |m| {
+        m.value("redis_replica_resyncs_full", &[]) == Some(1.0)
+    })
+    .await;
+    let port = master.port.to_string();
+    for round in 1..=3 {
+        let _: String = replica.cmd(&["REPLICAOF", "NO", "ONE"]);
+        let _: String = replica.cmd(&["REPLICAOF", "127.0.0.1", &port]);
+        let total = 1 + round;
+        d.metrics_when(&format!("full resync {round} seen"), WAIT, |m| {
+            m.value("redis_replica_resyncs_full", &[]) == Some(f64::from(total))
+        })
+        .await;
+        assert_eq!(
+            master.info_field("stats", "sync_partial_err"),
+            round.to_string(),
+            "each reconnect was refused a partial resync"
+        );
+        if round < 3 {
+            assert!(
+                !d.alert_firing("RedisReplicaFullResyncs").await,
+                "{round} resyncs in the hour: at the threshold, not above"
+            );
+        }
+    }
+    wait_for("RedisReplicaFullResyncs firing", WAIT, || async {
+        d.alerts_json()
+            .await
+            .iter()
+            .find(|a| {
+                a["labels"]["alertname"] == "RedisReplicaFullResyncs" && a["state"] == "firing"
+            })
+            .map(|a| assert_eq!(a["labels"]["target"], "queue"))
+    })
+    .await;
+    d.stop().await;
+}
+
+/// A Redis filling up fast fires the memory forecast (its `for` set to 0 here); an idle one
+/// polled as long, with its own limit far away, does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_filling_up_fires_the_memory_forecast_and_an_idle_one_does_not() {
+    let filling = RedisServer::start(&["--maxmemory", "256mb"]);
+    // Its limit far away: while the daemon's connections open, an idle Redis' used_memory
+    // moves by 1-15 KB between 200 ms polls (measured), which a line through a few seconds of
+    // polls stretches over 4 hours.
+    let idle = RedisServer::start(&["--maxmemory", "4gb"]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ntargets:\n  - name: filling\n    url: {}\n  - name: idle\n    url: {}\nalerting:\n  thresholds:\n    RedisMemoryFillingUp: {{warning: 1, for: 0s}}\n",
+        filling.url(),
+        idle.url()
+    ))
+    .await;
+    d.wait_up("filling").await;
+    d.wait_up("idle").await;
+    let value = "v".repeat(256 * 1024);
+    let mut conn = filling.client().get_connection().expect("connect");
+    let mut fired = false;
+    // 256 KiB every 50 ms, at most 40 MiB: far below the 85% where the forecast stops judging.
+    for i in 0..160 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("cache:blob:{i}"))
+            .arg(&value)
+            .query(&mut conn)
+            .expect("SET");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if i % 4 == 3 && d.alert_firing("RedisMemoryFillingUp").await {
+            fired = true;
+            break;
+        }
+    }
+    assert!(
+        fired,
+        "a Redis growing 5 MiB/s toward 256 MiB is forecast full"
+    );
+    let alerts = d.alerts_json().await;
+    let forecast: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == "RedisMemoryFillingUp")
+        .collect();
+    assert_eq!(forecast.len(), 1, "{alerts:?}");
+    assert_eq!(forecast[0]["labels"]["target"], "filling");
+    d.stop().await;
+}
