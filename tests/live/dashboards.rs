@@ -225,8 +225,39 @@ fn every_dashboard_is_well_formed_and_uses_its_variables() {
                 .any(|v| v["type"] == "datasource" && v["name"] == "datasource"),
             "{file}: a `datasource` variable"
         );
-        for want in ["target", "node"] {
+        for want in ["instance", "target", "node"] {
             assert!(names.contains(&want), "{file}: a `{want}` variable");
+        }
+        // Pods of a sidecar fleet share `target` and `node`; only `instance` tells them apart.
+        // So a selector on the target also selects the instance, and a grouping that keeps
+        // targets apart keeps instances apart.
+        for q in queries(&d).iter().map(|q| q.expr.as_str()).chain(
+            variables(&d)
+                .iter()
+                .map(|v| variable_query(v))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str),
+        ) {
+            for selector in q.split('{').skip(1).filter_map(|s| s.split('}').next()) {
+                if selector.contains("$target") {
+                    assert!(
+                        selector.contains("instance=~\"$instance\""),
+                        "{file}: {{{selector}}} in {q}"
+                    );
+                }
+            }
+            for keyword in ["by (", "on ("] {
+                for list in q.split(keyword).skip(1).filter_map(|s| s.split(')').next()) {
+                    let labels: Vec<&str> = list.split(',').map(str::trim).collect();
+                    if labels.contains(&"target") {
+                        assert!(
+                            labels.contains(&"instance"),
+                            "{file}: {keyword}{list}) in {q}"
+                        );
+                    }
+                }
+            }
         }
 
         let all = panels(&d);
@@ -690,7 +721,10 @@ alerting:
     )
     .await;
 
+    // $instance is the exporter as Prometheus labels it, so every query proves it filters on
+    // a label the series carry (".*" would match series without it too).
     let grafana = BTreeMap::from([
+        ("instance", daemon.addr.to_string().replace('.', "\\\\.")),
         ("target", ".*".to_owned()),
         ("node", ".*".to_owned()),
         ("prefix", ".*".to_owned()),
