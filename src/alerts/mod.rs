@@ -44,6 +44,7 @@ macro_rules! runbooks {
 
 const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisDown",
+    "RedisLoading",
     "RedisMemoryHigh",
     "RedisMemoryWarning",
     "RedisMemoryFillingUp",
@@ -269,6 +270,16 @@ pub fn pack() -> Vec<AlertRule> {
             Signal::Series("redis_up"),
             vec![level(Critical, 1.0, 60)],
             "up",
+        ),
+        rule(
+            "RedisLoading",
+            "Redis is loading its dataset: commands fail with LOADING",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} is loading its dataset (a restart, or a replica's full sync) and answers LOADING to every command its clients send: it counts as up, but serves nothing.",
+            "redis_loading_dump_file",
+            Op::Above,
+            Signal::Series("redis_loading_dump_file"),
+            vec![level(Warning, 0.0, 60), level(Critical, 0.0, 600)],
+            "count",
         ),
         rule(
             "RedisMemoryHigh",

@@ -752,3 +752,70 @@ async fn a_redis_filling_up_fires_the_memory_forecast_and_an_idle_one_does_not()
     assert_eq!(forecast[0]["labels"]["target"], "filling");
     d.stop().await;
 }
+
+/// A Redis loading its dataset answers LOADING to its clients but INFO to the poller: it is
+/// up for redis_up, and RedisLoading is what pages. Loading is slowed by Redis' own test knob
+/// (`key-load-delay`, µs per key) and made to answer between keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_loading_its_dataset_is_up_but_fires_redis_loading_until_loaded() {
+    let mut redis = RedisServer::start(&[]);
+    let _: String = redis.cmd(&["DEBUG", "POPULATE", "20000"]);
+    let _: String = redis.cmd(&["SAVE"]);
+    // 20,000 keys at 0.5 ms each: about 10 s of loading.
+    redis.restart_with(&[
+        "--key-load-delay",
+        "500",
+        "--loading-process-events-interval-bytes",
+        "1024",
+    ]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ntargets:\n  - name: sessions\n    url: {}\nalerting:\n  thresholds:\n    RedisLoading: {{for: 0s}}\n",
+        redis.url()
+    ))
+    .await;
+    let m = d
+        .metrics_when("loading seen", WAIT, |m| {
+            m.value("redis_loading_dump_file", &[]) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        m.value("redis_up", &[]),
+        Some(1.0),
+        "INFO answers while loading"
+    );
+    let ping: redis::RedisResult<String> =
+        redis::cmd("PING").query(&mut redis.client().get_connection().expect("connect"));
+    assert!(
+        ping.as_ref()
+            .is_err_and(|e| e.to_string().to_ascii_lowercase().contains("loading")),
+        "the apps get LOADING: {ping:?}"
+    );
+    // `for: 0s` applies to both levels: warning and critical fire at once.
+    wait_for("RedisLoading firing at both levels", WAIT, || async {
+        let alerts = d.alerts_json().await;
+        let firing = |severity: &str| {
+            alerts.iter().any(|a| {
+                a["labels"]["alertname"] == "RedisLoading"
+                    && a["labels"]["severity"] == severity
+                    && a["state"] == "firing"
+            })
+        };
+        (firing("warning") && firing("critical")).then_some(())
+    })
+    .await;
+    assert!(!d.alert_firing("RedisDown").await);
+    d.metrics_when("loaded", Duration::from_secs(60), |m| {
+        m.value("redis_loading_dump_file", &[]) == Some(0.0)
+            && m.value("redis_db_keys", &[("db", "db0")]) == Some(20000.0)
+    })
+    .await;
+    wait_for("RedisLoading resolved", WAIT, || async {
+        (!d.alerts()
+            .await
+            .iter()
+            .any(|(name, _)| name == "RedisLoading"))
+        .then_some(())
+    })
+    .await;
+    d.stop().await;
+}
