@@ -849,6 +849,51 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_fires_once_the_node_has_15_minutes_of_history_and_resolves_15_minutes_later() {
+        let mut e = evaluator();
+        let t0 = Instant::now();
+        let poll = Duration::from_secs(15);
+        let restarted = |e: &Evaluator| {
+            e.firing()
+                .iter()
+                .filter(|a| a.labels["alertname"] == "RedisRestarted")
+                .map(|a| a.value)
+                .collect::<Vec<_>>()
+        };
+        let start = |at: Instant, started: f64| {
+            obs(
+                at,
+                &[("redis_up", 1.0), ("redis_start_time_seconds", started)],
+            )
+        };
+        // Running since 1_000_000 for 16 minutes, with the second of rounding once.
+        for i in 0..64u32 {
+            let rounding = if i == 5 { 1.0 } else { 0.0 };
+            e.observe(&start(t0 + poll * i, 1_000_000.0 + rounding));
+            assert!(restarted(&e).is_empty(), "poll {i}");
+        }
+        // Down for three polls, back as a new process started 1000 s after the first.
+        for i in 64..67u32 {
+            e.observe(&obs(t0 + poll * i, &[("redis_up", 0.0)]));
+        }
+        e.observe(&start(t0 + poll * 67, 1_001_000.0));
+        assert_eq!(restarted(&e), vec![1000.0]);
+        // Firing while the old start time is 15 minutes back; resolved after.
+        for i in 68..127u32 {
+            e.observe(&start(t0 + poll * i, 1_001_000.0));
+            assert_eq!(restarted(&e), vec![1000.0], "poll {i}");
+        }
+        e.observe(&start(t0 + poll * 127, 1_001_000.0));
+        assert!(restarted(&e).is_empty());
+
+        // A node first seen restarting has no start time 15 minutes back: not judged.
+        let mut e = evaluator();
+        e.observe(&start(t0, 5.0));
+        e.observe(&start(t0 + poll, 2_000.0));
+        assert!(restarted(&e).is_empty());
+    }
+
+    #[test]
     fn series_change_is_per_series_and_needs_a_window_of_history() {
         let signal = Signal::SeriesChange("redis_key_size", Duration::from_secs(600));
         let mut e = evaluator();

@@ -44,6 +44,7 @@ macro_rules! runbooks {
 
 const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisDown",
+    "RedisRestarted",
     "RedisLoading",
     "RedisMemoryHigh",
     "RedisMemoryWarning",
@@ -270,6 +271,19 @@ pub fn pack() -> Vec<AlertRule> {
             Signal::Series("redis_up"),
             vec![level(Critical, 1.0, 60)],
             "up",
+        ),
+        rule(
+            "RedisRestarted",
+            "Redis restarted",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} restarted in the last 15 minutes, {{ $value | humanizeDuration }} after its previous start: its clients were disconnected, and what it had not persisted is gone.",
+            // A restart moves the start time forward by the previous run (and any downtime).
+            // The start time is computed from INFO's own clock and uptime, so it does not
+            // jitter; "> 1" still leaves a second of rounding aside.
+            "redis_start_time_seconds - redis_start_time_seconds offset 15m",
+            Op::Above,
+            Signal::SeriesChange("redis_start_time_seconds", secs(900)),
+            vec![level(Warning, 1.0, 0)],
+            "seconds",
         ),
         rule(
             "RedisLoading",
