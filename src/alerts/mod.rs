@@ -68,6 +68,7 @@ const RUNBOOKS: &[(&str, &str)] = runbooks!(
     "RedisWritesRefusedMisconf",
     "RedisAofWriteFailing",
     "RedisAofRewriteFailing",
+    "RedisAofFsyncDelayed",
     "RedisDatabaseFlushed",
     "RedisDangerousCommandsUsed",
     "RedisUnauthorizedAccess",
@@ -540,6 +541,17 @@ pub fn pack() -> Vec<AlertRule> {
                 "ok",
             )
         },
+        rule(
+            "RedisAofFsyncDelayed",
+            "Redis' disk cannot keep up with its AOF fsyncs",
+            "{{ $labels.target }}{{ if $labels.node }} {{ $labels.node }}{{ end }} wrote its AOF {{ $value }} times in 5 minutes while an fsync had been pending for over 2 s: the disk does not keep up, writes stall the main thread, and a crash can lose more than a second of writes.",
+            // Redis publishes the counter only while AOF is on: no guard needed.
+            "round(increase(redis_aof_delayed_fsync[5m]))",
+            Op::Above,
+            Signal::Increase("redis_aof_delayed_fsync", secs(300), "", &[]),
+            vec![level(Warning, 0.0, 0)],
+            "count",
+        ),
         AlertRule {
             // While Redis loads its dump after a restart (or a replica loads a full sync), INFO
             // answers with the keys loaded so far: not a flush.
