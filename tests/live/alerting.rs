@@ -141,13 +141,13 @@ struct Alertmanager {
 
 impl Alertmanager {
     async fn start() -> Alertmanager {
+        Self::start_with("route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n").await
+    }
+
+    async fn start_with(config_text: &str) -> Alertmanager {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("am.yml");
-        std::fs::write(
-            &config,
-            "route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n",
-        )
-        .unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let args = [
             format!("--config.file={}", config.display()),
             format!("--storage.path={}", dir.path().display()),
@@ -818,4 +818,203 @@ async fn a_redis_loading_its_dataset_is_up_but_fires_redis_loading_until_loaded(
     })
     .await;
     d.stop().await;
+}
+
+/// The documented Alertmanager config (docs/alertmanager/alertmanager.yml) passes amtool, with
+/// its example integrations too (uncommented), and inhibits what its comments say, in a real
+/// Alertmanager: alerts posted as redis-lookout and Prometheus label them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_alertmanager_config_inhibits_what_it_says() {
+    let path = repo("docs/alertmanager/alertmanager.yml");
+    assert_checker_accepts("amtool", &["check-config"], &path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (head, receivers) = text
+        .split_once("\nreceivers:\n")
+        .expect("a receivers section");
+    let uncommented: String = receivers
+        .lines()
+        .map(|l| match l.strip_prefix("    #   ") {
+            Some(rest) => format!("      {rest}\n"),
+            None => match l.strip_prefix("    # ") {
+                Some(rest) => format!("    {rest}\n"),
+                None => format!("{l}\n"),
+            },
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("with-integrations.yml");
+    std::fs::write(&full, format!("{head}\nreceivers:\n{uncommented}")).unwrap();
+    assert!(
+        !uncommented.lines().any(|l| l.trim_start().starts_with('#')),
+        "every example integration uncommented: {uncommented}"
+    );
+    assert_checker_accepts("amtool", &["check-config"], &full);
+
+    let am = Alertmanager::start_with(&text).await;
+    // (alertname, severity, target, node, instance, inhibited?)
+    let cases: &[(&str, &str, &str, &str, &str, bool)] = &[
+        // Both levels of one alert on one node: the warning is hidden.
+        (
+            "RedisLoading",
+            "critical",
+            "sessions",
+            "10.0.1.11:6379",
+            "",
+            false,
+        ),
+        (
+            "RedisLoading",
+            "warning",
+            "sessions",
+            "10.0.1.11:6379",
+            "",
+            true,
+        ),
+        // A node down hides its other alerts; not another node's.
+        ("RedisDown", "critical", "cache", "", "", false),
+        ("RedisMemoryHigh", "critical", "cache", "", "", true),
+        ("RedisMemoryHigh", "critical", "cache-b", "", "", false),
+        // Over 85% hides the 70% warning and the forecast of the same node.
+        ("RedisMemoryWarning", "warning", "cache-b", "", "", true),
+        ("RedisMemoryFillingUp", "warning", "cache-b", "", "", true),
+        ("RedisMemoryFillingUp", "warning", "cache-c", "", "", false),
+        // A replica loading its full sync: its broken link is that.
+        (
+            "RedisLoading",
+            "warning",
+            "queue",
+            "10.0.3.12:6379",
+            "",
+            false,
+        ),
+        (
+            "RedisReplicationBroken",
+            "critical",
+            "queue",
+            "10.0.3.12:6379",
+            "",
+            true,
+        ),
+        // Masters low hides the cluster's state and slot alerts, on every node.
+        (
+            "RedisClusterMastersLow",
+            "critical",
+            "orders",
+            "",
+            "",
+            false,
+        ),
+        (
+            "RedisClusterStateNotOk",
+            "critical",
+            "orders",
+            "10.0.4.11:6379",
+            "",
+            true,
+        ),
+        // Sidecars: same target and node, different pods; one pod down hides nothing of another.
+        (
+            "RedisDown",
+            "critical",
+            "localhost:6379",
+            "",
+            "pod-a:9121",
+            false,
+        ),
+        (
+            "RedisMemoryHigh",
+            "critical",
+            "localhost:6379",
+            "",
+            "pod-b:9121",
+            false,
+        ),
+        (
+            "RedisEvictionSpike",
+            "critical",
+            "localhost:6379",
+            "",
+            "pod-a:9121",
+            true,
+        ),
+    ];
+    let alerts: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(name, severity, target, node, instance, _)| {
+            let mut labels = serde_json::json!({
+                "alertname": name, "severity": severity, "target": target,
+            });
+            for (k, v) in [("node", node), ("instance", instance)] {
+                if !v.is_empty() {
+                    labels[k] = serde_json::json!(v);
+                }
+            }
+            serde_json::json!({"labels": labels, "annotations": {"summary": "test"}})
+        })
+        .collect();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("http://{}/api/v2/alerts", am.server.addr);
+    let posted = client.post(&url).json(&alerts).send().await.unwrap();
+    assert!(posted.status().is_success(), "{:?}", posted.text().await);
+
+    let key = |a: &serde_json::Value| {
+        let l = |k: &str| a["labels"][k].as_str().unwrap_or_default().to_owned();
+        (
+            l("alertname"),
+            l("severity"),
+            l("target"),
+            l("node"),
+            l("instance"),
+        )
+    };
+    let want: Vec<_> = cases
+        .iter()
+        .map(|c| {
+            let k = (c.0, c.1, c.2, c.3, c.4);
+            (
+                (
+                    k.0.to_owned(),
+                    k.1.to_owned(),
+                    k.2.to_owned(),
+                    k.3.to_owned(),
+                    k.4.to_owned(),
+                ),
+                c.5,
+            )
+        })
+        .collect();
+    // Alertmanager's inhibitor takes in new alerts asynchronously: wait for the verdicts.
+    let mut last = Vec::new();
+    let settled = tokio::time::timeout(WAIT, async {
+        loop {
+            let got: Vec<serde_json::Value> =
+                client.get(&url).send().await.unwrap().json().await.unwrap();
+            let mut verdicts: Vec<_> = got
+                .iter()
+                .map(|a| {
+                    let inhibited = a["status"]["inhibitedBy"]
+                        .as_array()
+                        .is_some_and(|by| !by.is_empty());
+                    (key(a), inhibited)
+                })
+                .collect();
+            verdicts.sort();
+            let mut expected = want.clone();
+            expected.sort();
+            if verdicts == expected {
+                return;
+            }
+            last = verdicts;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "inhibitions: got {last:#?}\nwant {want:#?}"
+    );
 }

@@ -1403,11 +1403,18 @@ pub fn repo(path: &str) -> PathBuf {
 
 /// Asserts that `promtool check config` accepts a Prometheus config file.
 pub fn assert_promtool_accepts_config(path: &Path) {
-    let out = Command::new("promtool")
-        .args(["check", "config"])
+    assert_checker_accepts("promtool", &["check", "config"], path);
+}
+
+/// Asserts that `program args… path` (a config checker: promtool, amtool) exits 0.
+pub fn assert_checker_accepts(program: &str, args: &[&str], path: &Path) {
+    let out = Command::new(program)
+        .args(args)
         .arg(path)
         .output()
-        .expect("promtool (apt-get install prometheus)");
+        .unwrap_or_else(|e| {
+            panic!("{program}: {e} (apt-get install prometheus prometheus-alertmanager)")
+        });
     assert!(
         out.status.success(),
         "{}: {}{}",
