@@ -1018,3 +1018,59 @@ async fn the_documented_alertmanager_config_inhibits_what_it_says() {
         "inhibitions: got {last:#?}\nwant {want:#?}"
     );
 }
+
+/// A Pub/Sub subscriber that stops reading (a tiny receive window, nothing read) while 6 MB are
+/// published to its channel: Redis holds the replies in its output buffer, INFO's
+/// client_recent_max_output_buffer shows it, and the alert (threshold 1 MiB, `for` 0 here)
+/// fires; once the client is gone and Redis' window of recent seconds has passed, it resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_fires_the_output_buffer_alert() {
+    use tokio::io::AsyncWriteExt;
+    let redis = RedisServer::start(&[]);
+    let d = Daemon::start(&format!(
+        "poll_interval: 200ms\ntargets:\n  - name: events\n    url: {}\nalerting:\n  thresholds:\n    RedisClientOutputBufferLarge: {{warning: 1048576, for: 0s}}\n",
+        redis.url()
+    ))
+    .await;
+    d.wait_up("events").await;
+    assert!(!d.alert_firing("RedisClientOutputBufferLarge").await);
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", redis.port).parse().unwrap();
+    let mut subscriber = socket.connect(addr).await.unwrap();
+    subscriber.write_all(b"SUBSCRIBE feed\r\n").await.unwrap();
+    wait_for("the subscriber subscribed", WAIT, || async {
+        let (_, subscribers): (String, i64) = redis.cmd(&["PUBSUB", "NUMSUB", "feed"]);
+        (subscribers == 1).then_some(())
+    })
+    .await;
+    // 6 x 1 MB: over the 1 MiB threshold, under Pub/Sub's own limits (32 MiB, or 8 MiB for 60 s).
+    let message = "m".repeat(1_000_000);
+    for _ in 0..6 {
+        let _: i64 = redis.cmd(&["PUBLISH", "feed", &message]);
+    }
+    wait_for("RedisClientOutputBufferLarge firing", WAIT, || async {
+        d.alerts_json()
+            .await
+            .iter()
+            .find(|a| {
+                a["labels"]["alertname"] == "RedisClientOutputBufferLarge" && a["state"] == "firing"
+            })
+            .map(|a| {
+                let value = a["value"].as_f64().unwrap_or_default();
+                assert!(value > 1_048_576.0, "{a}");
+            })
+    })
+    .await;
+    drop(subscriber);
+    wait_for("RedisClientOutputBufferLarge resolved", WAIT, || async {
+        (!d.alerts()
+            .await
+            .iter()
+            .any(|(name, _)| name == "RedisClientOutputBufferLarge"))
+        .then_some(())
+    })
+    .await;
+    d.stop().await;
+}
