@@ -817,8 +817,15 @@ mod tests {
         let kept = &e.nodes[&("r".to_owned(), None)].trend["redis_memory_used_bytes"].points;
         assert_eq!(kept.len(), 9, "{kept:?}");
 
+        // Eight hours on, still at most one point per 5 minutes of the 6 h window.
+        for i in 161..=2080u32 {
+            e.observe(&memory(t0 + poll * i, 300.0 * mib, max));
+        }
+        let kept = &e.nodes[&("r".to_owned(), None)].trend["redis_memory_used_bytes"].points;
+        assert!((72..=73).contains(&kept.len()), "{}", kept.len());
+
         // Past RedisMemoryHigh's 0.85 the forecast stops judging, and resolves.
-        e.observe(&memory(t0 + poll * 161, 0.9 * max, max));
+        e.observe(&memory(t0 + poll * 2081, 0.9 * max, max));
         assert!(forecast_firing(&e).is_empty());
     }
 
@@ -1459,5 +1466,39 @@ mod tests {
         );
         e.delivered(&[]);
         assert_eq!(e.resolved_backlog().len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// On points that lie on a line, the forecast is that line read after the horizon,
+        /// whatever the spacing of the points.
+        #[test]
+        fn predict_linear_is_exact_on_a_line(
+            intercept in -1e9f64..1e9,
+            slope in -1e6f64..1e6,
+            gaps in proptest::collection::vec(1u64..600, 1..80),
+            horizon in 0u64..86_400,
+        ) {
+            let t0 = Instant::now();
+            let mut offsets = vec![0u64];
+            for g in &gaps {
+                offsets.push(offsets.last().unwrap() + g);
+            }
+            let now = t0 + Duration::from_secs(*offsets.last().unwrap());
+            let points = offsets.iter().map(|o| {
+                let at = t0 + Duration::from_secs(*o);
+                let before_now = now.duration_since(at).as_secs_f64();
+                (at, intercept - slope * before_now)
+            });
+            let got = predict_linear(points, now, Duration::from_secs(horizon)).unwrap();
+            let want = intercept + slope * horizon as f64;
+            let scale = intercept.abs() + (slope * 86_400.0 * 2.0).abs() + 1.0;
+            prop_assert!((got - want).abs() <= 1e-6 * scale, "got {got}, want {want}");
+        }
     }
 }
