@@ -92,7 +92,15 @@ impl NodeHistory {
         let Some(value) = facts.value_of(family) else {
             return;
         };
-        let trend = self.trend.entry(family.to_owned()).or_default();
+        // Room for every point the window keeps (one more is pushed before the oldest goes), so
+        // the deque never doubles past it: 74 x 24 bytes per node and family.
+        let trend = self
+            .trend
+            .entry(family.to_owned())
+            .or_insert_with(|| Trend {
+                points: VecDeque::with_capacity(TREND_POINTS as usize + 2),
+                polls: 0,
+            });
         trend.polls = trend.polls.saturating_add(1);
         let points = &mut trend.points;
         if points
@@ -176,7 +184,7 @@ const TREND_POINTS: u32 = 72;
 const TREND_MIN_POLLS: u32 = 20;
 
 /// The kept points of a family and how many polls it was seen in.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Trend {
     /// Oldest first; see [`NodeHistory::record_trend`].
     points: VecDeque<(Instant, f64)>,
