@@ -14,7 +14,7 @@
 //! turning alerting on or off, refresh periods) are reported, not applied.
 
 use crate::alerts::alertmanager::{push_loop, PushTargets};
-use crate::alerts::eval::{Evaluator, Observation, State};
+use crate::alerts::eval::{Evaluator, Observation};
 use crate::collector::Refresh;
 use crate::config::{Alerting, Config, ConfigError, Target};
 use crate::http::{serve, AppState};
@@ -503,6 +503,8 @@ async fn evaluate(
     // The label sets of redis_lookout_alerts set last: the gauge is updated in place (a reset
     // and refill would let a concurrent scrape read it empty or half filled).
     let mut published: BTreeMap<[String; 3], i64> = BTreeMap::new();
+    // The evaluator's revision when the counts were last taken.
+    let mut counted = 0;
     loop {
         let changes = tokio::select! {
             obs = observations.recv() => match obs {
@@ -521,19 +523,14 @@ async fn evaluate(
         if !changes.fired.is_empty() || !changes.resolved.is_empty() {
             changed.notify_one();
         }
-        let active = evaluator.lock().unwrap_or_else(|p| p.into_inner()).active();
-        let mut counts: BTreeMap<[String; 3], i64> = BTreeMap::new();
-        for alert in active {
-            let state = if alert.state == State::Firing {
-                "firing"
-            } else {
-                "pending"
-            };
-            let label = |name: &str| alert.labels.get(name).cloned().unwrap_or_default();
-            *counts
-                .entry([label("alertname"), label("severity"), state.to_owned()])
-                .or_default() += 1;
-        }
+        let counts = {
+            let e = evaluator.lock().unwrap_or_else(|p| p.into_inner());
+            if e.revision() == counted {
+                continue;
+            }
+            counted = e.revision();
+            e.counts()
+        };
         if counts == published {
             continue;
         }
