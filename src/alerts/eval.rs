@@ -217,6 +217,12 @@ fn predict_linear(
     Some(intercept + slope * horizon.as_secs_f64())
 }
 
+/// `a / b` on a node's facts, where both are published and `b > 0` (a limit that is set).
+fn ratio(facts: &FamilySet, a: &str, b: &str) -> Option<f64> {
+    let b = facts.value_of(b).filter(|b| *b > 0.0)?;
+    facts.value_of(a).map(|a| a / b)
+}
+
 /// Computes a signal's readings for one node.
 pub fn readings(
     signal: &Signal,
@@ -268,10 +274,9 @@ pub fn readings(
             }
             highest.into_iter().collect()
         }
-        Signal::Ratio(a, b) => match (facts.value_of(a), facts.value_of(b)) {
-            (Some(a), Some(b)) if b > 0.0 => vec![(Labels::new(), a / b)],
-            _ => Vec::new(),
-        },
+        Signal::Ratio(a, b) => ratio(facts, a, b)
+            .map(|r| vec![(Labels::new(), r)])
+            .unwrap_or_default(),
         Signal::Rate(families, window) => families
             .iter()
             .filter_map(|f| history.summed_change(f, now, window, "", &[]))
@@ -351,12 +356,10 @@ pub fn readings(
             window,
             horizon,
         } => {
-            let (Some(value), Some(limit)) = (facts.value_of(family), facts.value_of(limit)) else {
+            let limit = facts.value_of(limit).filter(|l| *l > 0.0);
+            let (Some(value), Some(limit)) = (facts.value_of(family), limit) else {
                 return Vec::new();
             };
-            if limit <= 0.0 {
-                return Vec::new();
-            }
             let Some(trend) = history
                 .trend
                 .get(family)
@@ -387,20 +390,22 @@ pub fn guard_passes(rule: &AlertRule, facts: &FamilySet) -> bool {
             .value_of(family)
             .is_some_and(|v| op.holds(v, threshold)),
         Some(Guard::Absent(family)) => facts.get(family).is_none(),
-        Some(Guard::Ratio(a, b, op, threshold)) => match (facts.value_of(a), facts.value_of(b)) {
-            (Some(a), Some(b)) if b > 0.0 => op.holds(a / b, threshold),
-            _ => false,
-        },
+        Some(Guard::Ratio(a, b, op, threshold)) => {
+            ratio(facts, a, b).is_some_and(|r| op.holds(r, threshold))
+        }
     }
 }
 
-/// The families a signal needs remembered across polls, with how long.
 /// One history per family, kept for the longest window any rule reads it over (kept per rule,
-/// a 2-minute rule cut what a 5-minute one on the same counter needed).
-fn history_windows(rules: &[AlertRule]) -> Vec<(&'static str, Duration)> {
+/// a 2-minute rule cut what a 5-minute one on the same counter needed): for the change points
+/// (`remembered`) and for the forecasts' sparse points (`forecast_window`) alike.
+fn longest_windows(
+    rules: &[AlertRule],
+    windows_of: fn(&Signal) -> Vec<(&'static str, Duration)>,
+) -> Vec<(&'static str, Duration)> {
     let mut windows: BTreeMap<&'static str, Duration> = BTreeMap::new();
     for rule in rules {
-        for (family, window) in remembered(&rule.signal) {
+        for (family, window) in windows_of(&rule.signal) {
             let w = windows.entry(family).or_insert(window);
             *w = (*w).max(window);
         }
@@ -408,16 +413,12 @@ fn history_windows(rules: &[AlertRule]) -> Vec<(&'static str, Duration)> {
     windows.into_iter().collect()
 }
 
-/// The families forecasts read, each with its longest window.
-fn trend_windows(rules: &[AlertRule]) -> Vec<(&'static str, Duration)> {
-    let mut windows: BTreeMap<&'static str, Duration> = BTreeMap::new();
-    for rule in rules {
-        if let Signal::Forecast { family, window, .. } = rule.signal {
-            let w = windows.entry(family).or_insert(window);
-            *w = (*w).max(window);
-        }
+/// The family a forecast reads, with its window (kept apart from [`remembered`], sparsely).
+fn forecast_window(signal: &Signal) -> Vec<(&'static str, Duration)> {
+    match *signal {
+        Signal::Forecast { family, window, .. } => vec![(family, window)],
+        _ => Vec::new(),
     }
-    windows.into_iter().collect()
 }
 
 /// The families a signal reads over a window, with the window (none for instant signals).
@@ -426,7 +427,7 @@ fn remembered(signal: &Signal) -> Vec<(&'static str, Duration)> {
         Signal::Series(_)
         | Signal::SeriesWithout(..)
         | Signal::Ratio(..)
-        // Kept apart, sparsely: see `trend_windows`.
+        // Kept apart, sparsely: see `forecast_window`.
         | Signal::Forecast { .. }
         | Signal::PrometheusOnly => return Vec::new(),
         Signal::Rate(_, w)
@@ -467,9 +468,9 @@ fn families_of(signal: &Signal) -> Vec<&'static str> {
 pub struct Evaluator {
     rules: Vec<AlertRule>,
     /// The families whose history the rules read, each with the longest window any rule
-    /// reads it over (see [`history_windows`]).
+    /// reads it over (see [`longest_windows`]).
     windows: Vec<(&'static str, Duration)>,
-    /// The families forecasts read, with their windows (see [`trend_windows`]).
+    /// The families forecasts read, with their windows (see [`forecast_window`]).
     trends: Vec<(&'static str, Duration)>,
     runbook_base: String,
     nodes: HashMap<NodeKey, NodeHistory>,
@@ -495,8 +496,8 @@ pub struct Changes {
 impl Evaluator {
     pub fn new(rules: Vec<AlertRule>, runbook_base: String) -> Self {
         Self {
-            windows: history_windows(&rules),
-            trends: trend_windows(&rules),
+            windows: longest_windows(&rules, remembered),
+            trends: longest_windows(&rules, forecast_window),
             rules,
             runbook_base,
             nodes: HashMap::new(),
@@ -510,8 +511,8 @@ impl Evaluator {
     /// reload. Alerts held keep their state; each node's next poll is judged by the new rules,
     /// so an alert whose condition no longer holds resolves then.
     pub fn reconfigure(&mut self, rules: Vec<AlertRule>, runbook_base: String) {
-        self.windows = history_windows(&rules);
-        self.trends = trend_windows(&rules);
+        self.windows = longest_windows(&rules, remembered);
+        self.trends = longest_windows(&rules, forecast_window);
         self.rules = rules;
         self.runbook_base = runbook_base;
     }
@@ -803,7 +804,7 @@ mod tests {
         )
     }
 
-    fn forecast_firing(e: &Evaluator) -> Vec<ActiveAlert> {
+    fn forecast_alerts(e: &Evaluator) -> Vec<ActiveAlert> {
         e.active()
             .into_iter()
             .filter(|a| a.labels["alertname"] == "RedisMemoryFillingUp")
@@ -842,7 +843,7 @@ mod tests {
         for i in 0..=160u32 {
             let used = 200.0 * mib + mib * f64::from(i);
             e.observe(&memory(t0 + poll * i, used, max));
-            let alerts = forecast_firing(&e);
+            let alerts = forecast_alerts(&e);
             match i {
                 0..19 => assert!(alerts.is_empty(), "poll {i}: too few polls for a trend"),
                 // Pending from the 20th poll, firing 30 minutes later.
@@ -850,7 +851,7 @@ mod tests {
                 _ => assert_eq!(alerts[0].state, State::Firing, "poll {i}"),
             }
         }
-        let fired = &forecast_firing(&e)[0];
+        let fired = &forecast_alerts(&e)[0];
         // At 40 min: 360 MiB, and 960 MiB more in 4 hours; the fit through sparse points
         // and the current one is exact on a straight line.
         assert!(
@@ -858,20 +859,23 @@ mod tests {
             "{}",
             fired.value
         );
+        let kept = |e: &Evaluator| {
+            e.nodes[&("r".to_owned(), None)].trend["redis_memory_used_bytes"]
+                .points
+                .len()
+        };
         // A point every 5 minutes (6 h / 72), not every poll.
-        let kept = &e.nodes[&("r".to_owned(), None)].trend["redis_memory_used_bytes"].points;
-        assert_eq!(kept.len(), 9, "{kept:?}");
+        assert_eq!(kept(&e), 9);
 
         // Eight hours on, still at most one point per 5 minutes of the 6 h window.
         for i in 161..=2080u32 {
             e.observe(&memory(t0 + poll * i, 300.0 * mib, max));
         }
-        let kept = &e.nodes[&("r".to_owned(), None)].trend["redis_memory_used_bytes"].points;
-        assert!((72..=73).contains(&kept.len()), "{}", kept.len());
+        assert!((72..=73).contains(&kept(&e)), "{}", kept(&e));
 
         // Past RedisMemoryHigh's 0.85 the forecast stops judging, and resolves.
         e.observe(&memory(t0 + poll * 2081, 0.9 * max, max));
-        assert!(forecast_firing(&e).is_empty());
+        assert!(forecast_alerts(&e).is_empty());
     }
 
     #[test]
@@ -892,12 +896,12 @@ mod tests {
                 "poll {i}"
             );
         }
-        assert!(forecast_firing(&e).is_empty());
+        assert!(forecast_alerts(&e).is_empty());
         let mut e = evaluator();
         for i in 0..=200u32 {
             e.observe(&memory(t0 + poll * i, 1e6 * f64::from(i), 0.0));
         }
-        assert!(forecast_firing(&e).is_empty());
+        assert!(forecast_alerts(&e).is_empty());
     }
 
     #[test]
