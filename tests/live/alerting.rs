@@ -636,14 +636,10 @@ async fn target_labels_reach_every_series_and_alert_of_the_target() {
     assert!(of("plain").iter().all(|l| !l.labels.contains_key("team")));
 
     wait_for("RedisDown for gone, with its team", WAIT, || async {
-        d.alerts_json()
-            .await
-            .iter()
-            .find(|a| a["labels"]["alertname"] == "RedisDown" && a["state"] == "firing")
-            .map(|a| {
-                assert_eq!(a["labels"]["target"], "gone");
-                assert_eq!(a["labels"]["team"], "search");
-            })
+        d.firing_alerts("RedisDown").await.first().map(|a| {
+            assert_eq!(a["labels"]["target"], "gone");
+            assert_eq!(a["labels"]["team"], "search");
+        })
     })
     .await;
     d.stop().await;
@@ -694,12 +690,9 @@ async fn a_replica_that_keeps_resyncing_fires_the_full_resyncs_alert() {
         }
     }
     wait_for("RedisReplicaFullResyncs firing", WAIT, || async {
-        d.alerts_json()
+        d.firing_alerts("RedisReplicaFullResyncs")
             .await
-            .iter()
-            .find(|a| {
-                a["labels"]["alertname"] == "RedisReplicaFullResyncs" && a["state"] == "firing"
-            })
+            .first()
             .map(|a| assert_eq!(a["labels"]["target"], "queue"))
     })
     .await;
@@ -792,15 +785,14 @@ async fn a_redis_loading_its_dataset_is_up_but_fires_redis_loading_until_loaded(
     );
     // `for: 0s` applies to both levels: warning and critical fire at once.
     wait_for("RedisLoading firing at both levels", WAIT, || async {
-        let alerts = d.alerts_json().await;
-        let firing = |severity: &str| {
-            alerts.iter().any(|a| {
-                a["labels"]["alertname"] == "RedisLoading"
-                    && a["labels"]["severity"] == severity
-                    && a["state"] == "firing"
-            })
-        };
-        (firing("warning") && firing("critical")).then_some(())
+        let mut severities: Vec<String> = d
+            .firing_alerts("RedisLoading")
+            .await
+            .iter()
+            .filter_map(|a| a["labels"]["severity"].as_str().map(str::to_owned))
+            .collect();
+        severities.sort();
+        (severities == ["critical", "warning"]).then_some(())
     })
     .await;
     assert!(!d.alert_firing("RedisDown").await);
@@ -971,52 +963,37 @@ async fn the_documented_alertmanager_config_inhibits_what_it_says() {
             l("instance"),
         )
     };
-    let want: Vec<_> = cases
+    // Each posted alert's key, with the verdict its case expects.
+    let mut want: Vec<_> = alerts
         .iter()
-        .map(|c| {
-            let k = (c.0, c.1, c.2, c.3, c.4);
-            (
-                (
-                    k.0.to_owned(),
-                    k.1.to_owned(),
-                    k.2.to_owned(),
-                    k.3.to_owned(),
-                    k.4.to_owned(),
-                ),
-                c.5,
-            )
-        })
+        .zip(cases)
+        .map(|(a, case)| (key(a), case.5))
         .collect();
-    // Alertmanager's inhibitor takes in new alerts asynchronously: wait for the verdicts.
-    let mut last = Vec::new();
-    let settled = tokio::time::timeout(WAIT, async {
-        loop {
-            let got: Vec<serde_json::Value> =
-                client.get(&url).send().await.unwrap().json().await.unwrap();
-            let mut verdicts: Vec<_> = got
-                .iter()
-                .map(|a| {
-                    let inhibited = a["status"]["inhibitedBy"]
-                        .as_array()
-                        .is_some_and(|by| !by.is_empty());
-                    (key(a), inhibited)
-                })
-                .collect();
-            verdicts.sort();
-            let mut expected = want.clone();
-            expected.sort();
-            if verdicts == expected {
-                return;
-            }
-            last = verdicts;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    want.sort();
+    // Alertmanager's inhibitor takes in new alerts asynchronously: wait for the verdicts. Each
+    // new set of verdicts is printed, so a failure shows the last one beside `want`.
+    let shown = std::sync::Mutex::new(Vec::new());
+    wait_for(&format!("the inhibitions {want:#?}"), WAIT, || async {
+        let got: Vec<serde_json::Value> =
+            client.get(&url).send().await.unwrap().json().await.unwrap();
+        let mut verdicts: Vec<_> = got
+            .iter()
+            .map(|a| {
+                let inhibited = a["status"]["inhibitedBy"]
+                    .as_array()
+                    .is_some_and(|by| !by.is_empty());
+                (key(a), inhibited)
+            })
+            .collect();
+        verdicts.sort();
+        let mut last = shown.lock().unwrap();
+        if *last != verdicts {
+            eprintln!("inhibitions now: {verdicts:#?}");
+            *last = verdicts.clone();
         }
+        (verdicts == want).then_some(())
     })
     .await;
-    assert!(
-        settled.is_ok(),
-        "inhibitions: got {last:#?}\nwant {want:#?}"
-    );
 }
 
 /// A Pub/Sub subscriber that stops reading (a tiny receive window, nothing read) while 6 MB are
@@ -1051,12 +1028,9 @@ async fn a_client_that_stops_reading_fires_the_output_buffer_alert() {
         let _: i64 = redis.cmd(&["PUBLISH", "feed", &message]);
     }
     wait_for("RedisClientOutputBufferLarge firing", WAIT, || async {
-        d.alerts_json()
+        d.firing_alerts("RedisClientOutputBufferLarge")
             .await
-            .iter()
-            .find(|a| {
-                a["labels"]["alertname"] == "RedisClientOutputBufferLarge" && a["state"] == "firing"
-            })
+            .first()
             .map(|a| {
                 let value = a["value"].as_f64().unwrap_or_default();
                 assert!(value > 1_048_576.0, "{a}");

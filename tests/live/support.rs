@@ -869,12 +869,19 @@ impl Daemon {
             .collect()
     }
 
+    /// The in-process alerts named `alert` that are firing, as `/alerts` shows them (labels,
+    /// annotations, value).
+    pub async fn firing_alerts(&self, alert: &str) -> Vec<serde_json::Value> {
+        self.alerts_json()
+            .await
+            .into_iter()
+            .filter(|a| a["labels"]["alertname"] == alert && a["state"] == "firing")
+            .collect()
+    }
+
     /// Whether the in-process evaluator has `alert` firing.
     pub async fn alert_firing(&self, alert: &str) -> bool {
-        self.alerts()
-            .await
-            .iter()
-            .any(|(name, state)| name == alert && state == "firing")
+        !self.firing_alerts(alert).await.is_empty()
     }
 
     /// Waits until `target` reports `redis_up 1`.
